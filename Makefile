@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install protos bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/pc demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+bench: $(STAMP)
+	$(PY) scripts/bench_psi.py --n 100000
+	$(PY) scripts/bench_agg.py --subjects 100000 --providers 4 --backend bfv
+	$(PY) scripts/bench_verify.py --households 10000
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,281 @@
+"""A local federation for trying things out: ``pc sandbox up DIR`` / ``pc sandbox down DIR``.
+
+DIR holds one folder per agency with ``<dataset>.csv`` files (and optional
+``<dataset>.toml`` column metadata) and optionally ``rules/*.toml``. ``up`` creates under
+DIR/.sandbox a CA and certificates, configs, data directories and logs, imports every CSV,
+grants each rule's requester what its rules need, and starts a coordinator and one node
+per agency in the background on loopback ports chosen by the system.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from pc_common import certs
+from pc_common.config import NodeConfig
+from pc_common.errors import FailedPrecondition, InvalidInput, PcError
+from pc_common.identity import NAME_RE
+from pc_common.rules import load_rule
+from pc_node.importer import import_file
+from pc_node.runtime import open_store
+
+STATE = "sandbox.json"
+SANDBOX_PURPOSE_PSI = "data_matching"
+
+
+def agencies_of(directory: pathlib.Path) -> list[str]:
+    out = []
+    for p in sorted(directory.iterdir()):
+        if p.is_dir() and not p.name.startswith(".") and p.name != "rules" and any(p.glob("*.csv")):
+            if not NAME_RE.match(p.name):
+                raise InvalidInput(f"agency folder '{p.name}' must be named [a-z][a-z0-9_]*")
+            out.append(p.name)
+    if not out:
+        raise InvalidInput(f"{directory}: no agency folders with CSV files")
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie child counts as gone
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _toml_str(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+class Sandbox:
+    def __init__(self, directory):
+        self.dir = pathlib.Path(directory).resolve()
+        self.root = self.dir / ".sandbox"
+        self.certs = self.root / "certs"
+
+    # ----- state ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        try:
+            return json.loads((self.root / STATE).read_text())
+        except FileNotFoundError:
+            raise FailedPrecondition(f"no sandbox is up in {self.dir}; run 'pc sandbox up {self.dir}'") from None
+
+    def running(self) -> bool:
+        try:
+            st = self.state()
+        except FailedPrecondition:
+            return False
+        return any(_alive(p) for p in st.get("pids", {}).values())
+
+    def federation(self, user: str | None = None):
+        from pc_client.sdk import Federation
+        st = self.state()
+        if user is None or user == "operator":
+            files = certs.client_files(self.certs, "platform", "operator")
+            return Federation(st["coordinator"], files)
+        if ":" in user:
+            _, user = user.split(":", 1)
+        if "@" not in user:
+            raise InvalidInput("--as must be USER@AGENCY (e.g. analyst@civil_affairs)")
+        name, agency = user.split("@", 1)
+        files = certs.client_files(self.certs, agency, name)
+        if not files.cert.exists():
+            raise InvalidInput(f"the sandbox has no client '{user}'")
+        return Federation(st["coordinator"], files, node=st["nodes"].get(agency))
+
+    # ----- up ---------------------------------------------------------------------------------
+    def up(self, log=print, timeout: float = 60) -> dict:
+        if not self.dir.is_dir():
+            raise InvalidInput(f"no such folder: {self.dir}")
+        if self.running():
+            raise FailedPrecondition(f"a sandbox is already up in {self.dir}; run 'pc sandbox down' first")
+        agencies = agencies_of(self.dir)
+        rules = [load_rule(p) for p in sorted((self.dir / "rules").glob("*.toml"))] \
+            if (self.dir / "rules").is_dir() else []
+        self.root.mkdir(exist_ok=True)
+        if not (self.certs / "ca.pem").exists() or any(not certs.node_files(self.certs, a).cert.exists()
+                                                       for a in agencies):
+            if self.certs.exists():
+                import shutil
+                shutil.rmtree(self.certs)
+            clients = ["operator:operator"] + [c for a in agencies for c in (f"analyst@{a}", f"officer:officer@{a}")]
+            certs.init(self.certs, agencies, clients)
+        self._write_coordinator_config()
+        for a in agencies:
+            self._write_node_config(a)
+            self._write_policy(a, agencies, rules)
+            n = self._import(a)
+            log(f"imported {n} dataset(s) for {a}")
+        pids = {}
+        coordinator_dir = self.root / "coordinator"
+        (coordinator_dir / "address").unlink(missing_ok=True)
+        pids["coordinator"] = self._spawn(["coordinator", "serve", "--config", str(coordinator_dir / "coordinator.toml")],
+                                          coordinator_dir / "coordinator.log")
+        state = {"dir": str(self.dir), "pids": pids, "nodes": {}, "coordinator": ""}
+        self._save(state)
+        state["coordinator"] = self._wait_address(coordinator_dir, pids["coordinator"], timeout)
+        self._save(state)
+        for a in agencies:
+            self._write_node_config(a, state["coordinator"])
+            (self.root / a / "address").unlink(missing_ok=True)
+            pids[a] = self._spawn(["node", "serve", "--config", str(self.root / a / "node.toml")],
+                                  self.root / a / "node.log")
+            self._save(state)
+        for a in agencies:
+            state["nodes"][a] = self._wait_address(self.root / a, pids[a], timeout)
+        self._save(state)
+        self._wait_registered(agencies, timeout)
+        return state
+
+    def _save(self, state: dict) -> None:
+        tmp = self.root / (STATE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.root / STATE)
+
+    def _spawn(self, args: list[str], log_file: pathlib.Path) -> int:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "pc_client.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+        return proc.pid
+
+    def _wait_address(self, data_dir: pathlib.Path, pid: int, timeout: float) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            addr = data_dir / "address"
+            if addr.exists():
+                return addr.read_text().strip()
+            if not _alive(pid):
+                log_tail = ""
+                for name in ("node.log", "coordinator.log"):
+                    if (data_dir / name).exists():
+                        log_tail = (data_dir / name).read_text(errors="replace").strip().splitlines()[-1:]
+                        log_tail = log_tail[0] if log_tail else ""
+                self.down(quiet=True)
+                raise FailedPrecondition(f"server in {data_dir.name} exited during start: {log_tail}")
+            time.sleep(0.05)
+        self.down(quiet=True)
+        raise FailedPrecondition(f"server in {data_dir.name} did not start within {timeout:.0f} s")
+
+    def _wait_registered(self, agencies: list[str], timeout: float) -> None:
+        deadline = time.time() + timeout
+        expected = {a: len(list((self.dir / a).glob("*.csv"))) for a in agencies}
+        with self.federation() as fed:
+            while time.time() < deadline:
+                try:
+                    seen: dict[str, int] = {}
+                    for d in fed.catalog().datasets:
+                        seen[d.agency] = seen.get(d.agency, 0) + 1
+                    online = {n.node_id for n in fed.nodes() if n.online}
+                    if all(seen.get(a, 0) >= n and a in online for a, n in expected.items()):
+                        return
+                except Exception:  # noqa: BLE001 - still starting
+                    pass
+                time.sleep(0.1)
+        self.down(quiet=True)
+        raise FailedPrecondition("nodes did not register with the coordinator in time (see the logs under .sandbox)")
+
+    def _write_coordinator_config(self) -> None:
+        d = self.root / "coordinator"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "coordinator.toml").write_text(
+            'listen = "127.0.0.1:0"\n'
+            f'data_dir = {_toml_str(str(d))}\n'
+            'heartbeat_seconds = 2\noffline_after_seconds = 10\n\n[tls]\n'
+            f'cert = {_toml_str(str(self.certs / "coordinator" / "cert.pem"))}\n'
+            f'key = {_toml_str(str(self.certs / "coordinator" / "key.pem"))}\n'
+            f'ca = {_toml_str(str(self.certs / "ca.pem"))}\n')
+
+    def _write_node_config(self, agency: str, coordinator: str = "127.0.0.1:1") -> pathlib.Path:
+        d = self.root / agency
+        d.mkdir(parents=True, exist_ok=True)
+        nd = self.certs / "nodes" / agency
+        path = d / "node.toml"
+        path.write_text(
+            f'node_id = "{agency}"\nlisten = "127.0.0.1:0"\ncoordinator = {_toml_str(coordinator)}\n'
+            f'data_dir = {_toml_str(str(d))}\npolicy = {_toml_str(str(d / "policy.toml"))}\n'
+            f'master_key_file = {_toml_str(str(d / "master.key"))}\n\n[tls]\n'
+            f'cert = {_toml_str(str(nd / "cert.pem"))}\nkey = {_toml_str(str(nd / "key.pem"))}\n'
+            f'ca = {_toml_str(str(self.certs / "ca.pem"))}\n'
+            f'sm2_key = {_toml_str(str(nd / "sm2.key"))}\nx25519_key = {_toml_str(str(nd / "x25519.key"))}\n')
+        return path
+
+    def _write_policy(self, agency: str, agencies: list[str], rules) -> None:
+        """Sandbox grants: PSI on every dataset between sandbox agencies, and what each rule needs."""
+        lines = ["# Written by 'pc sandbox up': grants for trying the sandbox out.\n"]
+        datasets = sorted(p.stem for p in (self.dir / agency).glob("*.csv"))
+        for ds in datasets:
+            for other in agencies:
+                if other == agency:
+                    continue
+                lines.append(f'[[grants]]\ndataset = "{ds}"\nrequester = "{other}"\n'
+                             f'purposes = ["{SANDBOX_PURPOSE_PSI}"]\napproval = "auto"\n')
+        for rule in rules:
+            uses: dict[str, dict[str, str]] = {}
+            for c in rule.criteria:
+                where_cols = c.where.columns() if c.where is not None else set()
+                for ref, cols in c.datasets().items():
+                    a, ds = ref.split(".")
+                    if a != agency:
+                        continue
+                    u = uses.setdefault(ds, {})
+                    for col in where_cols:
+                        u.setdefault(col, "predicate")
+                    for col in cols - where_cols:
+                        u[col] = "aggregate"
+            for ds, cols in sorted(uses.items()):
+                lines.append(f'[[grants]]\ndataset = "{ds}"\nrequester = "{rule.requester}"\n'
+                             f'purposes = [{_toml_str(rule.purpose)}]\napproval = "auto"\nreveal = "{rule.reveal}"\n'
+                             '[grants.columns]\n' + "".join(f'{col} = "{use}"\n' for col, use in sorted(cols.items())))
+        (self.root / agency / "policy.toml").write_text("\n".join(lines))
+
+    def _import(self, agency: str) -> int:
+        cfg = NodeConfig.load(self.root / agency / "node.toml")
+        store = open_store(cfg)
+        try:
+            n = 0
+            for csv_path in sorted((self.dir / agency).glob("*.csv")):
+                try:
+                    import_file(store, csv_path, replace=True)
+                except PcError as exc:
+                    raise type(exc)(f"{agency}/{csv_path.name}: {exc}") from None
+                n += 1
+            return n
+        finally:
+            store.close()
+
+    # ----- down -------------------------------------------------------------------------------
+    def down(self, quiet: bool = False, timeout: float = 15) -> int:
+        try:
+            st = self.state()
+        except FailedPrecondition:
+            if quiet:
+                return 0
+            raise
+        pids = st.get("pids", {})
+        for pid in pids.values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + timeout
+        for pid in pids.values():
+            while _alive(pid) and time.time() < deadline:
+                time.sleep(0.05)
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        (self.root / STATE).unlink(missing_ok=True)
+        return len(pids)

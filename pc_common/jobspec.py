@@ -1,0 +1,96 @@
+"""Signed job specifications (抗抵赖).
+
+A job spec is canonical JSON created and SM2-signed by the requester node on behalf of
+its own client; the coordinator relays it and every provider verifies it against the
+SM2 key bound to the requester's CA-signed certificate. A coordinator that invents or
+alters a query therefore cannot produce a valid signature. Nonce (the job id) and expiry
+stop replays.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import time
+
+from cryptography import x509
+
+from pc_common import gm
+from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
+from pc_common.identity import identity_of, node_keys_of
+
+KINDS = ("verify", "psi", "lookup")
+DEFAULT_TTL_SECONDS = 15 * 60
+MAX_SPEC_BYTES = 256 * 1024
+
+
+def canonical(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def build(kind: str, requester: str, params: dict, purpose: str, ttl: int = DEFAULT_TTL_SECONDS,
+          now: float | None = None, job_id: str | None = None) -> bytes:
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown job kind '{kind}' (expected one of {', '.join(KINDS)})")
+    now = time.time() if now is None else now
+    return canonical({
+        "v": 1, "kind": kind, "job_id": job_id or secrets.token_hex(12), "requester": requester,
+        "purpose": purpose, "params": params, "nonce": secrets.token_hex(16),
+        "issued_at": int(now), "expires_at": int(now + ttl),
+    })
+
+
+def sign(spec: bytes, key: gm.Sm2PrivateKey) -> bytes:
+    return key.sign(spec)
+
+
+def parse(spec: bytes) -> dict:
+    if len(spec) > MAX_SPEC_BYTES:
+        raise InvalidInput("job spec is too large")
+    try:
+        doc = json.loads(spec)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("job spec is not valid JSON") from None
+    if not isinstance(doc, dict) or doc.get("v") != 1 or doc.get("kind") not in KINDS:
+        raise InvalidInput("job spec has an unknown version or kind")
+    for field in ("job_id", "requester", "purpose", "nonce"):
+        if not isinstance(doc.get(field), str) or not doc[field]:
+            raise InvalidInput(f"job spec lacks '{field}'")
+    if not isinstance(doc.get("params"), dict) or not isinstance(doc.get("expires_at"), int):
+        raise InvalidInput("job spec lacks params or expiry")
+    if canonical(doc) != spec:
+        raise InvalidInput("job spec is not in canonical form")
+    return doc
+
+
+def verify(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_pem: bytes,
+           now: float | None = None) -> dict:
+    """Check signature, signer identity and expiry; return the parsed spec.
+
+    Raises PermissionDenied for anything that is not a valid, current spec signed by the
+    requester node it names. The signer certificate must chain to our CA.
+    """
+    doc = parse(spec)
+    try:
+        cert = x509.load_pem_x509_certificate(signer_cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, Exception):  # noqa: BLE001 - any failure means "not ours"
+        raise PermissionDenied("job spec signer certificate is not issued by the federation CA") from None
+    ident = identity_of(cert)
+    if ident.role != "node" or ident.agency != doc["requester"]:
+        raise PermissionDenied("job spec is not signed by the requester node it names")
+    try:
+        gm.Sm2PublicKey.from_hex(node_keys_of(cert).sm2_public).verify(spec, signature)
+    except (IntegrityError, InvalidInput, ValueError):
+        raise PermissionDenied("job spec signature is invalid") from None
+    now = time.time() if now is None else now
+    if now > doc["expires_at"]:
+        raise PermissionDenied("job spec has expired")
+    if doc["issued_at"] > now + 300:
+        raise PermissionDenied("job spec is issued in the future")
+    return doc
+
+
+def expires_iso(doc: dict) -> str:
+    return dt.datetime.fromtimestamp(doc["expires_at"], dt.timezone.utc).isoformat()

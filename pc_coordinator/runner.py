@@ -1,0 +1,137 @@
+"""Runs jobs: one background thread per job, driving nodes through ``Node.Step``.
+
+Orchestrators for each job kind live in their own modules and register here. They get a
+``JobContext`` with everything they may touch: channels to nodes, the job store (for
+progress and the leakage report) and a cancellation flag. They never see a secret key.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from typing import Callable, Iterable, Iterator
+
+import grpc
+
+from pc_common import tls
+from pc_common.certs import PartyFiles
+from pc_common.errors import PcError, Unavailable
+from pc_common.pb import node_pb2, node_pb2_grpc
+from pc_coordinator.directory import Directory
+from pc_coordinator.jobs import JobStore
+
+log = logging.getLogger("pc.coordinator.runner")
+
+Orchestrator = Callable[["JobContext", dict], None]
+ORCHESTRATORS: dict[str, Orchestrator] = {}
+
+
+def orchestrator(kind: str):
+    def register(fn: Orchestrator) -> Orchestrator:
+        ORCHESTRATORS[kind] = fn
+        return fn
+    return register
+
+
+class Cancelled(PcError):
+    pass
+
+
+class JobContext:
+    def __init__(self, runner: "JobRunner", job_id: str, spec: bytes, signature: bytes):
+        self.runner, self.job_id = runner, job_id
+        self.signed = node_pb2.SignedJobSpec(spec=spec, signature=signature)
+        self.cancelled = threading.Event()
+        self.timeout = runner.job_timeout
+
+    @property
+    def jobs(self) -> JobStore:
+        return self.runner.jobs
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("job was cancelled")
+
+    def progress(self, step: str, party: str, done: int, total: int) -> None:
+        self.jobs.progress(self.job_id, step, party, done, total)
+
+    def header(self, step: str, signer: str, params: dict | None = None, payload: bytes = b"") -> node_pb2.StepMessage:
+        spec = node_pb2.SignedJobSpec(spec=self.signed.spec, signature=self.signed.signature, signer=signer)
+        return node_pb2.StepMessage(header=node_pb2.StepHeader(
+            job_id=self.job_id, step=step, spec=spec, params={k: str(v) for k, v in (params or {}).items()},
+            payload=payload))
+
+    def step(self, node_id: str, messages: Iterable[node_pb2.StepMessage]) -> Iterator[node_pb2.StepMessage]:
+        """Open a Step stream to a node; errors become Unavailable with the node named."""
+        stub = self.runner.node_stub(node_id)
+        call = stub.Step(iter(messages), timeout=self.timeout)
+        try:
+            for msg in call:
+                if self.cancelled.is_set():
+                    call.cancel()
+                    raise Cancelled("job was cancelled")
+                yield msg
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            detail = exc.details() if hasattr(exc, "details") else ""
+            raise Unavailable(f"node '{node_id}' failed in this step: {code.name if code else 'error'}: {detail}") from None
+
+
+class JobRunner:
+    def __init__(self, jobs: JobStore, directory: Directory, tls_files: PartyFiles, job_timeout: int):
+        self.jobs, self.directory, self.tls_files = jobs, directory, tls_files
+        self.job_timeout = job_timeout
+        self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="job")
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
+        self._contexts: dict[str, JobContext] = {}
+        self._lock = threading.Lock()
+
+    def node_stub(self, node_id: str) -> node_pb2_grpc.NodeStub:
+        node = self.directory.node(node_id)
+        if not node["online"]:
+            raise Unavailable(f"node '{node_id}' is offline")
+        key = (node_id, node["address"])
+        with self._lock:
+            ch = self._channels.get(key)
+            if ch is None:
+                ch = tls.secure_channel(node["address"], self.tls_files, node_id)
+                self._channels[key] = ch
+        return node_pb2_grpc.NodeStub(ch)
+
+    def start(self, job_id: str, kind: str, doc: dict) -> None:
+        spec, signature = self.jobs.spec(job_id)
+        ctx = JobContext(self, job_id, spec, signature)
+        with self._lock:
+            self._contexts[job_id] = ctx
+        self._pool.submit(self._run, ctx, kind, doc)
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            ctx = self._contexts.get(job_id)
+        if ctx is not None:
+            ctx.cancelled.set()
+
+    def _run(self, ctx: JobContext, kind: str, doc: dict) -> None:
+        try:
+            if not self.jobs.transition(ctx.job_id, "running"):
+                return
+            ORCHESTRATORS[kind](ctx, doc)
+            self.jobs.transition(ctx.job_id, "succeeded")
+        except Cancelled:
+            self.jobs.transition(ctx.job_id, "cancelled", "cancelled by the requester")
+        except PcError as exc:
+            self.jobs.transition(ctx.job_id, "failed", str(exc))
+        except Exception:  # noqa: BLE001 - a job failure must never take the server down
+            log.exception("job failed unexpectedly")
+            self.jobs.transition(ctx.job_id, "failed", "internal error in the coordinator")
+        finally:
+            with self._lock:
+                self._contexts.pop(ctx.job_id, None)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for ctx in self._contexts.values():
+                ctx.cancelled.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for ch in self._channels.values():
+            ch.close()

@@ -1,0 +1,193 @@
+"""The coordinator's gRPC service: directory, catalog, jobs.
+
+``create_server(config) -> (server, port, coordinator)`` builds everything and binds the
+port (0 picks a free one) without blocking; ``serve`` runs until SIGTERM/SIGINT.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sqlite3
+import threading
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pc_common import gm, jobspec, tls
+from pc_common.audit import AuditLog
+from pc_common.config import CoordinatorConfig, write_address
+from pc_common.errors import InvalidInput, NotFound, PermissionDenied
+from pc_common.identity import Identity
+from pc_common.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2
+from pc_common.rpc import rpc
+from pc_coordinator import kinds
+from pc_coordinator.directory import Directory
+from pc_coordinator.jobs import TERMINAL, JobStore
+from pc_coordinator.runner import JobRunner
+
+log = logging.getLogger("pc.coordinator")
+VERSION = "0.1.0"
+CLIENTS = ("client", "officer", "operator")
+
+
+class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, config: CoordinatorConfig):
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(config.data_dir / "coordinator.db", check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self.directory = Directory(self._db, self._lock, config.offline_after_seconds)
+        self.jobs = JobStore(self._db, self._lock)
+        interrupted = self.jobs.fail_interrupted()
+        self.ca_pem = config.tls.ca.read_bytes()
+        key_file = config.tls.cert.parent / "sm2.key"
+        signer = gm.Sm2PrivateKey.from_hex(key_file.read_text().strip()) if key_file.exists() else None
+        self.audit = AuditLog(config.data_dir / "audit.db", "coordinator", signer)
+        if interrupted:
+            self.audit.append("jobs.interrupted", counts={"jobs": interrupted}, outcome="failed")
+        self.runner = JobRunner(self.jobs, self.directory, config.tls, config.job_timeout_seconds)
+
+    def close(self) -> None:
+        self.runner.shutdown()
+        with self._lock:
+            self._db.close()
+
+    # ----- nodes -----------------------------------------------------------------
+    @rpc("node")
+    def Register(self, request, context, caller: Identity):
+        if not request.address or len(request.address) > 255:
+            raise InvalidInput("registration needs the node's host:port address")
+        pem = tls.peer_certificate_pem(context)
+        self.directory.register(caller.agency, request.address, pem, request.version)
+        self.audit.append("node.register", requester=caller.agency)
+        return coordinator_pb2.RegistrationReply(node_id=caller.agency,
+                                                 heartbeat_seconds=self.config.heartbeat_seconds)
+
+    @rpc("node")
+    def Heartbeat(self, request, context, caller: Identity):
+        return coordinator_pb2.HeartbeatReply(send_catalog=self.directory.heartbeat(caller.agency,
+                                                                                    request.catalog_digest))
+
+    @rpc("node")
+    def PublishCatalog(self, request, context, caller: Identity):
+        for d in request.datasets:
+            if d.agency != caller.agency:
+                raise PermissionDenied("a node may only publish its own datasets")
+        self.directory.publish_catalog(caller.agency, request)
+        self.audit.append("catalog.publish", requester=caller.agency, counts={"datasets": len(request.datasets)})
+        return common_pb2.Empty()
+
+    @rpc("node", "coordinator")
+    def GetNodeCertificate(self, request, context, caller: Identity):
+        return coordinator_pb2.NodeCertificate(node_id=request.node_id,
+                                               certificate_pem=self.directory.certificate(request.node_id))
+
+    # ----- clients -----------------------------------------------------------------
+    @rpc(*CLIENTS)
+    def ListNodes(self, request, context, caller: Identity):
+        import datetime as dt
+        return coordinator_pb2.NodeList(nodes=[
+            coordinator_pb2.NodeStatus(node_id=n["node_id"], address=n["address"], online=n["online"],
+                                       datasets=n["datasets"],
+                                       last_seen=dt.datetime.fromtimestamp(n["last_seen"], dt.timezone.utc)
+                                       .strftime("%Y-%m-%dT%H:%M:%SZ"))
+            for n in self.directory.nodes()])
+
+    @rpc(*CLIENTS)
+    def GetCatalog(self, request, context, caller: Identity):
+        return self.directory.catalog()
+
+    @rpc("client")
+    def SubmitJob(self, request: node_pb2.SignedJobSpec, context, caller: Identity):
+        doc = jobspec.parse(request.spec)
+        if doc["requester"] != caller.agency:
+            raise PermissionDenied("a client may only submit jobs of its own agency")
+        signer_pem = self.directory.certificate(doc["requester"])
+        doc = jobspec.verify(request.spec, request.signature, signer_pem, self.ca_pem)
+        providers = kinds.validate(doc, self.directory)
+        self.jobs.create(doc["job_id"], doc["kind"], doc["requester"], request.spec, request.signature, providers)
+        self.audit.append("job.submit", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
+                          detail=doc["kind"])
+        self.runner.start(doc["job_id"], doc["kind"], doc)
+        return self.jobs.get(doc["job_id"])
+
+    def _visible(self, job_id: str, caller: Identity):
+        job = self.jobs.get(job_id)
+        if caller.role != "operator" and job.requester != caller.agency and caller.agency not in job.providers:
+            raise NotFound("no such job")
+        return job
+
+    @rpc(*CLIENTS)
+    def GetJob(self, request, context, caller: Identity):
+        return self._visible(request.job_id, caller)
+
+    @rpc(*CLIENTS)
+    def ListJobs(self, request, context, caller: Identity):
+        jobs = self.jobs.list(None if caller.role == "operator" else caller.agency)
+        return coordinator_pb2.JobList(jobs=jobs)
+
+    @rpc(*CLIENTS)
+    def WatchJob(self, request, context, caller: Identity):
+        job = self._visible(request.job_id, caller)
+        last = None
+        while context.is_active():
+            snapshot = job.SerializeToString()
+            if snapshot != last:
+                last = snapshot
+                yield job
+            if job.state in TERMINAL:
+                return
+            with self.jobs.changed:
+                self.jobs.changed.wait(timeout=1.0)
+            job = self.jobs.get(request.job_id)
+
+    @rpc("client", "operator")
+    def CancelJob(self, request, context, caller: Identity):
+        job = self._visible(request.job_id, caller)
+        if caller.role == "client" and job.requester != caller.agency:
+            raise PermissionDenied("only the requester may cancel a job")
+        if job.state not in TERMINAL:
+            self.runner.cancel(job.job_id)
+            self.jobs.transition(job.job_id, "cancelled", "cancelled by the requester")
+            self.audit.append("job.cancel", job=job.job_id, requester=job.requester)
+        return self.jobs.get(job.job_id)
+
+
+def create_server(config: CoordinatorConfig, max_workers: int = 32):
+    service = CoordinatorService(config)
+    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=max_workers),
+                         options=tls.CHANNEL_OPTIONS)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name, health.SERVICE_NAME,
+             reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    try:
+        port = server.add_secure_port(config.listen, tls.server_credentials(config.tls))
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        service.close()
+        raise InvalidInput(f"cannot listen on {config.listen} (address in use or invalid)")
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("pc.v1.Coordinator", health_pb2.HealthCheckResponse.SERVING)
+    server.start()
+    return server, port, service
+
+
+def serve(config: CoordinatorConfig) -> None:
+    server, port, service = create_server(config)
+    write_address(config.data_dir, config.listen, port)
+    log.info("coordinator listening on port %d", port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()
+    service.close()
+    (config.data_dir / "address").unlink(missing_ok=True)

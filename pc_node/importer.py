@@ -1,0 +1,208 @@
+"""Import a CSV or Parquet file into the node's store.
+
+All-or-nothing by default: one invalid row refuses the whole file and the store is
+untouched. With ``skip_invalid`` the valid rows are imported and the rejected ones are
+written, with row numbers and reasons, to a rejects file for the operator.
+Column types come from the optional ``<dataset>.toml`` metadata or are inferred.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import io
+import pathlib
+import re
+import tomllib
+from decimal import Decimal, InvalidOperation
+
+from pc_common import idnum
+from pc_common.errors import InvalidInput
+from pc_common.identity import check_name
+from pc_node.store import ColumnMeta, DatasetMeta, NodeStore
+
+COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+TYPES = ("integer", "decimal", "text", "date")
+SHARING = ("open", "conditional", "closed")
+INT_RE = re.compile(r"^-?\d{1,18}$")
+DEC_RE = re.compile(r"^-?\d{1,15}(\.\d{1,2})?$")
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MAX_ERRORS_SHOWN = 5
+
+
+@dataclasses.dataclass
+class ImportReport:
+    dataset: str
+    imported: int
+    rejected: int
+    rejects_file: str | None
+    columns: list[ColumnMeta]
+
+
+def _valid_value(kind: str, value: str) -> bool:
+    if value == "":
+        return True  # empty cells are allowed (missing data)
+    if kind == "integer":
+        return bool(INT_RE.match(value))
+    if kind == "decimal":
+        return bool(DEC_RE.match(value))
+    if kind == "date":
+        if not DATE_RE.match(value):
+            return False
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            return False
+    return True
+
+
+def infer_type(values: list[str]) -> str:
+    present = [v for v in values if v != ""]
+    if not present:
+        return "text"
+    for kind in ("integer", "decimal", "date"):
+        if all(_valid_value(kind, v) for v in present):
+            return kind
+    return "text"
+
+
+def load_metadata(path: pathlib.Path | None) -> dict:
+    if path is None or not path.exists():
+        return {}
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path.name}: not valid TOML ({exc})") from None
+    unknown = set(doc) - {"key_column", "description", "columns"}
+    if unknown:
+        raise InvalidInput(f"{path.name}: unknown key '{sorted(unknown)[0]}'")
+    for name, col in (doc.get("columns") or {}).items():
+        if not isinstance(col, dict):
+            raise InvalidInput(f"{path.name}: [columns.{name}] must be a table")
+        bad = set(col) - {"type", "description", "sharing", "sensitivity", "unit"}
+        if bad:
+            raise InvalidInput(f"{path.name}: column '{name}': unknown field '{sorted(bad)[0]}'")
+        if "type" in col and col["type"] not in TYPES:
+            raise InvalidInput(f"{path.name}: column '{name}': type must be one of {', '.join(TYPES)}")
+        if "sharing" in col and col["sharing"] not in SHARING:
+            raise InvalidInput(f"{path.name}: column '{name}': sharing must be one of {', '.join(SHARING)}")
+        if "sensitivity" in col and col["sensitivity"] not in (1, 2, 3, 4):
+            raise InvalidInput(f"{path.name}: column '{name}': sensitivity must be 1, 2, 3 or 4")
+    return doc
+
+
+def read_table(path: pathlib.Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows as strings, from CSV (UTF-8) or Parquet."""
+    if not path.exists():
+        raise InvalidInput(f"no such file: {path}")
+    if path.suffix.lower() == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+            table = pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
+            raise InvalidInput(f"{path.name}: not a readable Parquet file ({type(exc).__name__})") from None
+        header = list(table.column_names)
+        cols = [["" if v is None else str(v) for v in table.column(i).to_pylist()] for i in range(len(header))]
+        return header, [list(r) for r in zip(*cols)] if cols else []
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path.name}: not UTF-8 text") from None
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        rows = list(reader)
+    except csv.Error as exc:
+        raise InvalidInput(f"{path.name}: malformed CSV ({exc})") from None
+    if not rows:
+        raise InvalidInput(f"{path.name}: empty file (a header row is required)")
+    return [h.strip() for h in rows[0]], rows[1:]
+
+
+def import_file(store: NodeStore, path: pathlib.Path, dataset: str | None = None,
+                metadata: pathlib.Path | None = None, skip_invalid: bool = False,
+                rejects: pathlib.Path | None = None, replace: bool = False) -> ImportReport:
+    path = pathlib.Path(path)
+    name = check_name("dataset", dataset or path.stem)
+    if metadata is None:
+        metadata = path.with_suffix(".toml")
+    meta_doc = load_metadata(metadata)
+    header, rows = read_table(path)
+    if len(set(header)) != len(header):
+        raise InvalidInput(f"{path.name}: duplicate column names in the header")
+    for h in header:
+        if not COLUMN_RE.match(h):
+            raise InvalidInput(f"{path.name}: column name '{h[:40]}' is not allowed (letters, digits, underscore)")
+    key_column = meta_doc.get("key_column", "id_number")
+    if key_column not in header:
+        raise InvalidInput(f"{path.name}: key column '{key_column}' not in the header "
+                           f"(columns: {', '.join(header)})")
+    declared = meta_doc.get("columns") or {}
+    for col in declared:
+        if col not in header:
+            raise InvalidInput(f"{metadata.name}: describes column '{col}' which the file does not have")
+    key_pos = header.index(key_column)
+    others = [i for i in range(len(header)) if i != key_pos]
+
+    problems: list[tuple[int, str]] = []
+    good: list[int] = []
+    for n, row in enumerate(rows):
+        line = n + 2  # 1-based, after the header
+        if len(row) != len(header):
+            problems.append((line, f"expected {len(header)} fields, found {len(row)}"))
+            continue
+        try:
+            row[key_pos] = idnum.validate(row[key_pos])
+        except InvalidInput as exc:
+            problems.append((line, f"{key_column}: {exc}"))
+            continue
+        good.append(n)
+
+    columns: list[ColumnMeta] = []
+    for i in others:
+        h = header[i]
+        d = declared.get(h, {})
+        kind = d.get("type") or infer_type([rows[n][i].strip() for n in good])
+        columns.append(ColumnMeta(name=h, type=kind, description=d.get("description", ""),
+                                  sharing=d.get("sharing", "conditional"),
+                                  sensitivity=int(d.get("sensitivity", 3)), unit=d.get("unit", "")))
+    if declared:
+        still_good = []
+        for n in good:
+            bad = next((c for c, i in zip(columns, others) if not _valid_value(c.type, rows[n][i].strip())), None)
+            if bad is not None:
+                problems.append((n + 2, f"{bad.name}: not a valid {bad.type}"))
+            else:
+                still_good.append(n)
+        good = still_good
+
+    problems.sort()
+    if problems and not skip_invalid:
+        shown = "; ".join(f"row {r}: {why}" for r, why in problems[:MAX_ERRORS_SHOWN])
+        more = f" (and {len(problems) - MAX_ERRORS_SHOWN} more)" if len(problems) > MAX_ERRORS_SHOWN else ""
+        raise InvalidInput(f"{path.name}: {len(problems)} invalid row(s), nothing imported: {shown}{more}")
+    rejects_file = None
+    if problems:
+        rejects_path = pathlib.Path(rejects) if rejects else path.with_name(path.stem + ".rejects.csv")
+        with open(rejects_path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["row", "reason", *header])
+            for r, why in problems:
+                w.writerow([r, why, *rows[r - 2]])
+        rejects_file = str(rejects_path)
+    if not good:
+        raise InvalidInput(f"{path.name}: no valid rows to import")
+    meta = DatasetMeta(name=name, key_column=key_column, description=meta_doc.get("description", ""),
+                       columns=columns)
+    store.write_dataset(meta, ((rows[n][key_pos], [rows[n][i].strip() for i in others]) for n in good),
+                        replace=replace)
+    return ImportReport(name, len(good), len(problems), rejects_file, columns)
+
+
+def decimal_cents(value: str) -> int:
+    """Money as integer cents; empty counts as zero."""
+    if value == "":
+        return 0
+    try:
+        return int((Decimal(value) * 100).to_integral_exact())
+    except (InvalidOperation, ArithmeticError):
+        raise InvalidInput("amount has more than two decimal places or is not a number") from None

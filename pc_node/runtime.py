@@ -1,0 +1,134 @@
+"""Everything one running node holds: store, keys, policy, governance, audit, and its
+client connection to the coordinator. The gRPC servicer and the protocol steps use it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import pathlib
+import threading
+
+from cryptography import x509
+
+from pc_common import gm, jobspec, tls
+from pc_common.audit import AuditLog
+from pc_common.config import NodeConfig
+from pc_common.errors import PermissionDenied
+from pc_common.identity import identity_of, node_keys_of, NodeKeys
+from pc_common.keystore import FieldCipher, generate_data_key, load_master_key, unwrap_data_key, wrap_data_key
+from pc_common.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2
+from pc_node.governance import Governance
+from pc_node.policy import Policy
+from pc_node.store import NodeStore
+
+log = logging.getLogger("pc.node")
+VERSION = "0.1.0"
+
+
+class NodeCipher:
+    """Bytes in, bytes out, over the keystore's field cipher."""
+
+    def __init__(self, field: FieldCipher):
+        self._field = field
+
+    def encrypt(self, data: bytes, aad: bytes) -> bytes:
+        return self._field.encrypt_field(bytes(data), aad)
+
+    def decrypt(self, blob: bytes, aad: bytes) -> bytes:
+        out = self._field.decrypt_field(bytes(blob), aad)
+        return out.encode() if isinstance(out, str) else out
+
+    def blind_index(self, key: str) -> bytes:
+        return self._field.blind_index(key)
+
+
+def open_cipher(data_dir: pathlib.Path, master_key_file: pathlib.Path | None) -> NodeCipher:
+    """The node's data key, created on first use and kept wrapped by the master key."""
+    master = load_master_key(master_key_file or (data_dir / "master.key"))
+    wrapped_file = data_dir / "data_key.wrapped"
+    if wrapped_file.exists():
+        data_key = unwrap_data_key(master, wrapped_file.read_bytes(), b"pc-node")
+    else:
+        data_key = generate_data_key()
+        tmp = wrapped_file.with_suffix(".tmp")
+        tmp.write_bytes(wrap_data_key(master, data_key, b"pc-node"))
+        tmp.replace(wrapped_file)
+    return NodeCipher(FieldCipher(data_key))
+
+
+def open_store(config: NodeConfig) -> NodeStore:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return NodeStore(config.data_dir / "node.db", open_cipher(config.data_dir, config.master_key_file))
+
+
+class NodeRuntime:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.node_id = config.node_id
+        self.store = open_store(config)
+        self.policy = Policy(config.policy)
+        self.governance = Governance(config.data_dir / "governance.db", config.approval_ttl_hours)
+        self.sm2 = gm.Sm2PrivateKey.from_hex(config.sm2_key.read_text().strip())
+        self.x25519_private = bytes.fromhex(config.x25519_key.read_text().strip())
+        self.audit = AuditLog(config.data_dir / "audit.db", f"node:{self.node_id}", self.sm2)
+        self.ca_pem = config.tls.ca.read_bytes()
+        self._ca = x509.load_pem_x509_certificate(self.ca_pem)
+        self._coordinator = None
+        self._cert_cache: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self.address = ""
+
+    def close(self) -> None:
+        self.store.close()
+        self.governance.close()
+
+    # ----- coordinator --------------------------------------------------------------
+    @property
+    def coordinator(self) -> coordinator_pb2_grpc.CoordinatorStub:
+        with self._lock:
+            if self._coordinator is None:
+                channel = tls.secure_channel(self.config.coordinator, self.config.tls, "coordinator")
+                self._coordinator = coordinator_pb2_grpc.CoordinatorStub(channel)
+            return self._coordinator
+
+    def peer_certificate(self, node_id: str) -> bytes:
+        """A peer node's certificate, fetched through the coordinator and checked against our CA."""
+        with self._lock:
+            pem = self._cert_cache.get(node_id)
+        if pem is None:
+            pem = self.coordinator.GetNodeCertificate(coordinator_pb2.NodeRef(node_id=node_id),
+                                                      timeout=10).certificate_pem
+            cert = x509.load_pem_x509_certificate(pem)
+            try:
+                cert.verify_directly_issued_by(self._ca)
+            except Exception:  # noqa: BLE001
+                raise PermissionDenied(f"certificate of node '{node_id}' is not issued by the federation CA") from None
+            ident = identity_of(cert)
+            if ident.role != "node" or ident.agency != node_id:
+                raise PermissionDenied(f"certificate returned for node '{node_id}' belongs to someone else")
+            with self._lock:
+                self._cert_cache[node_id] = pem
+        return pem
+
+    def peer_keys(self, node_id: str) -> NodeKeys:
+        return node_keys_of(x509.load_pem_x509_certificate(self.peer_certificate(node_id)))
+
+    def verify_spec(self, signed: node_pb2.SignedJobSpec) -> dict:
+        doc = jobspec.parse(signed.spec)
+        doc = jobspec.verify(signed.spec, signed.signature, self.peer_certificate(doc["requester"]), self.ca_pem)
+        self.governance.remember_spec(doc["job_id"], hashlib.sha256(signed.spec).digest(), doc["expires_at"])
+        return doc
+
+    # ----- catalog --------------------------------------------------------------------
+    def catalog(self) -> common_pb2.Catalog:
+        out = common_pb2.Catalog()
+        for meta in self.store.datasets():
+            ds = out.datasets.add(agency=self.node_id, name=meta.name, key_column=meta.key_column,
+                                  rows=meta.rows, description=meta.description, updated_at=meta.updated_at)
+            for c in meta.columns:
+                ds.columns.add(name=c.name, type=c.type, description=c.description, sharing=c.sharing,
+                               sensitivity=c.sensitivity, unit=c.unit)
+            for g in self.policy.grants_for(meta.name):
+                ds.grants.add(requester=g.requester, purposes=list(g.purposes), column_uses=g.columns,
+                              approval=g.approval, reveal=g.reveal)
+        return out

@@ -1,0 +1,1 @@
+"""PSI steps (filled in by the PSI integration)."""

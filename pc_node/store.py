@@ -1,0 +1,245 @@
+"""The node's embedded store: SQLite in the data directory, encrypted at rest.
+
+Identifiers and row values are stored SM4-GCM-encrypted under the node's data key
+(``pc_common.keystore``); identifiers also get an HMAC-SM3 blind index so rows can be
+found by identifier without decrypting the table. No SQL is ever built from user
+input: dataset names are validated and passed as parameters.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import pathlib
+import sqlite3
+import threading
+from typing import Iterable, Iterator, Sequence
+
+from pc_common.errors import AlreadyExists, NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    id INTEGER PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    key_column TEXT NOT NULL,
+    description TEXT NOT NULL,
+    columns_json TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rows (
+    dataset_id INTEGER NOT NULL,
+    row_no INTEGER NOT NULL,
+    key_index BLOB NOT NULL,
+    key_enc BLOB NOT NULL,
+    payload_enc BLOB NOT NULL,
+    PRIMARY KEY (dataset_id, row_no)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rows_by_key ON rows (dataset_id, key_index);
+CREATE TABLE IF NOT EXISTS blobs (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    data BLOB NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+"""
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclasses.dataclass
+class ColumnMeta:
+    name: str
+    type: str
+    description: str = ""
+    sharing: str = "conditional"
+    sensitivity: int = 3
+    unit: str = ""
+
+
+@dataclasses.dataclass
+class DatasetMeta:
+    name: str
+    key_column: str
+    description: str
+    columns: list[ColumnMeta]          # the non-key columns, in stored order
+    rows: int = 0
+    version: int = 1
+    updated_at: str = ""
+
+    def column(self, name: str) -> ColumnMeta:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise NotFound(f"dataset '{self.name}' has no column '{name}'")
+
+    def column_types(self) -> dict[str, str]:
+        return {c.name: c.type for c in self.columns}
+
+
+class NodeStore:
+    """Datasets, subject sets, results and job working data of one node."""
+
+    def __init__(self, path: pathlib.Path, cipher):
+        self.path = pathlib.Path(path)
+        self.cipher = cipher
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ----- datasets -------------------------------------------------------------
+    def datasets(self) -> list[DatasetMeta]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, key_column, description, columns_json, rows, version, updated_at "
+                "FROM datasets ORDER BY name").fetchall()
+        return [self._meta(r) for r in rows]
+
+    @staticmethod
+    def _meta(r) -> DatasetMeta:
+        cols = [ColumnMeta(**c) for c in json.loads(r[3])]
+        return DatasetMeta(r[0], r[1], r[2], cols, r[4], r[5], r[6])
+
+    def dataset(self, name: str) -> DatasetMeta:
+        with self._lock:
+            r = self._db.execute(
+                "SELECT name, key_column, description, columns_json, rows, version, updated_at "
+                "FROM datasets WHERE name = ?", (name,)).fetchone()
+        if r is None:
+            raise NotFound(f"no dataset named '{name}' at this node")
+        return self._meta(r)
+
+    def _dataset_id(self, db, name: str) -> int:
+        r = db.execute("SELECT id FROM datasets WHERE name = ?", (name,)).fetchone()
+        if r is None:
+            raise NotFound(f"no dataset named '{name}' at this node")
+        return r[0]
+
+    def write_dataset(self, meta: DatasetMeta, rows: Iterable[tuple[str, Sequence[str]]],
+                      replace: bool = False) -> DatasetMeta:
+        """Store a whole dataset atomically: all rows or none.
+
+        ``rows`` yields (normalised identifier, values in ``meta.columns`` order).
+        """
+        with self.transaction() as db:
+            old = db.execute("SELECT id, version FROM datasets WHERE name = ?", (meta.name,)).fetchone()
+            if old is not None and not replace:
+                raise AlreadyExists(f"dataset '{meta.name}' already exists (use --replace to overwrite it)")
+            version = 1
+            if old is not None:
+                version = old[1] + 1
+                db.execute("DELETE FROM rows WHERE dataset_id = ?", (old[0],))
+                db.execute("DELETE FROM datasets WHERE id = ?", (old[0],))
+            meta.version, meta.updated_at = version, now_iso()
+            cur = db.execute(
+                "INSERT INTO datasets (name, key_column, description, columns_json, rows, version, updated_at)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?)",
+                (meta.name, meta.key_column, meta.description,
+                 json.dumps([dataclasses.asdict(c) for c in meta.columns], ensure_ascii=False),
+                 version, meta.updated_at))
+            ds_id = cur.lastrowid
+            count = 0
+            batch = []
+            for row_no, (key, values) in enumerate(rows):
+                aad = f"{meta.name}/{row_no}".encode()
+                payload = json.dumps(list(values), ensure_ascii=False, separators=(",", ":")).encode()
+                batch.append((ds_id, row_no, self.cipher.blind_index(key),
+                              self.cipher.encrypt(key.encode(), aad), self.cipher.encrypt(payload, aad)))
+                count += 1
+                if len(batch) >= 5000:
+                    db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?)", batch)
+                    batch.clear()
+            if batch:
+                db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?)", batch)
+            db.execute("UPDATE datasets SET rows = ? WHERE id = ?", (count, ds_id))
+            meta.rows = count
+        return meta
+
+    def drop_dataset(self, name: str) -> None:
+        with self.transaction() as db:
+            ds_id = self._dataset_id(db, name)
+            db.execute("DELETE FROM rows WHERE dataset_id = ?", (ds_id,))
+            db.execute("DELETE FROM datasets WHERE id = ?", (ds_id,))
+
+    def keys(self, name: str) -> list[str]:
+        """Every normalised identifier of a dataset (decrypted), in row order."""
+        meta = self.dataset(name)
+        with self._lock:
+            ds_id = self._dataset_id(self._db, name)
+            rows = self._db.execute("SELECT row_no, key_enc FROM rows WHERE dataset_id = ? ORDER BY row_no",
+                                    (ds_id,)).fetchall()
+        dec = self.cipher.decrypt
+        return [dec(k, f"{meta.name}/{n}".encode()).decode() for n, k in rows]
+
+    def rows_for_keys(self, name: str, keys: Sequence[str]) -> dict[str, list[list[str]]]:
+        """Rows whose identifier is one of ``keys``, found through the blind index."""
+        meta = self.dataset(name)
+        by_index = {self.cipher.blind_index(k): k for k in keys}
+        found: dict[str, list[list[str]]] = {}
+        idx = list(by_index)
+        with self._lock:
+            ds_id = self._dataset_id(self._db, name)
+            for i in range(0, len(idx), 500):
+                part = idx[i:i + 500]
+                q = ("SELECT row_no, key_index, payload_enc FROM rows WHERE dataset_id = ? AND key_index IN ("
+                     + ",".join("?" * len(part)) + ")")
+                for row_no, kidx, payload in self._db.execute(q, (ds_id, *part)):
+                    values = json.loads(self.cipher.decrypt(payload, f"{meta.name}/{row_no}".encode()))
+                    found.setdefault(by_index[bytes(kidx)], []).append(values)
+        return found
+
+    # ----- opaque encrypted blobs: subject sets, results, job working data -----
+    def put_blob(self, kind: str, name: str, data: bytes, expires_at: str | None = None) -> None:
+        blob = self.cipher.encrypt(data, f"{kind}/{name}".encode())
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)",
+                       (kind, name, now_iso(), expires_at, blob))
+
+    def get_blob(self, kind: str, name: str) -> bytes:
+        with self._lock:
+            r = self._db.execute("SELECT data FROM blobs WHERE kind = ? AND name = ?", (kind, name)).fetchone()
+        if r is None:
+            raise NotFound(f"no {kind} '{name}' at this node")
+        return self.cipher.decrypt(r[0], f"{kind}/{name}".encode())
+
+    def has_blob(self, kind: str, name: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM blobs WHERE kind = ? AND name = ?",
+                                    (kind, name)).fetchone() is not None
+
+    def delete_blobs(self, kind: str, name: str | None = None) -> int:
+        with self.transaction() as db:
+            if name is None:
+                return db.execute("DELETE FROM blobs WHERE kind = ?", (kind,)).rowcount
+            return db.execute("DELETE FROM blobs WHERE kind = ? AND name = ?", (kind, name)).rowcount
+
+    def expire_blobs(self, now: str | None = None) -> list[tuple[str, str]]:
+        now = now or now_iso()
+        with self.transaction() as db:
+            gone = db.execute("SELECT kind, name FROM blobs WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                              (now,)).fetchall()
+            db.execute("DELETE FROM blobs WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))
+        return [tuple(g) for g in gone]

@@ -112,24 +112,70 @@ def validate_many(
 
     Returns ``(normalised, reasons)`` of the same length; ``reasons[i]`` is None when value
     ``i`` is valid, otherwise one of the reason strings. Non-text values get ``"invalid characters"``.
+    Clean values are checked in vectorised chunks (numpy); the rest one by one.
     """
-    dates = _birth_dates(today or date.today())
-    norm: list[str] = []
-    reasons: list[str | None] = []
-    add_n, add_r = norm.append, reasons.append
-    for v in values:
-        if type(v) is not str:
-            add_n("")
-            add_r(BAD_CHARACTERS)
-            continue
-        # Fast path: already clean 18 ASCII alphanumerics; otherwise full normalisation.
-        if len(v) != 18 or not (v.isascii() and v.isalnum()):
-            v = normalise(v)
-        elif v[17] == "x":
-            v = v[:17] + "X"
-        add_n(v)
-        add_r(_reason(v, dates))
+    today = today or date.today()
+    dates = _birth_dates(today)
+    values = list(values)
+    norm: list[str] = [""] * len(values)
+    reasons: list[str | None] = [None] * len(values)
+    try:
+        fast = _fast_checker(today)
+    except ImportError:  # pragma: no cover - numpy is a dependency; keep a pure-Python path
+        fast = None
+    for start in range(0, len(values), _CHUNK):
+        chunk = values[start:start + _CHUNK]
+        if set(map(type, chunk)) != {str}:
+            chunk = [str(v) if isinstance(v, str) else None for v in chunk]
+        passed = fast(chunk) if fast is not None and None not in chunk else None
+        for i, v in enumerate(chunk):
+            if passed is not None and passed[i]:
+                norm[start + i] = v
+                continue
+            if v is None:
+                reasons[start + i] = BAD_CHARACTERS
+                continue
+            n = normalise(v)
+            norm[start + i] = n
+            reasons[start + i] = _reason(n, dates)
     return norm, reasons
+
+
+_CHUNK = 65536
+
+
+@lru_cache(maxsize=4)
+def _fast_checker(today: date):
+    """A numpy function: chunk of str → bool array, True where the value is already normalised
+    and valid. False only means "check this one the slow way"."""
+    import numpy as np
+
+    weights = np.array(_WEIGHTS + (1,), dtype=np.int32)
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int32)
+    today_ymd = today.year * 10000 + today.month * 100 + today.day
+
+    def check(chunk: list[str]):
+        n = len(chunk)
+        lengths = np.fromiter(map(len, chunk), dtype=np.int32, count=n)
+        codes = np.array(chunk, dtype="U18").view(np.uint32).reshape(n, 18)
+        d = codes.astype(np.int32)
+        d -= 48
+        is_x = codes[:, 17] == 88  # "X" counts 10
+        d[is_x, 17] = 10
+        ok = (lengths == 18) & (d.min(axis=1) >= 0) & (d[:, :17].max(axis=1) <= 9) & (d[:, 17] <= 10)
+        ok &= (d[:, 0] >= 1) & (d[:, 0] <= 8)
+        y = d[:, 6] * 1000 + d[:, 7] * 100 + d[:, 8] * 10 + d[:, 9]
+        m = d[:, 10] * 10 + d[:, 11]
+        day = d[:, 12] * 10 + d[:, 13]
+        mm = np.clip(m, 0, 12)
+        leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+        dim = month_days[mm] + ((mm == 2) & leap)
+        ok &= (y >= 1900) & (m >= 1) & (m <= 12) & (day >= 1) & (day <= dim)
+        ok &= (y * 10000 + m * 100 + day) <= today_ymd
+        ok &= (d @ weights) % 11 == 1
+        return ok.tolist()
+
+    return check
 
 
 def is_valid_many(values: Iterable[str], *, today: date | None = None) -> list[bool]:

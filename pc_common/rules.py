@@ -183,9 +183,6 @@ class Rule:
         """Rebuild from :meth:`to_dict` output (or a parsed TOML table), fully validated."""
         return _build_rule(data, source_name)
 
-    def _where(self) -> str:
-        return self.origin or f"rule '{self.id}'"
-
 
 # ---------------------------------------------------------------------------
 # Parsing and validation
@@ -344,7 +341,8 @@ def _build_criterion(source_name: str, raw: object, index: int) -> Criterion:
     name = _req_str(ctx, raw, "name", _NAME_RE, "criterion name (lowercase letters, digits, _)")
     ctype = _req_str(ctx, raw, "type")
     if ctype not in CRITERION_TYPES:
-        raise ctx.error("type", f"unknown type '{_clip(ctype)}' (expected one of {', '.join(CRITERION_TYPES)})")  # type: ignore[arg-type]
+        raise ctx.error("type", f"unknown type '{_clip(str(ctype))}' "
+                                f"(expected one of {', '.join(CRITERION_TYPES)})")
 
     where: Optional[Expr] = None
     if "where" in raw:
@@ -524,7 +522,7 @@ class ColumnMeta:
     type: str
     description: str = ""
     sharing: str = "conditional"
-    sensitivity: int = 2
+    sensitivity: int = 3
     unit: Optional[str] = None
 
 
@@ -542,7 +540,11 @@ class DatasetMeta:
 
 
 def parse_dataset_metadata(text: str, source_name: str = "dataset.toml") -> DatasetMeta:
-    """Parse a dataset metadata file (format: docs/rules.md, "Dataset metadata")."""
+    """Parse a dataset metadata file (format: docs/rules.md, "Dataset metadata").
+
+    Stricter than the node importer in one way: every described column needs a
+    ``type``, since a catalog built offline has no values to infer it from.
+    """
     ctx = _Ctx(source_name)
     try:
         data = tomllib.loads(text)
@@ -573,7 +575,7 @@ def parse_dataset_metadata(text: str, source_name: str = "dataset.toml") -> Data
         sharing = spec.get("sharing", "conditional")
         if sharing not in SHARING_CLASSES:
             raise cctx.error(f"columns.{name}.sharing", f"must be one of {', '.join(SHARING_CLASSES)}")
-        sens = spec.get("sensitivity", 2)
+        sens = spec.get("sensitivity", 3)
         if isinstance(sens, bool) or not isinstance(sens, int) or not 1 <= sens <= 4:
             raise cctx.error(f"columns.{name}.sensitivity", "must be an integer from 1 to 4")
         unit = spec.get("unit")

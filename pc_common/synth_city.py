@@ -32,6 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from pc_common import idnum
+
 __all__ = ["CitySummary", "DATASETS", "REFERENCE_DATE", "catalog", "generate_city",
            "id_check_char", "metadata_toml"]
 
@@ -136,7 +138,8 @@ def metadata_toml(dataset: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Identity numbers (GB 11643-1999): vectorised check characters
+# Identity numbers (GB 11643-1999): vectorised check characters (the scalar
+# reference is pc_common.idnum; tests check every generated number with it)
 # ---------------------------------------------------------------------------
 
 _ID_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int64)
@@ -144,15 +147,8 @@ _ID_CHECK = "10X98765432"
 
 
 def id_check_char(first17: str) -> str:
-    """ISO 7064 MOD 11-2 check character of the first 17 digits."""
-    try:
-        from pc_common import idnum  # written by another module owner; optional
-    except ImportError:
-        idnum = None
-    if idnum is not None and hasattr(idnum, "check_char"):
-        return idnum.check_char(first17)  # pragma: no cover - depends on idnum's API
-    total = sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS.tolist()))
-    return _ID_CHECK[total % 11]
+    """ISO 7064 MOD 11-2 check character of the first 17 digits (see pc_common.idnum)."""
+    return idnum.check_digit(first17)
 
 
 def _id_check_vec(body: np.ndarray) -> np.ndarray:
@@ -174,7 +170,7 @@ _SURNAMES = (
     "任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤"
 )
 _COMPOUND_SURNAMES = ("欧阳", "司马", "诸葛", "上官")
-_MALE_CHARS = "伟强磊军勇杰涛明超刚平辉鹏华飞鑫波斌宇浩凯健俊帆旭宁龙林阳建国志文东海峰亮成兵晨博睿泽轩子浩然嘉豪"
+_MALE_CHARS = "伟强磊军勇杰涛明超刚平辉鹏华飞鑫波斌宇浩凯健俊帆旭宁龙林阳建国志文东海峰亮成兵晨博睿泽轩浩嘉豪"
 _FEMALE_CHARS = "芳娜敏静丽艳娟霞燕玲桂英秀兰红梅琳婷雪慧颖倩洁佳晶玉萍琴云莉欣怡雨思萱悦彤婉妍诗涵梓"
 _BRAND_CHARS = "华创腾鑫恒达盛泰信诚宏远海天安金瑞丰永祥嘉兴汇联智新科源佳顺和美通"
 _INDUSTRIES = ("科技", "贸易", "物流", "餐饮管理", "建筑工程", "电子", "信息技术", "商贸", "物业管理",
@@ -521,12 +517,14 @@ def generate_city(out_dir: str | Path, households: int = 10_000, seed: int = 1) 
     # Vehicles.
     order = rng.permutation(len(v_person))
     nv = len(v_person)
-    plate_code = _unique_codes(rng, nv, len(_PLATE_CHARS) ** 5)
+    # Plates: two letters-or-digits then three digits (粤B·A7123), or five
+    # letters-or-digits when a very large city needs more numbers.
+    radices = [34, 34, 10, 10, 10] if nv <= 34 * 34 * 1000 else [34] * 5
+    rest_code = _unique_codes(rng, nv, int(np.prod(radices)))
     chars = []
-    rest_code = plate_code.copy()
-    for _ in range(5):
-        chars.append(rest_code % len(_PLATE_CHARS))
-        rest_code //= len(_PLATE_CHARS)
+    for r in reversed(radices):
+        chars.append(rest_code % r)
+        rest_code //= r
     plate = _join(_strings(_PLATE_PREFIXES, rng.integers(0, len(_PLATE_PREFIXES), nv)),
                   *[_strings(list(_PLATE_CHARS), c) for c in reversed(chars)])
     adult_day = P.birth[v_person] + np.timedelta64(18 * 365 + 5, "D")
@@ -721,10 +719,10 @@ def _edge_cases(P: _People, sizes, hh_class, head_of, spouse_of, wages, pensions
         props.append((head, 0))
         wages.append((head, line * int(sizes[h]) - 30_000, 0))
         cases["motorcycle_only"] = {"household": h, "eligible": True, "failed": []}
-    # Income exactly on the line (wage + pension of two members): fails.
+    # Income exactly on the line (a wage plus a pension, summed across sources): fails.
     h = pick(2, 4)
     if h is not None:
-        head, other = int(head_of[h]), int(head_of[h]) + 1
+        head, other = int(head_of[h]), int(spouse_of[h])
         pensions.append((other, 50_000))
         wages.append((head, line * int(sizes[h]) - 50_000, 1))
         cases["income_on_line"] = {"household": h, "eligible": False, "failed": ["income_below_line"]}
@@ -738,6 +736,10 @@ def _edge_cases(P: _People, sizes, hh_class, head_of, spouse_of, wages, pensions
         cases["several_wage_records"] = {"household": h, "eligible": False, "failed": ["income_below_line"]}
     # A car recorded under a lowercase-x identity number: must still be found.
     h = pick(1, 6, need_x_head=True)
+    if h is None:
+        h = pick(1, 6)
+        if h is not None and not _give_x_check(P, int(head_of[h])):
+            h = None
     if h is not None:
         head = int(head_of[h])
         spelled["vehicles"].append((len(vehicles), "lower"))
@@ -759,6 +761,18 @@ def _edge_cases(P: _People, sizes, hh_class, head_of, spouse_of, wages, pensions
         props.append((head, 1))
         cases["home_and_shop"] = {"household": h, "eligible": True, "failed": []}
     return cases, used
+
+
+def _give_x_check(P: _People, person: int) -> bool:
+    """Change one person's order code so the check character is X (keeps the sex digit)."""
+    current = P.ids[person]
+    for seq in range(int(current[16]) % 2 or 2, 1000, 2):
+        body = current[:14] + f"{seq:03d}"
+        if id_check_char(body) == "X" and not (P.ids == body + "X").any():
+            P.ids[person] = body + "X"
+            P.id_is_x[person] = True
+            return True
+    return False  # pragma: no cover - some order code always works
 
 
 def _write(out: Path, dataset: str, columns: dict[str, pa.Array],

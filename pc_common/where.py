@@ -388,7 +388,8 @@ class _Parser:
         if tok.kind == "rparen":
             raise _fail(tok.pos, "unbalanced ')'")
         if tok.kind != "end":
-            raise _fail(tok.pos, f"expected 'and', 'or' or the end of the condition, found {self.describe(tok)}")
+            raise _fail(tok.pos, "expected 'and', 'or' or the end of the condition, "
+                                 f"found {self.describe(tok)}")
         return expr
 
     def describe(self, tok: _Token) -> str:
@@ -449,7 +450,8 @@ class _Parser:
         if op.kind == "lparen":
             raise _fail(op.pos, "functions are not supported")
         if op.kind != "op":
-            raise _fail(op.pos, f"expected a comparison operator ({' '.join(OPERATORS)}) after column '{name}', found {self.describe(op)}")
+            raise _fail(op.pos, f"expected a comparison operator ({' '.join(OPERATORS)}) "
+                                f"after column '{name}', found {self.describe(op)}")
         lit = self.take()
         if lit.kind not in ("number", "string"):
             if lit.kind == "ident":
@@ -721,15 +723,19 @@ def _compare_vec(c: Comparison, arr: np.ndarray) -> np.ndarray:
             with np.errstate(invalid="ignore"):
                 return fn(arr, float(lit)) & ~np.isnan(arr)
         if kind == "U":
-            stripped = np.char.strip(arr)
-            present = np.char.str_len(stripped) > 0
-            values = np.zeros(len(arr), dtype=np.float64)
-            try:
-                values[present] = stripped[present].astype(np.float64)
-            except ValueError:
-                raise InvalidInput(
-                    f"where: column '{c.column}' holds a value that is not a number"
-                ) from None
+            try:  # fast path: every cell is a number
+                values = arr.astype(np.float64)
+                present = np.ones(len(arr), dtype=bool)
+            except ValueError:  # some cells are empty (missing) or not numbers
+                stripped = np.char.strip(arr)
+                present = np.char.str_len(stripped) > 0
+                values = np.zeros(len(arr), dtype=np.float64)
+                try:
+                    values[present] = stripped[present].astype(np.float64)
+                except ValueError:
+                    raise InvalidInput(
+                        f"where: column '{c.column}' holds a value that is not a number"
+                    ) from None
             present &= np.isfinite(values)
             lit = c.value
             if len(str(lit).lstrip("-").replace(".", "").lstrip("0")) > 15:

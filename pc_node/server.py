@@ -52,13 +52,14 @@ class NodeService(node_pb2_grpc.NodeServicer):
 
     @rpc("client", check=_own_agency)
     def UploadSubjects(self, request_iterator, context, caller):
-        subjects, groups = [], []
+        subjects, groups, original = [], [], []
         header = None
         for chunk in request_iterator:
             if header is None:
                 header = chunk
             for row in chunk.rows:
                 subjects.append(row.subject)
+                original.append(row.subject)
                 groups.append(row.group)
                 if len(subjects) > MAX_SUBJECTS:
                     raise InvalidInput(f"too many subjects in one upload (at most {MAX_SUBJECTS})")
@@ -78,7 +79,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
             raise InvalidInput("every subject needs a group when a group column is given")
         set_id = secrets.token_hex(8)
         doc = {"subject_column": header.subject_column or "id_number", "group_column": header.group_column,
-               "subjects": subjects, "groups": groups}
+               "subjects": subjects, "groups": groups, "original": original}
         self.rt.store.put_blob("subjects", set_id, json.dumps(doc).encode(),
                                expires_at=_hours_from_now(SUBJECTS_TTL_HOURS))
         n_groups = len(set(groups))

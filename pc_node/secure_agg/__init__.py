@@ -1,0 +1,81 @@
+"""Homomorphic aggregation: backends (Paillier, BFV), encoding, blinding, interpretation.
+
+Typical flow (eligibility verification)::
+
+    be = get_backend("bfv")
+    pub, secret = be.generate_keypair()                 # requester node
+    wire_pub = pub.serialize()                          # public part only
+    pub_p = be.load_public(wire_pub)                    # provider / coordinator
+    rows = [be.encrypt(pub_p, row) for row in rows_of_values]      # provider
+    s = group_sum(pub_c, rows_from_all_providers)       # coordinator
+    blinded = less_than(pub_c, s, thresholds, value_bound)
+    verdict = decrypt_comparisons(secret, blinded)      # requester node
+
+Submodules ``paillier_keys``/``bfv_keys`` (key generation, decryption) are loaded
+lazily and only on the key holder's side.
+"""
+from .backend import (
+    CipherVector,
+    HeBackend,
+    PublicContext,
+    SecretContext,
+    available_backends,
+    backend_for,
+    get_backend,
+)
+from .blinding import (
+    Comparison,
+    fold_zero_tests,
+    greater_than,
+    group_sum,
+    less_than,
+    random_permutation,
+    rho_bits,
+    shuffle_comparisons,
+    shuffled,
+    zero_test,
+)
+from .encoding import amounts_to_cents, check_inputs, check_no_overflow, from_cents, to_cents
+from .interpret import (
+    centre,
+    check_sums,
+    decrypt,
+    decrypt_comparisons,
+    decrypt_sums,
+    decrypt_zero_tests,
+    is_positive,
+    is_zero,
+)
+
+__all__ = [
+    "CipherVector",
+    "Comparison",
+    "HeBackend",
+    "PublicContext",
+    "SecretContext",
+    "amounts_to_cents",
+    "available_backends",
+    "backend_for",
+    "centre",
+    "check_inputs",
+    "check_no_overflow",
+    "check_sums",
+    "decrypt",
+    "decrypt_comparisons",
+    "decrypt_sums",
+    "decrypt_zero_tests",
+    "fold_zero_tests",
+    "from_cents",
+    "get_backend",
+    "greater_than",
+    "group_sum",
+    "is_positive",
+    "is_zero",
+    "less_than",
+    "random_permutation",
+    "rho_bits",
+    "shuffle_comparisons",
+    "shuffled",
+    "to_cents",
+    "zero_test",
+]

@@ -98,6 +98,8 @@ class HeBackend(ABC):
     """Operations of one scheme. Instances are stateless; use ``get_backend``."""
 
     name: ClassVar[str]
+    # Plaintext bound when it does not depend on the key (BFV); None for Paillier.
+    fixed_plaintext_bound: ClassVar[int | None] = None
 
     # --- key holder side (lazily imports the *_keys module) -------------------
     @abstractmethod

@@ -13,17 +13,21 @@ and ``hs^α`` comes from a fixed-base table ``hs^(d·256^i)`` (one row per byte 
 Security rests on DCR plus the assumption that ``hs^α`` with short α is
 indistinguishable from a random n-th residue (see docs/homomorphic.md).
 
-Plaintexts are in Z_n; signed values are centred. Vectors are one ciphertext per
+Plaintexts are in Z_n; signed values are centred and kept below 2^(bits/2-2) so that
+decryption modulo one prime factor suffices (``plaintext_bound``). Vectors are one ciphertext per
 element (no packing: blinding needs an independent factor per element).
 
 Key generation and decryption live in ``paillier_keys`` (key holder only).
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import secrets
+import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import gmpy2
@@ -49,7 +53,8 @@ DEFAULT_KEY_BITS = 2048
 KEY_BITS_ALLOWED = (1024, 2048, 3072)  # 1024 is for tests only (see ``min_key_bits``)
 # Short-exponent length ℓ = 4κ for the key's security level κ (80/112/128 bits).
 ALPHA_BITS = {1024: 320, 2048: 448, 3072: 512}
-PARALLEL_MIN_VALUES = 4096  # below this a process pool costs more than it saves
+PARALLEL_MIN_VALUES = 1024  # below this the hand-off to worker processes costs more than it saves
+PARALLEL_MIN_POWMODS = 128  # exponentiations with (up to) 2048-bit exponents
 
 _ONE = gmpy2.mpz(1)
 
@@ -106,6 +111,17 @@ class PaillierPublicContext(PublicContext):
     @property
     def plaintext_modulus(self) -> int:
         return int(self._n)
+
+    @property
+    def plaintext_bound(self) -> int:
+        """2^(bits/2 - 2) - 1, below half of either prime factor of n.
+
+        The key holder decrypts modulo one prime factor p only (one CRT half: twice
+        as fast); every value that must survive decryption — sums, blinded
+        comparisons — is kept below p/2, which this bound guarantees because both
+        factors have exactly bits/2 bits. Zero tests still use ρ uniform mod n.
+        """
+        return (1 << (self.key_bits // 2 - 2)) - 1
 
     @property
     def slots(self) -> int:
@@ -171,23 +187,67 @@ def _worker_encrypt(n: int, hs: int, key_bits: int, alpha_bits: int, values: lis
     key = (n, hs, key_bits, alpha_bits)
     pub = _WORKER_CTX.get(key)
     if pub is None:
-        _WORKER_CTX.clear()
+        if len(_WORKER_CTX) >= 4:  # a few concurrent jobs' tables (~7.5 MB each)
+            _WORKER_CTX.clear()
         pub = _WORKER_CTX[key] = PaillierPublicContext(n, hs, key_bits, alpha_bits)
     return encrypt_with_randomness(pub, values, secrets.token_bytes(pub.alpha_bytes * len(values)))
 
 
+_POOL: ProcessPoolExecutor | None = None
+_POOL_WORKERS = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool kept for the life of the process (workers keep their tables)."""
+    global _POOL, _POOL_WORKERS
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_WORKERS != workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False, cancel_futures=True)
+            _POOL = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            _POOL_WORKERS = workers
+        return _POOL
+
+
+def shutdown_pool() -> None:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is not None:
+            _POOL.shutdown(wait=True, cancel_futures=True)
+            _POOL = None
+
+
+atexit.register(shutdown_pool)
+
+
 def _parallel_encrypt(pub: PaillierPublicContext, values: list[int], workers: int) -> list[Any]:
-    size = -(-len(values) // (workers * 2))
+    size = -(-len(values) // workers)
     parts = [values[i : i + size] for i in range(0, len(values), size)]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [
-            pool.submit(_worker_encrypt, pub.n, int(pub._hs), pub.key_bits, pub.alpha_bits, part)
-            for part in parts
-        ]
-        out: list[Any] = []
-        for f in futures:
-            out.extend(f.result())
+    pool = _pool(workers)
+    futures = [
+        pool.submit(_worker_encrypt, pub.n, int(pub._hs), pub.key_bits, pub.alpha_bits, part) for part in parts
+    ]
+    out: list[Any] = []
+    for f in futures:
+        out.extend(f.result())
+    return out
+
+
+def _worker_powmods(n2: Any, bases: list[Any], exps: list[int]) -> list[Any]:
+    powmod = gmpy2.powmod
+    return [powmod(b, e, n2) for b, e in zip(bases, exps)]
+
+
+def _parallel_map(fn: Any, n2: Any, bases: list[Any], exps: list[int], workers: int) -> list[Any]:
+    size = -(-len(bases) // workers)
+    pool = _pool(workers)
+    futures = [
+        pool.submit(fn, n2, bases[i : i + size], exps[i : i + size]) for i in range(0, len(bases), size)
+    ]
+    out: list[Any] = []
+    for f in futures:
+        out.extend(f.result())
     return out
 
 
@@ -242,9 +302,14 @@ class PaillierBackend(HeBackend):
         check_in_plaintext_space(ints, pub.plaintext_bound)
         if workers is None:
             workers = default_workers() if len(ints) >= PARALLEL_MIN_VALUES else 1
+        cts = None
         if workers > 1 and len(ints) >= 2 * workers:
-            cts = _parallel_encrypt(pub, ints, workers)
-        else:
+            try:
+                cts = _parallel_encrypt(pub, ints, workers)
+            except (BrokenProcessPool, OSError):
+                shutdown_pool()  # e.g. an interpreter that cannot spawn; same result, serially
+                cts = None
+        if cts is None:
             cts = encrypt_with_randomness(pub, ints, secrets.token_bytes(pub.alpha_bytes * len(ints)))
         return PaillierCipherVector(pub, cts)
 
@@ -292,8 +357,10 @@ class PaillierBackend(HeBackend):
         n, n2 = pub._n, pub._n2
         half = n // 2
         ints = as_int_list(values, cv.length)
-        cts = []
-        for c, k in zip(cv.cts, ints):
+        cts: list[Any] = []
+        todo: list[int] = []  # positions that need a real exponentiation
+        exps: list[int] = []
+        for i, (c, k) in enumerate(zip(cv.cts, ints)):
             k = k % n
             if k > half:
                 k -= n  # a short negative exponent is cheaper than a long positive one
@@ -302,13 +369,27 @@ class PaillierBackend(HeBackend):
             elif k == 1:
                 cts.append(c)
             else:
-                cts.append(gmpy2.powmod(c, k, n2))
+                cts.append(None)
+                todo.append(i)
+                exps.append(k)
+        bases = [cv.cts[i] for i in todo]
+        workers = default_workers()
+        results = None
+        if workers > 1 and len(todo) >= PARALLEL_MIN_POWMODS:
+            try:
+                results = _parallel_map(_worker_powmods, n2, bases, exps, workers)
+            except (BrokenProcessPool, OSError):
+                shutdown_pool()
+        if results is None:
+            results = _worker_powmods(n2, bases, exps)
+        for i, r in zip(todo, results):
+            cts[i] = r
         return PaillierCipherVector(pub, cts, cv.depth + 1)
 
     def rerandomize(self, cv: CipherVector) -> PaillierCipherVector:
         check_backend(cv, PaillierCipherVector)
         pub = cv.public
-        zeros = encrypt_with_randomness(pub, [0] * cv.length, secrets.token_bytes(pub.alpha_bytes * cv.length))
+        zeros = self.encrypt(pub, [0] * cv.length).cts
         n2, f_mod = pub._n2, gmpy2.f_mod
         return PaillierCipherVector(pub, [f_mod(c * z, n2) for c, z in zip(cv.cts, zeros)], cv.depth)
 

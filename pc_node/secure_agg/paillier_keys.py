@@ -1,7 +1,7 @@
 """Paillier key holder side: key generation, secret storage, decryption.
 
 Only the requester node imports this module (through ``PaillierBackend``); the
-coordinator's blinding code never does. Decryption uses ``phe``'s CRT private key.
+coordinator's blinding code never does. Decryption uses the p-half of ``phe``'s CRT private key (see ``decrypt``).
 """
 from __future__ import annotations
 
@@ -24,10 +24,14 @@ class PaillierSecretContext(SecretContext):
     backend_name = NAME
 
     def __init__(self, public: PaillierPublicContext, p: int, q: int) -> None:
-        if p * q != public.n or p == q:
+        if p * q != public.n or p == q or min(p, q) <= 2 * public.plaintext_bound:
             raise CryptoError("secret key does not match its public key")
         self.public = public
         self._key = phe_paillier.PaillierPrivateKey(phe_paillier.PaillierPublicKey(public.n), p, q)
+        # decryption modulo p alone (see PaillierPublicContext.plaintext_bound)
+        self._p = gmpy2.mpz(self._key.p)
+        self._p2 = gmpy2.mpz(self._key.psquare)
+        self._hp = gmpy2.mpz(self._key.hp)
 
     def serialize_secret(self) -> bytes:
         """For the key holder's own sealed storage only."""
@@ -70,16 +74,23 @@ def load_secret(data: bytes) -> PaillierSecretContext:
 
 
 def decrypt(secret: SecretContext, cv: CipherVector) -> np.ndarray:
-    """Centred plaintexts as an object array of Python ints."""
+    """Centred plaintexts (object array of Python ints), decrypted modulo p.
+
+    m ≡ L_p(c^(p-1) mod p^2)·h_p (mod p) is the p-half of phe's CRT decryption;
+    since every meaningful plaintext satisfies |m| <= plaintext_bound < p/2, the
+    centred residue mod p is m itself. A blinded zero test (uniform mod n) reads
+    as zero mod p with probability 1/p < 2^-1000 when it is not zero.
+    """
     check_backend(secret, PaillierSecretContext)
     check_backend(cv, PaillierCipherVector)
     if cv.public.fingerprint != secret.public.fingerprint:
         raise CryptoError("ciphertext was encrypted under a different key")
-    n = secret.public.n
-    half = n // 2
-    raw = secret._key.raw_decrypt
+    p, p2, hp = secret._p, secret._p2, secret._hp
+    pm1 = p - 1
+    half = p // 2
+    powmod, f_mod = gmpy2.powmod, gmpy2.f_mod
     out = np.empty(cv.length, dtype=object)
     for i, c in enumerate(cv.cts):
-        m = raw(int(c))
-        out[i] = m - n if m > half else m
+        m = f_mod(((powmod(f_mod(c, p2), pm1, p2) - 1) // p) * hp, p)
+        out[i] = int(m - p) if m > half else int(m)
     return out

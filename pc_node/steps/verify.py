@@ -1,1 +1,257 @@
-"""Verification steps."""
+"""Eligibility verification steps at the nodes.
+
+Requester node:
+  ``verify.prepare``  fresh HE key pair; opaque slots (a random permutation of the
+                      subjects); per provider a sealed (slot, identifier) list in random
+                      order with no grouping; to the coordinator only the public context
+                      and the slot→group layout (no identifiers).
+  ``verify.regroup``  (BFV only) receives per-slot values masked with uniform noise by the
+                      coordinator, adds them up per group and re-encrypts: it learns nothing
+                      (a one-time pad) and the coordinator gets group sums without rotations.
+  ``verify.finish``   decrypts the blinded tests, writes verdicts in the results file
+                      contract, stores them encrypted, and wipes the job's keys.
+Provider node:
+  ``verify.evaluate`` opens its sealed list, evaluates its criteria locally and returns one
+                      ciphertext per slot and criterion under the requester's key.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import random
+import struct
+
+import numpy as np
+
+from pc_common import envelope
+from pc_common.errors import InvalidInput, PermissionDenied
+from pc_common.rules import Rule
+from pc_node.importer import decimal_cents
+from pc_node.secure_agg import get_backend
+from pc_node.steps import step
+from pc_node.steps.admit import checked_spec, require_admitted
+from pc_node.steps.common import blob_chunks, done, progress, read_blob
+
+SLOT_ITEM = struct.Struct(">I18s")
+MAX_VALUE_CENTS = 10**12          # a single subject's sum above 10 billion yuan is refused
+_rng = random.SystemRandom()
+
+
+def _rule(doc: dict) -> Rule:
+    return Rule.from_dict(doc["params"]["rule"], "job spec")
+
+
+def _aad(job_id: str, provider: str) -> bytes:
+    return f"pc/verify/{job_id}/{provider}".encode()
+
+
+def _sealed_list(items: list[tuple[int, str]], recipient_public: bytes, aad: bytes) -> bytes:
+    buf = bytearray(SLOT_ITEM.size * len(items))
+    for i, (slot, ident) in enumerate(items):
+        SLOT_ITEM.pack_into(buf, i * SLOT_ITEM.size, slot, ident.encode("ascii"))
+    return envelope.seal(recipient_public, bytes(buf), aad)
+
+
+def _open_list(runtime, blob: bytes, aad: bytes) -> list[tuple[int, str]]:
+    raw = envelope.open_envelope(runtime.x25519_private, blob, aad)
+    if len(raw) % SLOT_ITEM.size:
+        raise InvalidInput("sealed subject list has a bad length")
+    return [(slot, ident.decode("ascii")) for slot, ident in SLOT_ITEM.iter_unpack(raw)]
+
+
+@step("verify.prepare")
+def prepare(runtime, header, inbound):
+    doc = checked_spec(runtime, header)
+    if doc["requester"] != runtime.node_id:
+        raise PermissionDenied("only the requester node prepares its verification")
+    rule = _rule(doc)
+    params = doc["params"]
+    subjects = json.loads(runtime.store.get_blob("subjects", params["subject_set"]))
+    ids, groups = subjects["subjects"], subjects["groups"]
+    n = len(ids)
+    backend = get_backend(params.get("he", "bfv"))
+    pub, secret = backend.generate_keypair()
+    # Group numbers in random order, subjects in random slots: the layout tells the
+    # coordinator household sizes, nothing about who or which input rows.
+    distinct = list(dict.fromkeys(groups))
+    _rng.shuffle(distinct)
+    group_no = {g: i for i, g in enumerate(distinct)}
+    slots = list(range(n))
+    _rng.shuffle(slots)
+    layout = np.zeros(n, dtype="<u4")
+    for i in range(n):
+        layout[slots[i]] = group_no[groups[i]]
+    working = {"he": backend.name, "slots": slots, "group_no": [group_no[g] for g in groups], "groups": len(distinct)}
+    runtime.store.put_blob("jobkeys", doc["job_id"], secret.serialize_secret())
+    runtime.store.put_blob("verifyjob", doc["job_id"], json.dumps(working).encode())
+    yield from blob_chunks("pubctx", pub.serialize())
+    yield from blob_chunks("layout", layout.tobytes())
+    for provider in rule.providers():
+        if provider == runtime.node_id:
+            continue
+        items = [(slots[i], ids[i]) for i in range(n)]
+        _rng.shuffle(items)
+        sealed = _sealed_list(items, runtime.peer_keys(provider).x25519_public, _aad(doc["job_id"], provider))
+        yield from blob_chunks(f"sealed:{provider}", sealed)
+    runtime.audit.append("verify.prepare", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
+                         counts={"subjects": n, "groups": len(distinct)}, detail=backend.name)
+    yield done({"slots": n, "groups": len(distinct), "he": backend.name})
+
+
+def _typed_rows(meta, rows: list[list[str]]) -> list[dict]:
+    names = [c.name for c in meta.columns]
+    return [dict(zip(names, r)) for r in rows]
+
+
+def evaluate_criteria(runtime, rule: Rule, items: list[tuple[int, str]], n_slots: int) -> dict[str, np.ndarray]:
+    """Per criterion touching this node: one integer per slot (match count or sum in cents)."""
+    out: dict[str, np.ndarray] = {}
+    cache: dict[str, dict] = {}
+    keys = [ident for _, ident in items]
+    for c in rule.criteria:
+        refs = {ref: cols for ref, cols in c.datasets().items() if ref.split(".")[0] == runtime.node_id}
+        if not refs:
+            continue
+        values = np.zeros(n_slots, dtype=object)
+        for ref in refs:
+            dataset = ref.split(".")[1]
+            meta = runtime.store.dataset(dataset)
+            if dataset not in cache:
+                cache[dataset] = runtime.store.rows_for_keys(dataset, keys)
+            found = cache[dataset]
+            sum_cols = [s.split(".")[2] for s in c.sources if s.startswith(ref + ".")] if c.type == "sum_below" else []
+            for slot, ident in items:
+                rows = _typed_rows(meta, found.get(ident, []))
+                if c.where is not None:
+                    rows = [r for r in rows if c.where.evaluate(r)]
+                if c.type == "sum_below":
+                    v = sum(decimal_cents(r[col]) for r in rows for col in sum_cols)
+                    if abs(v) > MAX_VALUE_CENTS:
+                        raise InvalidInput(f"criterion '{c.name}': a subject's amount is outside the supported range")
+                else:
+                    v = len(rows)
+                values[slot] = values[slot] + v
+        out[c.name] = values
+    return out
+
+
+@step("verify.evaluate")
+def evaluate(runtime, header, inbound):
+    doc = checked_spec(runtime, header)
+    require_admitted(runtime, doc)
+    rule = _rule(doc)
+    backend = get_backend(doc["params"].get("he", "bfv"))
+    pub = backend.load_public(read_blob(inbound, "pubctx", 64 << 20))
+    items = _open_list(runtime, read_blob(inbound, "sealed", 1 << 30), _aad(doc["job_id"], runtime.node_id))
+    n = int(doc["params"]["subjects"])
+    if len(items) != n or any(not (0 <= s < n) for s, _ in items) or len({s for s, _ in items}) != n:
+        raise InvalidInput("sealed subject list does not match the job's slots")
+    yield progress("evaluate", runtime.node_id, 0, n)
+    values = evaluate_criteria(runtime, rule, items, n)
+    yield progress("evaluate", runtime.node_id, n, n)
+    for name, vec in values.items():
+        cv = backend.encrypt(pub, [int(v) for v in vec])
+        yield from blob_chunks(f"ct:{name}", cv.serialize())
+    runtime.audit.append("verify.evaluate", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
+                         counts={"subjects": n, "criteria": len(values)})
+    yield done({"subjects": n, "criteria": ",".join(values)})
+
+
+def _working(runtime, job_id: str):
+    working = json.loads(runtime.store.get_blob("verifyjob", job_id))
+    backend = get_backend(working["he"])
+    secret = backend.load_secret(runtime.store.get_blob("jobkeys", job_id))
+    return working, backend, secret
+
+
+@step("verify.regroup")
+def regroup(runtime, header, inbound):
+    doc = checked_spec(runtime, header)
+    if doc["requester"] != runtime.node_id:
+        raise PermissionDenied("only the requester node regroups its own job")
+    working, backend, secret = _working(runtime, doc["job_id"])
+    names = json.loads(header.payload or b"[]")
+    m = secret.public.plaintext_modulus
+    n_groups = working["groups"]
+    slot_group = np.zeros(len(working["slots"]), dtype=np.int64)
+    for i, slot in enumerate(working["slots"]):
+        slot_group[slot] = working["group_no"][i]
+    for name in names:
+        cv = backend.load_ciphertext(secret.public, read_blob(inbound, f"masked:{name}", 1 << 31))
+        masked = backend.decrypt(secret, cv)
+        sums = [0] * n_groups
+        for slot, v in enumerate(masked.tolist()):
+            g = slot_group[slot]
+            sums[g] = (sums[g] + int(v)) % m
+        half = m // 2
+        grouped = backend.encrypt(secret.public, [s - m if s > half else s for s in sums])
+        yield from blob_chunks(f"grouped:{name}", grouped.serialize())
+    yield done({"groups": n_groups})
+
+
+@step("verify.finish")
+def finish(runtime, header, inbound):
+    doc = checked_spec(runtime, header)
+    if doc["requester"] != runtime.node_id:
+        raise PermissionDenied("only the requester node finishes its own job")
+    rule = _rule(doc)
+    working, backend, secret = _working(runtime, doc["job_id"])
+    outputs = json.loads(header.payload)
+    n_groups = working["groups"]
+    passed = np.ones(n_groups, dtype=bool)
+    failed: list[list[str]] = [[] for _ in range(n_groups)]
+    for i, out in enumerate(outputs):
+        cv = backend.load_ciphertext(secret.public, read_blob(inbound, f"out:{i}", 1 << 31))
+        vals = backend.decrypt(secret, cv)[:n_groups]
+        ok = np.array([int(v) == 0 for v in vals]) if out["test"] == "zero" else \
+            np.array([int(v) > 0 for v in vals])
+        passed &= ok
+        if out.get("criterion"):
+            for g in np.nonzero(~ok)[0]:
+                failed[g].append(out["criterion"])
+    subjects = json.loads(runtime.store.get_blob("subjects", doc["params"]["subject_set"]))
+    originals = subjects.get("original", subjects["subjects"])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header_row = [rule.subject_column] + ([rule.group_column] if rule.group_column else []) + ["eligible"]
+    reasons = rule.reveal == "reasons"
+    w.writerow(header_row + (["failed"] if reasons else []))
+    order = {name: i for i, name in enumerate(c.name for c in rule.criteria)}
+    for i, ident in enumerate(originals):
+        g = working["group_no"][i]
+        row = [ident] + ([subjects["groups"][i]] if rule.group_column else []) + \
+            ["true" if passed[g] else "false"]
+        if reasons:
+            row.append(";".join(sorted(failed[g], key=order.get)))
+        w.writerow(row)
+    ttl = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=runtime.config.results_ttl_hours)
+    summary = {"subjects": len(originals), "groups": n_groups, "eligible_groups": int(passed.sum()),
+               "reveal": rule.reveal, "rule": rule.id}
+    runtime.store.put_blob("results", doc["job_id"], json.dumps({"csv": buf.getvalue(), "rows": len(originals),
+                                                                 "summary": summary}).encode(),
+                           expires_at=ttl.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    wipe(runtime, doc["job_id"], doc["params"].get("subject_set"))
+    runtime.audit.append("verify.finish", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
+                         counts={"subjects": len(originals), "groups": n_groups})
+    # Only sizes go back to the coordinator: verdicts stay at this node.
+    yield done({"rows": len(originals)})
+
+
+def wipe(runtime, job_id: str, subject_set: str | None = None) -> int:
+    n = 0
+    for kind in ("jobkeys", "verifyjob", "psiwork"):
+        n += runtime.store.delete_blobs(kind, job_id)
+    if subject_set:
+        n += runtime.store.delete_blobs("subjects", subject_set)
+    return n
+
+
+@step("job.cleanup")
+def cleanup(runtime, header, inbound):
+    doc = checked_spec(runtime, header)
+    n = wipe(runtime, doc["job_id"], doc["params"].get("subject_set") if doc["requester"] == runtime.node_id else None)
+    if n:
+        runtime.audit.append("retention.wipe", job=doc["job_id"], counts={"items": n})
+    yield done({"wiped": n})

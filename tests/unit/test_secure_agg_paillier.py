@@ -1,0 +1,236 @@
+"""Paillier backend: fast-encryption arithmetic, homomorphism, serialisation, key separation."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from phe import paillier as phe_paillier
+
+from pc_common.errors import CryptoError, InvalidInput, OverflowDetected
+from pc_node.secure_agg import get_backend, wire
+from pc_node.secure_agg.paillier import PaillierPublicContext, encrypt_with_randomness
+from pc_node.secure_agg.paillier_keys import PaillierSecretContext
+
+# Tiny fixed key (as in python-paillier's own tests): n = 126869 = 293 * 433.
+TINY_N, TINY_P, TINY_Q = 126869, 293, 433
+TINY_X = 5  # h = -x^2 mod n
+TINY_HS = 1874378419  # (-25 mod n)^n mod n^2
+RAND = b"\x03\x01"  # α = 3 + 1·256 = 259 (little-endian digits)
+
+be = get_backend("paillier")
+FAST = settings(max_examples=25, deadline=None)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return be.generate_keypair(key_bits=1024, allow_test_key=True)
+
+
+@pytest.fixture(scope="module")
+def other_keys():
+    return be.generate_keypair(key_bits=1024, allow_test_key=True)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    pub = PaillierPublicContext(TINY_N, TINY_HS, key_bits=17, alpha_bits=16)
+    return pub, PaillierSecretContext(pub, TINY_P, TINY_Q)
+
+
+# --- known answers ------------------------------------------------------------------------
+
+def test_tiny_hs_is_h_to_the_n():
+    n2 = TINY_N * TINY_N
+    assert pow((-TINY_X * TINY_X) % TINY_N, TINY_N, n2) == TINY_HS
+
+
+@pytest.mark.parametrize("m, expected", [(42, 16052915660), (-7, 898540479), (0, 764059339)])
+def test_known_answer_fast_encryption(tiny, m, expected):
+    pub, _ = tiny
+    (c,) = encrypt_with_randomness(pub, [m], RAND)
+    assert c == expected
+    n2 = TINY_N * TINY_N
+    assert c == ((1 + (m % TINY_N) * TINY_N) * pow(TINY_HS, 259, n2)) % n2
+
+
+def test_fast_path_equals_textbook_paillier_with_r_equal_h_to_alpha(tiny):
+    """hs^α = (h^α)^n, so our ciphertext is phe's with randomness r = h^α mod n."""
+    pub, _ = tiny
+    h = (-TINY_X * TINY_X) % TINY_N
+    phe_pub = phe_paillier.PaillierPublicKey(TINY_N)
+    for m, rand in [(1, b"\x00\x00"), (12345, b"\xff\xff"), (-3, b"\x10\x80")]:
+        alpha = int.from_bytes(rand, "little")
+        (c,) = encrypt_with_randomness(pub, [m], rand)
+        assert c == phe_pub.raw_encrypt(m % TINY_N, r_value=pow(h, alpha, TINY_N))
+
+
+def test_tiny_key_homomorphism_and_centring(tiny):
+    pub, sec = tiny
+    assert pub.plaintext_bound == 63  # 2^(17//2 - 2) - 1 < min(p, q) / 2
+    a = be.encrypt(pub, [10, -5, 0, 63, -63])
+    assert list(be.decrypt(sec, a)) == [10, -5, 0, 63, -63]
+    b = be.encrypt(pub, [-30, 20, 0, 0, 0])
+    assert list(be.decrypt(sec, be.add(a, b)))[:3] == [-20, 15, 0]
+    assert list(be.decrypt(sec, be.mul_plain(a, [3, -2, 7, 0, 1]))) == [30, 10, 0, 0, -63]
+    (c,) = encrypt_with_randomness(pub, [42], RAND)
+    assert list(be.decrypt(sec, type(a)(pub, [c]))) == [42]
+
+
+def test_half_decryption_agrees_with_phe_full_crt(keys):
+    pub, sec = keys
+    cv = be.encrypt(pub, [0, 1, -1, pub.plaintext_bound, -pub.plaintext_bound])
+    full = [sec._key.raw_decrypt(int(c)) for c in cv.cts]
+    assert [m - pub.n if m > pub.n // 2 else m for m in full] == list(be.decrypt(sec, cv))
+
+
+def test_table_rows_are_powers_of_the_base(tiny):
+    pub, _ = tiny
+    rows = pub.table().rows
+    n2 = TINY_N * TINY_N
+    assert rows[1][7] == pow(TINY_HS, 7 * 256, n2)
+    assert rows[0][255] == pow(TINY_HS, 255, n2)
+
+
+# --- homomorphism on a real (1024-bit test) key -------------------------------------------
+
+ints = st.integers(min_value=-(2**64), max_value=2**64)
+
+
+@FAST
+@given(st.lists(st.tuples(ints, ints), min_size=1, max_size=6))
+def test_dec_of_sum_is_sum(keys, pairs):
+    pub, sec = keys
+    a = be.encrypt(pub, [x for x, _ in pairs])
+    b = be.encrypt(pub, [y for _, y in pairs])
+    assert list(be.decrypt(sec, be.add(a, b))) == [x + y for x, y in pairs]
+
+
+@FAST
+@given(st.lists(st.tuples(ints, ints), min_size=1, max_size=6))
+def test_plain_ops(keys, pairs):
+    pub, sec = keys
+    a = be.encrypt(pub, [x for x, _ in pairs])
+    ks = [y for _, y in pairs]
+    assert list(be.decrypt(sec, be.add_plain(a, ks))) == [x + y for x, y in pairs]
+    assert list(be.decrypt(sec, be.mul_plain(a, ks))) == [x * y for x, y in pairs]
+    assert list(be.decrypt(sec, be.rerandomize(a))) == [x for x, _ in pairs]
+
+
+def test_sum_of_ragged_rows(keys):
+    pub, sec = keys
+    rows = [be.encrypt(pub, [1, 2, 3]), be.encrypt(pub, [10]), be.encrypt(pub, [100, 200])]
+    assert list(be.decrypt(sec, be.sum(rows))) == [111, 202, 3]
+    assert list(be.decrypt(sec, be.add(rows[1], rows[0]))) == [11, 2, 3]
+
+
+def test_plaintext_bounds(keys):
+    pub, sec = keys
+    b = pub.plaintext_bound
+    assert b == 2 ** (1024 // 2 - 2) - 1
+    assert list(be.decrypt(sec, be.encrypt(pub, [b, -b]))) == [b, -b]
+    with pytest.raises(OverflowDetected):
+        be.encrypt(pub, [b + 1])
+    with pytest.raises(InvalidInput):
+        be.encrypt(pub, [1.5])
+    with pytest.raises(InvalidInput):
+        be.encrypt(pub, [True])
+
+
+def test_parallel_encryption_matches(keys):
+    pub, sec = keys
+    values = list(range(-20, 20))
+    cv = be.encrypt(pub, values, workers=2)
+    assert list(be.decrypt(sec, cv)) == values
+    assert len(set(cv.cts)) == len(values)
+
+
+def test_encryption_is_randomised(keys):
+    pub, _ = keys
+    assert be.encrypt(pub, [5]).cts != be.encrypt(pub, [5]).cts
+
+
+# --- serialisation and key separation --------------------------------------------------------
+
+def test_ciphertext_round_trip_is_fixed_width(keys):
+    pub, sec = keys
+    cv = be.encrypt(pub, [1, -2, 3])
+    data = cv.serialize()
+    assert len(data) < 3 * pub.ct_bytes + 100
+    back = be.load_ciphertext(pub, data)
+    assert list(be.decrypt(sec, back)) == [1, -2, 3]
+
+
+def test_public_context_round_trip_and_no_secret(keys):
+    pub, sec = keys
+    data = pub.serialize()
+    p, q = sec._key.p, sec._key.q
+    for secret in (p, q):
+        assert secret.to_bytes(64, "big") not in data
+        assert str(secret).encode() not in data
+        assert secret.to_bytes(64, "little") not in data
+    with pytest.raises(CryptoError):
+        be.load_public(data)  # 1024-bit keys are refused by default
+    loaded = be.load_public(data, min_key_bits=1024)
+    assert loaded.fingerprint == pub.fingerprint
+    cv = be.encrypt(loaded, [77])
+    assert list(be.decrypt(sec, be.load_ciphertext(pub, cv.serialize()))) == [77]
+
+
+def test_secret_round_trip_and_kinds_do_not_mix(keys):
+    pub, sec = keys
+    blob = sec.serialize_secret()
+    sec2 = be.load_secret(blob)
+    assert list(be.decrypt(sec2, be.encrypt(pub, [9]))) == [9]
+    with pytest.raises(CryptoError):
+        be.load_public(blob, min_key_bits=1024)
+    with pytest.raises(CryptoError):
+        be.load_secret(pub.serialize())
+    assert "p=" not in repr(sec) and str(sec._key.p) not in repr(sec)
+
+
+def test_wrong_key_is_refused(keys, other_keys):
+    pub, sec = keys
+    pub2, sec2 = other_keys
+    data = be.encrypt(pub, [1, 2]).serialize()
+    with pytest.raises(CryptoError):
+        be.load_ciphertext(pub2, data)
+    with pytest.raises(CryptoError):
+        be.decrypt(sec2, be.encrypt(pub, [1]))
+    with pytest.raises(CryptoError):
+        be.add(be.encrypt(pub, [1]), be.encrypt(pub2, [1]))
+
+
+def test_corrupted_bytes_are_refused(keys):
+    pub, _ = keys
+    data = be.encrypt(pub, [1, 2]).serialize()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x40
+    for bad in (b"", b"garbage", data[:-1], data + b"\x00", bytes(flipped), "text"):
+        with pytest.raises(CryptoError):
+            be.load_ciphertext(pub, bad)
+
+
+def test_out_of_range_ciphertext_with_valid_envelope_is_refused(keys):
+    pub, _ = keys
+    too_big = (pub.n * pub.n).to_bytes(pub.ct_bytes, "big")
+    for payload in (too_big, bytes(pub.ct_bytes), too_big[:-1]):
+        data = wire.pack_ciphertext("paillier", pub.fingerprint, 0, 1, payload)
+        with pytest.raises(CryptoError):
+            be.load_ciphertext(pub, data)
+
+
+def test_malformed_public_contexts_are_refused(keys):
+    pub, _ = keys
+    n = pub.n
+    bad_hs = wire.pack_fields((1024).to_bytes(2, "big"), n.to_bytes(128, "big"), n.to_bytes(256, "big"))
+    bad_bits = wire.pack_fields((1000).to_bytes(2, "big"), n.to_bytes(128, "big"), (5).to_bytes(256, "big"))
+    for payload in (bad_hs, bad_bits, b"\x00" * 10):
+        with pytest.raises(CryptoError):
+            be.load_public(wire.pack_context(wire.MAGIC_PUBLIC, "paillier", payload), min_key_bits=1024)
+
+
+def test_key_sizes():
+    with pytest.raises(InvalidInput):
+        be.generate_keypair(key_bits=1024)
+    with pytest.raises(InvalidInput):
+        be.generate_keypair(key_bits=4000)

@@ -38,8 +38,8 @@ class Cancelled(PcError):
 
 
 class JobContext:
-    def __init__(self, runner: "JobRunner", job_id: str, spec: bytes, signature: bytes):
-        self.runner, self.job_id = runner, job_id
+    def __init__(self, runner: "JobRunner", job_id: str, spec: bytes, signature: bytes, requester: str):
+        self.runner, self.job_id, self.requester = runner, job_id, requester
         self.signed = node_pb2.SignedJobSpec(spec=spec, signature=signature)
         self.cancelled = threading.Event()
         self.timeout = runner.job_timeout
@@ -100,7 +100,7 @@ class JobRunner:
 
     def start(self, job_id: str, kind: str, doc: dict) -> None:
         spec, signature = self.jobs.spec(job_id)
-        ctx = JobContext(self, job_id, spec, signature)
+        ctx = JobContext(self, job_id, spec, signature, doc["requester"])
         with self._lock:
             self._contexts[job_id] = ctx
         self._pool.submit(self._run, ctx, kind, doc)

@@ -1,1 +1,253 @@
-"""Verification jobs."""
+"""Eligibility verification at the coordinator: validate, relay, aggregate, blind.
+
+The coordinator handles only ciphertexts under the requester's per-job key, sealed
+envelopes it cannot open, and the slot→group layout (household sizes, no identifiers).
+It never holds a secret key: it imports only the public side of the HE engine.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from concurrent import futures
+
+import numpy as np
+
+from pc_common.errors import InvalidInput, PermissionDenied
+from pc_common.rules import Rule, validate_against_catalog
+from pc_coordinator import kinds
+from pc_coordinator.admission import admit_all
+from pc_coordinator.directory import Directory
+from pc_coordinator.runner import JobContext, orchestrator
+from pc_coordinator.streams import collect_blobs, send_blobs
+from pc_node.secure_agg import blinding, get_backend
+
+MAX_SUBJECT_VALUE = 10**12     # per subject and source, as enforced by providers (cents or counts)
+MAX_GROUP = 64                 # the largest household the blinding bounds are sized for
+_rng = secrets.SystemRandom()
+
+
+def catalog_view(directory: Directory) -> dict:
+    return {f"{d.agency}.{d.name}": {"key_column": d.key_column, "columns": {c.name: c.type for c in d.columns}}
+            for d in directory.catalog().datasets}
+
+
+def published_grant_check(rule: Rule, directory: Directory) -> None:
+    """Refuse up front what a provider's published policy summary cannot allow."""
+    datasets = {f"{d.agency}.{d.name}": d for d in directory.catalog().datasets}
+    for c in rule.criteria:
+        for ref in c.datasets():
+            ds = datasets[ref]
+            grants = [g for g in ds.grants if g.requester == rule.requester]
+            if not grants:
+                raise PermissionDenied(f"criterion '{c.name}': {ref} publishes no grant for '{rule.requester}'")
+            if not any(rule.purpose in g.purposes for g in grants):
+                raise PermissionDenied(f"criterion '{c.name}': {ref} does not grant purpose '{rule.purpose}'")
+            if rule.reveal == "reasons" and not any(g.reveal == "reasons" and rule.purpose in g.purposes
+                                                   for g in grants):
+                raise PermissionDenied(f"criterion '{c.name}': {ref} allows reveal 'verdict' only")
+
+
+@kinds.validator("verify")
+def validate(doc: dict, directory: Directory) -> list[str]:
+    rule = Rule.from_dict(doc["params"].get("rule"), "job spec")
+    if rule.requester != doc["requester"]:
+        raise PermissionDenied("the rule's requester differs from the job's requester")
+    if doc["params"].get("he", "bfv") not in ("bfv", "paillier"):
+        raise InvalidInput("homomorphic backend must be bfv or paillier")
+    validate_against_catalog(rule, catalog_view(directory))
+    published_grant_check(rule, directory)
+    providers = rule.providers()
+    for p in providers + [rule.requester]:
+        if not directory.node(p)["online"]:
+            raise InvalidInput(f"node '{p}' is offline")
+    return providers
+
+
+def _group_sums_paillier(pub, cv, layout: np.ndarray, n_groups: int):
+    """Per-group products of per-slot ciphertexts = Enc(group sums); no key needed."""
+    from pc_node.secure_agg.paillier import PaillierCipherVector
+    import gmpy2
+    n2 = pub._n2
+    acc = [gmpy2.mpz(1)] * n_groups
+    for slot, c in enumerate(cv.cts):
+        g = int(layout[slot])
+        acc[g] = gmpy2.f_mod(acc[g] * c, n2)
+    return PaillierCipherVector(pub, acc, cv.depth)
+
+
+def _tests(rule: Rule, sizes: np.ndarray):
+    """Per criterion: ('zero', None) or ('lt'|'gt', thresholds per group)."""
+    out = []
+    for c in rule.criteria:
+        if c.type == "none_exists":
+            out.append((c.name, "zero", None))
+        elif c.type == "exists":
+            out.append((c.name, "gt", [0] * len(sizes)))
+        elif c.type == "count_at_most":
+            out.append((c.name, "lt", [c.max + 1] * len(sizes)))
+        else:
+            out.append((c.name, "lt", [c.threshold_cents(int(s)) for s in sizes]))
+    return out
+
+
+@orchestrator("verify")
+def run(ctx: JobContext, doc: dict) -> None:
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    rule = Rule.from_dict(doc["params"]["rule"], "job spec")
+    requester = doc["requester"]
+    providers = rule.providers()
+    try:
+        admit_all(ctx, providers)
+        timings["admit_s"] = time.perf_counter() - t0
+
+        # 1. requester: key pair, slots, sealed lists, layout.
+        t = time.perf_counter()
+        prep_done, blobs = collect_blobs(ctx, requester, [ctx.header("verify.prepare", requester)])
+        pubctx, layout_bytes = blobs.pop("pubctx"), blobs.pop("layout")
+        layout = np.frombuffer(layout_bytes, dtype="<u4")
+        n_slots, n_groups = len(layout), int(prep_done.summary["groups"])
+        if n_slots != int(doc["params"]["subjects"]) or (n_slots and int(layout.max()) >= n_groups):
+            raise InvalidInput("the requester's layout does not match the job")
+        sizes = np.bincount(layout, minlength=n_groups)
+        if sizes.max(initial=0) > MAX_GROUP:
+            raise InvalidInput(f"a group has more than {MAX_GROUP} members")
+        backend = get_backend(prep_done.summary.get("he", "bfv"))
+        pub = backend.load_public(pubctx)
+        ctx.progress("prepare", requester, n_slots, n_slots)
+        timings["prepare_s"] = time.perf_counter() - t
+
+        # 2. providers evaluate in parallel, each on its own sealed list.
+        t = time.perf_counter()
+
+        def evaluate(p: str):
+            msgs = [ctx.header("verify.evaluate", requester)]
+            return collect_blobs(ctx, p, send_blobs(msgs, {"pubctx": pubctx, "sealed": blobs[f"sealed:{p}"]}))
+        with futures.ThreadPoolExecutor(max_workers=max(1, len(providers))) as pool:
+            results = dict(zip(providers, pool.map(evaluate, providers)))
+        timings["evaluate_s"] = time.perf_counter() - t
+
+        # 3. per criterion: sum over providers, then per group.
+        t = time.perf_counter()
+        per_slot = {}
+        for c in rule.criteria:
+            parts = [backend.load_ciphertext(pub, res[1][f"ct:{c.name}"]) for res in results.values()
+                     if f"ct:{c.name}" in res[1]]
+            if not parts:
+                raise InvalidInput(f"no provider returned criterion '{c.name}'")
+            per_slot[c.name] = backend.sum(parts)
+        if backend.name == "paillier":
+            grouped = {name: _group_sums_paillier(pub, cv, layout, n_groups) for name, cv in per_slot.items()}
+        else:
+            grouped = _regroup_via_requester(ctx, backend, pub, per_slot, layout, n_groups, requester)
+        timings["aggregate_s"] = time.perf_counter() - t
+
+        # 4. blind, fold and shuffle per reveal mode.
+        t = time.perf_counter()
+        value_bound = MAX_GROUP * MAX_SUBJECT_VALUE * max(1, max(len(c.sources) for c in rule.criteria)) * 2
+        tests = _tests(rule, sizes)
+        outputs, meta = [], []
+        if rule.reveal == "reasons":
+            for name, kind, thr in tests:
+                if kind == "zero":
+                    outputs.append(blinding.zero_test(pub, grouped[name], _rng))
+                    meta.append({"test": "zero", "criterion": name})
+                else:
+                    fn = blinding.less_than if kind == "lt" else blinding.greater_than
+                    outputs.append(fn(pub, grouped[name], thr, value_bound, _rng))
+                    meta.append({"test": "positive", "criterion": name})
+        else:
+            zeros = [grouped[n] for n, k, _ in tests if k == "zero"]
+            comps = [blinding.Comparison(grouped[n], thr, k) for n, k, thr in tests if k != "zero"]
+            if zeros:
+                outputs.append(blinding.fold_zero_tests(pub, zeros, MAX_GROUP * MAX_SUBJECT_VALUE, _rng))
+                meta.append({"test": "zero"})
+            if comps:
+                for cv in blinding.shuffle_comparisons(pub, comps, value_bound, _rng):
+                    outputs.append(cv)
+                    meta.append({"test": "positive"})
+        rho_k = blinding.rho_bits(pub, value_bound)
+        timings["blind_s"] = time.perf_counter() - t
+
+        # 5. requester decrypts and writes the verdicts.
+        t = time.perf_counter()
+        msgs = [ctx.header("verify.finish", requester, payload=json.dumps(meta).encode())]
+        collect_blobs(ctx, requester, send_blobs(msgs, {f"out:{i}": cv.serialize() for i, cv in enumerate(outputs)}))
+        timings["finish_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t0
+        ctx.progress("finish", requester, n_slots, n_slots)
+        ctx.jobs.record(ctx.job_id, summary={
+            "subjects": n_slots, "groups": n_groups, "providers": providers, "he": backend.name,
+            "reveal": rule.reveal, "rule": rule.id, **{k: round(v, 3) for k, v in timings.items()}},
+            leakage=leakage_report(rule, providers, n_slots, n_groups, backend.name, rho_k, len(meta)))
+    finally:
+        cleanup(ctx, [requester] + providers)
+
+
+def _regroup_via_requester(ctx, backend, pub, per_slot: dict, layout, n_groups: int, requester: str) -> dict:
+    """BFV group sums without rotations: mask per slot with uniform noise, let the requester
+    add up per group (it sees only v + r mod t, a one-time pad), remove the masks' sums."""
+    m = pub.plaintext_modulus
+    half = m // 2
+    masked, mask_sums = {}, {}
+    for name, cv in per_slot.items():
+        r = [_rng.randrange(0, m) for _ in range(len(layout))]
+        masked[name] = backend.add_plain(cv, [x - m if x > half else x for x in r]).serialize()
+        sums = [0] * n_groups
+        for slot, x in enumerate(r):
+            g = int(layout[slot])
+            sums[g] = (sums[g] + x) % m
+        mask_sums[name] = [(-s) % m for s in sums]
+    names = list(per_slot)
+    msgs = [ctx.header("verify.regroup", requester, payload=json.dumps(names).encode())]
+    _, blobs = collect_blobs(ctx, requester, send_blobs(msgs, {f"masked:{n}": masked[n] for n in names}))
+    out = {}
+    for name in names:
+        cv = backend.load_ciphertext(pub, blobs[f"grouped:{name}"])
+        out[name] = backend.add_plain(cv, [x - m if x > half else x for x in mask_sums[name]])
+    return out
+
+
+def cleanup(ctx: JobContext, parties: list[str]) -> None:
+    """Wipe the job's working data at every party, whatever happened."""
+    for p in dict.fromkeys(parties):
+        try:
+            for _ in ctx.step(p, [ctx.header("job.cleanup", ctx.requester)]):
+                pass
+        except Exception:  # noqa: BLE001 - a node that is down wipes on its own expiry
+            pass
+
+
+def leakage_report(rule: Rule, providers: list[str], n: int, groups: int, he: str, rho_k: int,
+                   outputs: int) -> dict:
+    report = {
+        "coordinator": [
+            f"sizes: {n} subjects in {groups} groups, and the household size of each opaque group number",
+            f"which providers took part ({', '.join(providers)}) and how long each step took",
+            f"only ciphertexts under the requester's one-job {he.upper()} key and sealed envelopes it cannot open;"
+            " no identifier, value, count or verdict",
+        ],
+        rule.requester: [
+            "per group the verdict (eligible or not)",
+        ],
+    }
+    if rule.reveal == "reasons":
+        report[rule.requester].append("per group which criteria failed (reasons mode)")
+    else:
+        report[rule.requester].append(
+            "per group the number of failed comparison criteria, in shuffled order; a failed zero test "
+            "(none_exists) is folded into one bit")
+    report[rule.requester].append(
+        f"each comparison decrypts to ρ·(T−S)−ρ′ with ρ log-uniform in [2^8, 2^{rho_k}) and 0 ≤ ρ′ < ρ: "
+        "its sign is the answer and its magnitude bounds the margin |T−S| only to within a factor ρ")
+    if he == "bfv":
+        report[rule.requester].append("per-slot values masked by uniform noise mod t during regrouping (nothing)")
+    for p in providers:
+        crit = [c.name for c in rule.criteria if p in c.agencies()]
+        report[p] = [
+            f"the {n} identifiers it was asked about, in random order with opaque slots",
+            f"the rule id '{rule.id}', purpose '{rule.purpose}' and its own criteria ({', '.join(crit)})",
+            "nothing about groups, other agencies' criteria or outcomes",
+        ]
+    return report

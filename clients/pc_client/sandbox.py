@@ -21,7 +21,7 @@ from pc_common.config import NodeConfig
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import NAME_RE
 from pc_common.rules import load_rule
-from pc_node.importer import import_file
+from pc_node.importer import import_file, load_metadata
 from pc_node.runtime import open_store
 
 STATE = "sandbox.json"
@@ -213,12 +213,15 @@ class Sandbox:
         """Sandbox grants: PSI on every dataset between sandbox agencies, and what each rule needs."""
         lines = ["# Written by 'pc sandbox up': grants for trying the sandbox out.\n"]
         datasets = sorted(p.stem for p in (self.dir / agency).glob("*.csv"))
+        key_of = {ds: load_metadata((self.dir / agency / ds).with_suffix(".toml")).get("key_column", "id_number")
+                  for ds in datasets}
         for ds in datasets:
             for other in agencies:
                 if other == agency:
                     continue
                 lines.append(f'[[grants]]\ndataset = "{ds}"\nrequester = "{other}"\n'
-                             f'purposes = ["{SANDBOX_PURPOSE_PSI}"]\napproval = "auto"\n')
+                             f'purposes = ["{SANDBOX_PURPOSE_PSI}"]\napproval = "auto"\n'
+                             f'[grants.columns]\n{key_of[ds]} = "join_key"\n')
         for rule in rules:
             uses: dict[str, dict[str, str]] = {}
             for c in rule.criteria:
@@ -235,7 +238,8 @@ class Sandbox:
             for ds, cols in sorted(uses.items()):
                 lines.append(f'[[grants]]\ndataset = "{ds}"\nrequester = "{rule.requester}"\n'
                              f'purposes = [{_toml_str(rule.purpose)}]\napproval = "auto"\nreveal = "{rule.reveal}"\n'
-                             '[grants.columns]\n' + "".join(f'{col} = "{use}"\n' for col, use in sorted(cols.items())))
+                             f'[grants.columns]\n{key_of.get(ds, "id_number")} = "join_key"\n'
+                             + "".join(f'{col} = "{use}"\n' for col, use in sorted(cols.items())))
         (self.root / agency / "policy.toml").write_text("\n".join(lines))
 
     def _import(self, agency: str) -> int:

@@ -65,6 +65,7 @@ class Combiner:
         if not isinstance(n_sets, int) or n_sets < 1:
             raise InvalidInput("the combiner needs at least one set")
         self._parts: list[list[np.ndarray]] = [[] for _ in range(n_sets)]
+        self._sizes = [0] * n_sets
         self._rng = rng or system_rng
         self._result: np.ndarray | None = None
 
@@ -77,11 +78,13 @@ class Combiner:
             raise FailedPrecondition("the combiner has already produced its result")
         if not isinstance(set_index, int) or not 0 <= set_index < self.n_sets:
             raise InvalidInput("set index out of range")
-        self._parts[set_index].append(np.array(decode_points(chunk, count)))
+        pts = np.array(decode_points(chunk, count))
+        self._parts[set_index].append(pts)
+        self._sizes[set_index] += len(pts)
 
     def set_sizes(self) -> list[int]:
         """Rows received per set (the combiner learns these)."""
-        return [sum(len(p) for p in parts) for parts in self._parts]
+        return list(self._sizes)
 
     def _combine(self) -> np.ndarray:
         if self._result is None:

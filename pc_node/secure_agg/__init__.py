@@ -25,6 +25,7 @@ from .backend import (
 )
 from .blinding import (
     Comparison,
+    blur_window_bits,
     fold_zero_tests,
     greater_than,
     group_sum,
@@ -56,6 +57,7 @@ __all__ = [
     "amounts_to_cents",
     "available_backends",
     "backend_for",
+    "blur_window_bits",
     "centre",
     "check_inputs",
     "check_no_overflow",

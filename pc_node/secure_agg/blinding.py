@@ -120,24 +120,35 @@ def fold_zero_tests(
 def rho_bits(pub: PublicContext, value_bound: int, max_rho_bits: int | None = None) -> int:
     """Largest k with 2^k·(value_bound + 1) <= plaintext bound: ρ < 2^k never wraps.
 
-    This is the blur window reported in the leakage report: ρ's bit length is
-    uniform in [min(MIN_RHO_BITS, k), k].
+    ρ's bit length is uniform in [min(MIN_RHO_BITS, k), k]; the width of that
+    range is the blur window to state in the leakage report (``blur_window_bits``).
+    OverflowDetected if k < 2.
     """
     if isinstance(value_bound, bool) or not isinstance(value_bound, int) or value_bound < 0:
         raise InvalidInput("value bound must be a non-negative integer")
     k = (pub.plaintext_bound // (value_bound + 1)).bit_length() - 1
     if max_rho_bits is not None:
         k = min(k, max_rho_bits)
-    if k < 1:
+    if k < 2:  # ρ must be able to reach 2 (see _draw_rho)
         raise OverflowDetected("comparison values are too large for this plaintext space")
     return k
 
 
+def blur_window_bits(pub: PublicContext, value_bound: int, max_rho_bits: int | None = None) -> int:
+    """How many bits of log2|T − S| the comparison blinding smears (for leakage reports)."""
+    k = rho_bits(pub, value_bound, max_rho_bits)
+    return k - min(MIN_RHO_BITS, k) + 1
+
+
 def _draw_rho(r: Rng, k: int) -> tuple[int, int]:
-    """(ρ, ρ′) with ρ log-uniform in [2^(lo-1), 2^k), ρ′ uniform in [0, ρ)."""
+    """(ρ, ρ′): ρ log-uniform in [2^(lo-1), 2^k), ρ′ uniform in [1, ρ).
+
+    ρ′ >= 1 (allowed because ρ >= 2) means the result is never exactly 0, so
+    "S = T" is not singled out; S < T still gives ρ·d − ρ′ >= ρ − ρ′ >= 1.
+    """
     bits = r.randrange(min(MIN_RHO_BITS, k), k + 1)
     rho = r.randrange(1 << (bits - 1), 1 << bits)
-    return rho, r.randrange(0, rho)
+    return rho, r.randrange(1, rho)
 
 
 _SIGN = {"lt": -1, "gt": 1}
@@ -176,7 +187,7 @@ def less_than(
     *,
     max_rho_bits: int | None = None,
 ) -> CipherVector:
-    """Enc(ρ·(T − S) − ρ′): decrypts to a value > 0 iff S < T (S = T gives <= 0).
+    """Enc(ρ·(T − S) − ρ′): decrypts to a value > 0 iff S < T (S = T gives < 0).
 
     ``value_bound`` must bound |T − S| for every group (e.g. max|T| plus the bound
     returned by ``check_no_overflow``); OverflowDetected if no ρ >= 1 fits.

@@ -197,3 +197,14 @@ def test_cross_backend_objects_are_refused(keys):
         pai.encrypt(pub, [1])
     with pytest.raises(InvalidInput):
         get_backend("ckks-or-whatever")
+
+
+def test_numpy_inputs(keys):
+    import numpy as np
+
+    pub, sec = keys
+    arr = np.array([1, -2, 3], dtype=np.int64)
+    out = be.decrypt(sec, be.mul_plain(be.encrypt(pub, arr), np.array([2, 2, 2], dtype=np.int32)))
+    assert out.dtype == np.int64 and list(out) == [2, -4, 6]
+    with pytest.raises(InvalidInput):
+        be.encrypt(pub, np.array([1.0, 2.0]))

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pc_common.errors import CryptoError, InvalidInput, OverflowDetected
 from pc_node.secure_agg import (
     Comparison,
+    blur_window_bits,
     decrypt,
     decrypt_comparisons,
     decrypt_zero_tests,
@@ -136,7 +137,7 @@ def test_comparison_magnitude_never_wraps_at_the_bound(keys):
     s = [-500, 500, 0]
     t = [500, -500, 0]  # |T - S| = 1000 = value_bound
     raw = decrypt(sec, less_than(pub, be.encrypt(pub, s), t, vb, random.Random(1)))
-    assert int(raw[0]) > 0 and int(raw[1]) < 0 and int(raw[2]) <= 0
+    assert int(raw[0]) > 0 and int(raw[1]) < 0 and int(raw[2]) < 0  # S = T is never 0
     assert all(abs(int(v)) < (vb + 1) << k for v in raw)
 
 
@@ -150,6 +151,10 @@ def test_rho_bits_and_overflow(keys):
     be = get_backend(pub.backend_name)
     with pytest.raises(OverflowDetected):
         less_than(pub, be.encrypt(pub, [1]), [2], pub.plaintext_bound)
+    with pytest.raises(OverflowDetected):
+        rho_bits(pub, pub.plaintext_bound // 3)  # k would be 1: no room for ρ > ρ′ >= 1
+    assert rho_bits(pub, pub.plaintext_bound // 5) == 2
+    assert blur_window_bits(pub, 10**6) == k - MIN_RHO_BITS + 1
     with pytest.raises(InvalidInput):
         rho_bits(pub, -1)
 

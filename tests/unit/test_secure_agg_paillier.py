@@ -234,3 +234,15 @@ def test_key_sizes():
         be.generate_keypair(key_bits=1024)
     with pytest.raises(InvalidInput):
         be.generate_keypair(key_bits=4000)
+
+
+def test_parallel_exponentiations_match(keys):
+    """Large mul_plain batches go to the worker pool; results must be identical in order."""
+    from pc_node.secure_agg.paillier import PARALLEL_MIN_POWMODS
+
+    pub, sec = keys
+    size = PARALLEL_MIN_POWMODS + 3
+    values = list(range(size))
+    factors = [(-1) ** i * (i + 2) for i in range(size)]
+    out = be.mul_plain(be.encrypt(pub, values, workers=1), factors)
+    assert list(be.decrypt(sec, out)) == [v * f for v, f in zip(values, factors)]

@@ -1,0 +1,43 @@
+"""Admission of a job at every provider before any data moves (shared by all job kinds).
+
+Providers answer ``admitted`` or ``pending`` (a data officer must approve). While any is
+pending the job waits in ``pending_approval`` and the coordinator asks again; a rejection,
+an expiry or a policy refusal from a provider fails the job with that provider's reason.
+"""
+from __future__ import annotations
+
+import time
+
+from pc_common.errors import FailedPrecondition
+from pc_coordinator.runner import JobContext
+
+POLL_SECONDS = 1.0
+
+
+def admit_all(ctx: JobContext, parties: list[str], max_wait: float | None = None) -> None:
+    pending = list(parties)
+    deadline = time.time() + (max_wait if max_wait is not None else ctx.timeout)
+    waiting = False
+    while True:
+        still = []
+        for node in pending:
+            ctx.check_cancelled()
+            answer = "yes"
+            for msg in ctx.step(node, [ctx.header("job.admit", ctx.requester)]):
+                if msg.WhichOneof("kind") == "done":
+                    answer = msg.done.summary.get("admitted", "yes")
+            if answer == "pending":
+                still.append(node)
+        if not still:
+            if waiting:
+                ctx.jobs.transition(ctx.job_id, "running", "")
+            return
+        if not waiting:
+            ctx.jobs.transition(ctx.job_id, "pending_approval",
+                                "waiting for approval by the data officer of " + ", ".join(still))
+            waiting = True
+        if time.time() > deadline:
+            raise FailedPrecondition("approval did not arrive in time from " + ", ".join(still))
+        pending = still
+        time.sleep(POLL_SECONDS)
+        ctx.check_cancelled()

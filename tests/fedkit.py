@@ -49,6 +49,7 @@ class LocalFederation:
         server, port, runtime = node_server.create_server(cfg)
         presence = node_server.Presence(runtime)
         presence.sync()
+        presence.start()
         self.nodes[agency] = (server, runtime, port)
         self.presence[agency] = presence
         return runtime

@@ -263,10 +263,24 @@ def cmd_verify(args) -> int:
                      "summary": res.summary, "leakage": res.leakage})
         return 0
     s = res.summary
-    print(f"job {res.job_id}: {s.get('groups', '?')} group(s), {s.get('eligible_groups', '?')} eligible; "
-          f"{res.rows} row(s) written to {res.out}" + (f" in {s['total_s']} s" if "total_s" in s else ""))
+    groups, eligible = verdict_counts(res.out)
+    print(f"job {res.job_id}: {eligible} of {groups} group(s) eligible; {res.rows} row(s) written to {res.out}"
+          + (f" ({s['total_s']} s)" if "total_s" in s else ""))
     print_leakage(res.leakage)
     return 0
+
+
+def verdict_counts(results_csv) -> tuple[int, int]:
+    """(groups, eligible groups) read from a results file; verdicts never pass the coordinator."""
+    import csv
+    with open(results_csv, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        key = 1 if len(header) > 2 and header[2] == "eligible" else 0
+        verdict: dict[str, bool] = {}
+        for row in reader:
+            verdict[row[key]] = row[header.index("eligible")] == "true"
+    return len(verdict), sum(verdict.values())
 
 
 def cmd_psi(args) -> int:

@@ -23,7 +23,7 @@ def _say(msg: str, quiet: bool) -> None:
 def run_demo(workdir: pathlib.Path, households: int = 10000, seed: int = 7, keep: bool = False,
              as_json: bool = False) -> int:
     from pc_common.synth_city import generate_city
-    from pc_client.cli import print_leakage
+    from pc_client.cli import print_leakage, verdict_counts
     workdir = workdir.resolve()
     city = workdir / "city"
     sb = Sandbox(city)
@@ -52,17 +52,14 @@ def run_demo(workdir: pathlib.Path, households: int = 10000, seed: int = 7, keep
         elapsed = time.perf_counter() - t2
         with open(out, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
-        groups: dict[str, bool] = {}
-        for r in rows:
-            groups[r.get("household_id", r["id_number"])] = r["eligible"] == "true"
-        eligible = sum(groups.values())
-        doc = {"job_id": res.job_id, "households": len(groups), "eligible_households": eligible,
+        n_groups, eligible = verdict_counts(out)
+        doc = {"job_id": res.job_id, "households": n_groups, "eligible_households": eligible,
                "subjects": len(rows), "seconds": round(elapsed, 2), "results_file": str(out),
                "summary": res.summary, "leakage": res.leakage}
         if as_json:
             print(json.dumps(doc, indent=2, ensure_ascii=False))
         else:
-            print(f"   {eligible} of {len(groups)} households eligible ({len(rows)} applicants) "
+            print(f"   {eligible} of {n_groups} households eligible ({len(rows)} applicants) "
                   f"in {elapsed:.1f} s; job {res.job_id}")
             print("   First verdicts:")
             for r in rows[:6]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nacl.bindings import crypto_scalarmult, crypto_sign_ed25519_pk_to_curve25519
+from nacl.bindings import crypto_scalarmult
 
 from pc_common.errors import CryptoError, FailedPrecondition, InvalidInput
 from pc_node.psi import backend_status, best_backend, decode_points, encode_points, get_backend
@@ -15,7 +15,7 @@ from pc_node.psi.x25519 import (
     P25519,
     blinding_pair,
     clamp,
-    edwards_to_montgomery,
+    elligator2_u,
     hash_to_x25519,
     sm3_digests,
 )
@@ -47,35 +47,50 @@ def test_hash_to_curve_is_deterministic_and_domain_separated():
 
 
 def test_hash_to_curve_known_answer():
-    # pins the encoding (SM3 input layout, Elligator 2, Edwards→Montgomery) across versions
+    # pins the encoding (SM3 input layout, reduction mod p, Elligator 2) across versions
     u = hash_to_x25519(["110105194912310021"], b"pc.psi.v1")[0].tobytes().hex()
     assert u == _KAT_HASH
 
 
-_KAT_HASH = "a8f24def12fb1e2ef9fd986c1cd7396f8a1e9b9e3d11675cb6b6f1080b223a18"
+_KAT_HASH = "34dd16eb0c242d37d3d384adbc9e428bc1ccc359531c2b31522c2fbca6bfb042"
 
 
-def test_edwards_to_montgomery_matches_libsodium():
-    from nacl._sodium import ffi, lib
-
-    digests = np.frombuffer(sm3_digests([str(i) for i in range(40)], DOMAIN), np.uint8).reshape(-1, 32)
-    ed = np.empty_like(digests)
-    for i, d in enumerate(digests):
-        lib.crypto_core_ed25519_from_uniform(ffi.from_buffer(ed[i:i + 1], require_writable=True), d.tobytes())
-    u = edwards_to_montgomery(ed)
-    for e, uu in zip(ed, u):
-        assert crypto_sign_ed25519_pk_to_curve25519(e.tobytes()) == uu.tobytes()
+def _reference_elligator2(t: int) -> int:
+    """RFC 9380 map_to_curve_elligator2 for curve25519, written out plainly (slow)."""
+    p, a, z = P25519, 486662, 2
+    x1 = (-a * pow(1 + z * t * t, -1, p)) % p
+    gx1 = (x1 ** 3 + a * x1 ** 2 + x1) % p
+    is_sq = pow(gx1, (p - 1) // 2, p) == 1
+    return x1 if is_sq else (-x1 - a) % p
 
 
-def test_hashed_points_are_in_the_prime_order_subgroup():
-    # [ℓ]P = O for P in the subgroup; X25519 with scalar 8·ℓ' can't be expressed directly, so
-    # use the OPRF identity instead: blinding then unblinding returns the same point.
-    pts = hash_to_x25519(["A", "B", "C"], DOMAIN)
+def test_elligator2_matches_rfc9380_reference():
+    ids = [f"ID{i}" for i in range(25)]
+    digests = sm3_digests(ids, DOMAIN)
+    us = hash_to_x25519(ids, DOMAIN)
+    for i, u in enumerate(us):
+        t = int.from_bytes(digests[32 * i:32 * i + 32], "little") % P25519
+        assert int.from_bytes(u.tobytes(), "little") == _reference_elligator2(t)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, P25519 - 1))
+def test_elligator2_lands_on_the_curve_not_the_twist(t):
+    (u,) = elligator2_u([t])
+    x = int.from_bytes(u.tobytes(), "little")
+    assert x < P25519
+    assert pow((x ** 3 + 486662 * x * x + x) % P25519, (P25519 - 1) // 2, P25519) == 1
+
+
+def test_oprf_blinding_round_trip():
+    # X25519(s, X25519(b, X25519(r, H))) == X25519(b, H): the identity the lookup relies on
+    pts = hash_to_x25519(["A", "B", "C", "D"], DOMAIN)
     be = get_backend("libsodium")
     rng = deterministic_rng(1)
     for p in pts:
         r, s = blinding_pair(rng)
-        assert be.scalarmult_batch(s, be.scalarmult_batch(r, p.tobytes())) == p.tobytes()
+        blinded = be.scalarmult_batch(r, p.tobytes())
+        assert be.scalarmult_batch(s, be.scalarmult_batch(KEY_B, blinded)) == be.scalarmult_batch(KEY_B, p.tobytes())
 
 
 # ------------------------------------------------------------------ scalar multiplication
@@ -89,7 +104,7 @@ def test_commutativity_known_answer(name):
     assert ab[0].tobytes().hex() == _KAT_AB
 
 
-_KAT_AB = "6b2a11979f0aeb3801e82b5870a2abed4265ec3021c4def0ccad0fa74d610002"
+_KAT_AB = "cc82e146fe5bd077e53e98fb0aeb01ae5d049467f91f9e3f55136e4c75065507"
 
 
 @pytest.mark.parametrize("name", X25519_BACKENDS)

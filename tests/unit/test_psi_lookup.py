@@ -151,7 +151,7 @@ def test_shorter_tags(tag_bytes):
 
 def test_malformed_messages(provider):
     snap = provider.snapshot()
-    for bad in (b"", b"PCLS\x01", snap[:-1], b"XXXX" + snap[4:], snap[:9] + b"{" + snap[10:]):
+    for bad in (b"", b"PCLS\x01", snap[:-1], b"XXXX" + snap[4:], snap[:9] + b"x" + snap[10:], snap[:9] + b"[" + snap[10:]):
         with pytest.raises(CryptoError):
             LookupRequester(bad)
     req = LookupRequester(snap)

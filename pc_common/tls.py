@@ -17,6 +17,9 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+# Servers refuse a port another process already serves (gRPC enables SO_REUSEPORT by default,
+# which would let a second server silently share the port and split the traffic).
+SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.so_reuseport", 0)]
 
 
 def _read(files: PartyFiles) -> tuple[bytes, bytes, bytes]:

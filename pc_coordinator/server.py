@@ -160,7 +160,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 def create_server(config: CoordinatorConfig, max_workers: int = 32):
     service = CoordinatorService(config)
     server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=tls.CHANNEL_OPTIONS)
+                         options=tls.SERVER_OPTIONS)
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -22,8 +22,7 @@ from pc_coordinator.runner import JobContext, orchestrator
 from pc_coordinator.streams import collect_blobs, send_blobs
 from pc_node.secure_agg import blinding, get_backend
 
-MAX_SUBJECT_VALUE = 10**12     # per subject and source, as enforced by providers (cents or counts)
-MAX_GROUP = 64                 # the largest household the blinding bounds are sized for
+from pc_node.steps.verify import MAX_GROUP, MAX_VALUE_CENTS as MAX_SUBJECT_VALUE  # noqa: E402 (one source of truth)
 _rng = secrets.SystemRandom()
 
 
@@ -145,7 +144,11 @@ def run(ctx: JobContext, doc: dict) -> None:
 
         # 4. blind, fold and shuffle per reveal mode.
         t = time.perf_counter()
-        value_bound = MAX_GROUP * MAX_SUBJECT_VALUE * max(1, max(len(c.sources) for c in rule.criteria)) * 2
+        # |T − S| <= |T| + |S|; S sums at most MAX_GROUP members, each bounded per criterion by providers.
+        max_t = max([c.threshold_cents(MAX_GROUP) for c in rule.criteria if c.type == "sum_below"]
+                    + [c.max + 1 for c in rule.criteria if c.type == "count_at_most"] + [0])
+        n_providers = max(1, max(len(c.agencies()) for c in rule.criteria))
+        value_bound = MAX_GROUP * MAX_SUBJECT_VALUE * n_providers + abs(max_t)
         tests = _tests(rule, sizes)
         outputs, meta = [], []
         if rule.reveal == "reasons":
@@ -168,6 +171,7 @@ def run(ctx: JobContext, doc: dict) -> None:
                     outputs.append(cv)
                     meta.append({"test": "positive"})
         rho_k = blinding.rho_bits(pub, value_bound)
+        blur = blinding.blur_window_bits(pub, value_bound)
         timings["blind_s"] = time.perf_counter() - t
 
         # 5. requester decrypts and writes the verdicts.
@@ -180,7 +184,7 @@ def run(ctx: JobContext, doc: dict) -> None:
         ctx.jobs.record(ctx.job_id, summary={
             "subjects": n_slots, "groups": n_groups, "providers": providers, "he": backend.name,
             "reveal": rule.reveal, "rule": rule.id, **{k: round(v, 3) for k, v in timings.items()}},
-            leakage=leakage_report(rule, providers, n_slots, n_groups, backend.name, rho_k, len(meta)))
+            leakage=leakage_report(rule, providers, n_slots, n_groups, backend.name, rho_k, blur))
     finally:
         cleanup(ctx, [requester] + providers)
 
@@ -220,7 +224,7 @@ def cleanup(ctx: JobContext, parties: list[str]) -> None:
 
 
 def leakage_report(rule: Rule, providers: list[str], n: int, groups: int, he: str, rho_k: int,
-                   outputs: int) -> dict:
+                   blur: int) -> dict:
     report = {
         "coordinator": [
             f"sizes: {n} subjects in {groups} groups, and the household size of each opaque group number",
@@ -239,8 +243,8 @@ def leakage_report(rule: Rule, providers: list[str], n: int, groups: int, he: st
             "per group the number of failed comparison criteria, in shuffled order; a failed zero test "
             "(none_exists) is folded into one bit")
     report[rule.requester].append(
-        f"each comparison decrypts to ρ·(T−S)−ρ′ with ρ log-uniform in [2^8, 2^{rho_k}) and 0 ≤ ρ′ < ρ: "
-        "its sign is the answer and its magnitude bounds the margin |T−S| only to within a factor ρ")
+        f"each comparison decrypts to ρ·(T−S)−ρ′ with ρ log-uniform in [2^7, 2^{rho_k}) and 1 ≤ ρ′ < ρ: "
+        f"its sign is the answer; its magnitude leaks log2|T−S| only to within a window of {blur} bits")
     if he == "bfv":
         report[rule.requester].append("per-slot values masked by uniform noise mod t during regrouping (nothing)")
     for p in providers:

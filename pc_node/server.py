@@ -167,7 +167,7 @@ def _hours_from_now(hours: int) -> str:
 
 def create_server(config: NodeConfig, max_workers: int = 32):
     runtime = NodeRuntime(config)
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_workers), options=tls.CHANNEL_OPTIONS)
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_workers), options=tls.SERVER_OPTIONS)
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(runtime), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

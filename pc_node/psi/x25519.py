@@ -157,7 +157,8 @@ def blinding_pair(rng: Rng | None = None) -> tuple[bytes, bytes]:
     rng = rng or system_rng
     for _ in range(256):
         r = clamp(rng(32))
-        t = pow(r, -1, L25519) * _INV8 % L25519
+        r_inv = int(_gmpy2.invert(r, L25519)) if _gmpy2 is not None else pow(r, -1, L25519)
+        t = r_inv * _INV8 % L25519
         if (1 << 251) <= t < (1 << 252):
             s = 8 * t  # already clamped: bits 0-2 clear, bit 254 set, bit 255 clear
             return r.to_bytes(32, "little"), s.to_bytes(32, "little")

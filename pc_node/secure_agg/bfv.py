@@ -211,13 +211,14 @@ class BfvBackend(HeBackend):
         return BfvCipherVector(a.public, chunks, a.length, max(a.depth, b.depth))
 
     def sum(self, vectors: Any) -> BfvCipherVector:
-        vectors = sorted(vectors, key=len, reverse=True)
+        vectors = list(vectors)
         if not vectors:
             return super().sum(vectors)
-        acc = vectors[0]
-        for v in vectors[1:]:
+        for v in vectors:
             check_backend(v, BfvCipherVector)
-            check_same_key(acc, v)
+            check_same_key(vectors[0], v)
+        vectors.sort(key=len, reverse=True)
+        acc = vectors[0]
         chunks = [c.copy() for c in acc.chunks]
         for v in vectors[1:]:
             for i, c in enumerate(v.chunks):

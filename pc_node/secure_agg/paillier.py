@@ -333,12 +333,9 @@ class PaillierBackend(HeBackend):
             check_same_key(vectors[0], v)
         pub = vectors[0].public
         n2, f_mod = pub._n2, gmpy2.f_mod
-        acc = list(max(vectors, key=len).cts)
-        first = True
-        for v in sorted(vectors, key=len, reverse=True):
-            if first:
-                first = False
-                continue
+        longest_first = sorted(vectors, key=len, reverse=True)
+        acc = list(longest_first[0].cts)
+        for v in longest_first[1:]:
             for i, c in enumerate(v.cts):
                 acc[i] = f_mod(acc[i] * c, n2)
         return PaillierCipherVector(pub, acc, max(v.depth for v in vectors))

@@ -35,7 +35,9 @@ from pc_node.steps.admit import checked_spec, require_admitted
 from pc_node.steps.common import blob_chunks, done, progress, read_blob
 
 SLOT_ITEM = struct.Struct(">I18s")
-MAX_VALUE_CENTS = 10**12          # a single subject's sum above 10 billion yuan is refused
+# Bounds the blinding is sized for: larger plaintext margins would shrink ρ's range.
+MAX_VALUE_CENTS = 10**10          # per subject and criterion: 100 million yuan, or that many records
+MAX_GROUP = 16                    # members of one group (household)
 _rng = random.SystemRandom()
 
 
@@ -76,6 +78,8 @@ def prepare(runtime, header, inbound):
     # Group numbers in random order, subjects in random slots: the layout tells the
     # coordinator household sizes, nothing about who or which input rows.
     distinct = list(dict.fromkeys(groups))
+    if n and max(np.unique(np.array(groups, dtype=object), return_counts=True)[1]) > MAX_GROUP:
+        raise InvalidInput(f"a group has more than {MAX_GROUP} members")
     _rng.shuffle(distinct)
     group_no = {g: i for i, g in enumerate(distinct)}
     slots = list(range(n))
@@ -128,11 +132,11 @@ def evaluate_criteria(runtime, rule: Rule, items: list[tuple[int, str]], n_slots
                     rows = [r for r in rows if c.where.evaluate(r)]
                 if c.type == "sum_below":
                     v = sum(decimal_cents(r[col]) for r in rows for col in sum_cols)
-                    if abs(v) > MAX_VALUE_CENTS:
-                        raise InvalidInput(f"criterion '{c.name}': a subject's amount is outside the supported range")
                 else:
                     v = len(rows)
                 values[slot] = values[slot] + v
+                if abs(values[slot]) > MAX_VALUE_CENTS:
+                    raise InvalidInput(f"criterion '{c.name}': a subject's value is outside the supported range")
         out[c.name] = values
     return out
 

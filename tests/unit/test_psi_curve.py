@@ -74,7 +74,7 @@ def test_elligator2_matches_rfc9380_reference():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, P25519 - 1))
+@given(st.integers(1, P25519 - 1))  # t = 0 maps to u = 0 (order 2); SM3 hits it w.p. 2^-255
 def test_elligator2_lands_on_the_curve_not_the_twist(t):
     (u,) = elligator2_u([t])
     x = int.from_bytes(u.tobytes(), "little")

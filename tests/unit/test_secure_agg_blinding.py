@@ -56,7 +56,9 @@ def test_group_sum_rows_layout(keys):
     rng = random.Random(7)
     sizes = sorted((rng.randint(1, 6) for _ in range(25)), reverse=True)
     providers = 3
-    values = {(p, g, j): rng.randint(-1000, 1000) for p in range(providers) for g, s in enumerate(sizes) for j in range(s)}
+    values = {
+        (p, g, j): rng.randint(-1000, 1000) for p in range(providers) for g, s in enumerate(sizes) for j in range(s)
+    }
     rows = []
     for p in range(providers):
         for j in range(max(sizes)):

@@ -43,7 +43,9 @@ def test_to_cents(amount, cents):
     assert to_cents(amount) == cents
 
 
-@pytest.mark.parametrize("bad", ["1.234", "0.001", 1.5, 0.1, True, "abc", "NaN", "Infinity", Decimal("sNaN"), None, b"1"])
+@pytest.mark.parametrize(
+    "bad", ["1.234", "0.001", 1.5, 0.1, True, "abc", "NaN", "Infinity", Decimal("sNaN"), None, b"1"]
+)
 def test_to_cents_refuses(bad):
     with pytest.raises(InvalidInput):
         to_cents(bad)

@@ -38,6 +38,10 @@ class NodeCipher:
         out = self._field.decrypt_field(bytes(blob), aad)
         return out.encode() if isinstance(out, str) else out
 
+    def decrypt_many(self, blobs: list[bytes], aads: list[bytes]) -> list[bytes]:
+        return [o.encode() if isinstance(o, str) else o
+                for o in self._field.decrypt_fields([bytes(b) for b in blobs], aads)]
+
     def blind_index(self, key: str) -> bytes:
         return self._field.blind_index(key)
 

@@ -90,6 +90,7 @@ class NodeStore:
         self.path = pathlib.Path(path)
         self.cipher = cipher
         self._lock = threading.RLock()
+        self._keys_cache: dict[tuple[str, int], list[str]] = {}
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -185,14 +186,25 @@ class NodeStore:
             db.execute("DELETE FROM datasets WHERE id = ?", (ds_id,))
 
     def keys(self, name: str) -> list[str]:
-        """Every normalised identifier of a dataset (decrypted), in row order."""
+        """Every normalised identifier of a dataset (decrypted), in row order.
+
+        Kept in memory per dataset version: PSI jobs on a large dataset should not pay the
+        decryption again (memory is not "at rest"; the cache dies with the process).
+        """
         meta = self.dataset(name)
+        cache_key = (meta.name, meta.version)
+        cached = self._keys_cache.get(cache_key)
+        if cached is not None:
+            return cached
         with self._lock:
             ds_id = self._dataset_id(self._db, name)
             rows = self._db.execute("SELECT row_no, key_enc FROM rows WHERE dataset_id = ? ORDER BY row_no",
                                     (ds_id,)).fetchall()
-        dec = self.cipher.decrypt
-        return [dec(k, f"{meta.name}/{n}".encode()).decode() for n, k in rows]
+        keys = [k.decode() for k in self.cipher.decrypt_many([r[1] for r in rows],
+                                                              [f"{meta.name}/{r[0]}".encode() for r in rows])]
+        self._keys_cache.clear()   # one dataset at a time is enough
+        self._keys_cache[cache_key] = keys
+        return keys
 
     def rows_for_keys(self, name: str, keys: Sequence[str]) -> dict[str, list[list[str]]]:
         """Rows whose identifier is one of ``keys``, found through the blind index."""

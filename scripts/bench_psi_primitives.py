@@ -23,9 +23,9 @@ from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from pc_node.psi import (  # noqa: E402
+from pc_node.psi import (
     LookupProvider,
     LookupRequester,
     backend_status,
@@ -33,7 +33,7 @@ from pc_node.psi import (  # noqa: E402
     intersect,
     worker_count,
 )
-from pc_node.psi.x25519 import hash_to_x25519  # noqa: E402
+from pc_node.psi.x25519 import hash_to_x25519
 
 
 def rss_mb() -> float:
@@ -99,11 +99,11 @@ def bench_primitives(n: int) -> float:
             continue
         be = get_backend(name)
         with workers(1):
-            w1, c1 = timed(lambda: be.scalarmult_batch(key, pts))
+            w1, c1 = timed(lambda be=be: be.scalarmult_batch(key, pts))
         line(f"{name} batch API, 1 core", n, w1, c1)
         print(f"  {'':<44} per-core efficiency vs raw: {(n / c1) / raw_rate:.2f} (CPU time)")
         with workers(None):
-            wa, ca = timed(lambda: be.scalarmult_batch(key, pts))
+            wa, ca = timed(lambda be=be: be.scalarmult_batch(key, pts))
         line(f"{name} batch API, {worker_count()} cores", n, wa, ca)
         print(f"  {'':<44} speed-up over 1 core: {w1 / wa:.2f}x (wall)")
     print("\n== hash to curve (SM3 → Elligator 2 → u) ==")
@@ -119,9 +119,9 @@ def bench_primitives(n: int) -> float:
             m = max(200, n // 50)
             sp = be.hash_to_points(ids[:m], b"bench")
             sk = be.random_scalar()
-            w, c = timed(lambda: be.scalarmult_batch(sk, sp), 1)
+            w, c = timed(lambda be=be, sk=sk, sp=sp: be.scalarmult_batch(sk, sp), 1)
             line(f"SM2 {name} batch API, {worker_count()} cores", m, w, c)
-            w, c = timed(lambda: be.hash_to_points(ids[:m], b"bench"), 1)
+            w, c = timed(lambda be=be, m=m: be.hash_to_points(ids[:m], b"bench"), 1)
             line("SM2 hash_to_points (try-and-increment)", m, w, c)
         elif curve == "sm2":
             print(f"  SM2 {name:<40} not usable: {reason}")

@@ -243,7 +243,7 @@ def cmd_jobs(args) -> int:
 
 def cmd_results(args) -> int:
     with federation(args) as fed:
-        rows = fed.results(args.job, args.out)
+        rows, _ = fed.results(args.job, args.out)
     print(f"wrote {rows} row(s) to {args.out}")
     return 0
 

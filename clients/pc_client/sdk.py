@@ -125,27 +125,45 @@ class Federation:
         job = self.coordinator.SubmitJob(signed, timeout=self.timeout)
         return job.job_id
 
-    def _finish(self, job, out: str | None) -> JobResult:
+    def _finish(self, job, out: str | None, local_summary: bool = False) -> JobResult:
         if job.state != "succeeded":
             raise JobFailed(f"job {job.job_id} {job.state}: {job.reason}")
         result = JobResult(job.job_id, job.state, json.loads(job.summary_json or "{}"),
                            json.loads(job.leakage_json or "{}"))
-        if out:
-            result.rows = self.results(job.job_id, out)
-            result.out = str(out)
+        if out or local_summary:
+            rows, summary = self.results(job.job_id, out)
+            result.summary.update(summary)
+            if out:
+                result.rows, result.out = rows, str(out)
         return result
 
-    def results(self, job_id: str, out) -> int:
-        """Write a job's results file (kept at your own node) to ``out``; returns the row count."""
-        out = pathlib.Path(out)
-        tmp = out.with_name(out.name + ".part")
-        rows = 0
-        with open(tmp, "wb") as fh:
-            for chunk in self.node.FetchResults(node_pb2.JobRef(job_id=job_id), timeout=self.timeout * 10):
-                fh.write(chunk.data)
-                rows += chunk.data.count(b"\n")
-        tmp.replace(out)
-        return max(rows - 1, 0)
+    def results(self, job_id: str, out=None) -> tuple[int, dict]:
+        """Fetch a job's results (kept at your own node, never at the coordinator).
+
+        Writes the results file to ``out`` when given (no partial file is left behind on
+        failure); returns (data rows, the node's summary).
+        """
+        tmp = pathlib.Path(out).with_name(pathlib.Path(out).name + ".part") if out else None
+        rows, summary = 0, {}
+        try:
+            fh = open(tmp, "wb") if tmp else None
+            try:
+                for chunk in self.node.FetchResults(node_pb2.JobRef(job_id=job_id), timeout=self.timeout * 10):
+                    if fh:
+                        fh.write(chunk.data)
+                    rows += chunk.data.count(b"\n")
+                    if chunk.summary_json:
+                        summary = json.loads(chunk.summary_json)
+            finally:
+                if fh:
+                    fh.close()
+        except BaseException:
+            if tmp:
+                tmp.unlink(missing_ok=True)
+            raise
+        if tmp:
+            tmp.replace(pathlib.Path(out))
+        return max(rows - 1, 0), summary
 
     # ----- eligibility verification --------------------------------------------------------------
     def upload_subjects(self, subjects_csv, rule: Rule) -> node_pb2.SubjectsReceipt:
@@ -194,13 +212,13 @@ class Federation:
             result_to_all: bool = False, on_update: ProgressFn | None = None) -> JobResult:
         job_id = self.submit("psi", {"datasets": list(datasets), "cardinality_only": bool(cardinality_only),
                                      "purpose": purpose, "result_to_all": bool(result_to_all)})
-        return self._finish(self.watch(job_id, on_update), out)
+        return self._finish(self.watch(job_id, on_update), out, local_summary=True)
 
     def lookup(self, own_dataset: str, provider_dataset: str, out=None, purpose: str = "data_matching",
                labels: list[str] | None = None, on_update: ProgressFn | None = None) -> JobResult:
         job_id = self.submit("lookup", {"datasets": [own_dataset, provider_dataset], "purpose": purpose,
                                         "labels": list(labels or [])})
-        return self._finish(self.watch(job_id, on_update), out)
+        return self._finish(self.watch(job_id, on_update), out, local_summary=True)
 
     # ----- approvals (data officers) ----------------------------------------------------------------
     def approvals(self):

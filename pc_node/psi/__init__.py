@@ -32,9 +32,21 @@ from .encoding import (
     normalise_ids,
 )
 from .local import PsiResult, intersect, intersect_many, lookup
-from .lookup import LOOKUP_DOMAIN, LookupProvider, LookupQuery, LookupRequester, LookupResult
+from .lookup import (
+    LOOKUP_DOMAIN,
+    LookupProvider,
+    LookupQuery,
+    LookupRequester,
+    LookupResult,
+)
 from .multiparty import Combiner, provider_chain_order, run_multiparty
-from .protocol import DEFAULT_CHUNK, DEFAULT_DOMAIN, ProviderSession, ReencryptHop, RequesterSession
+from .protocol import (
+    DEFAULT_CHUNK,
+    DEFAULT_DOMAIN,
+    ProviderSession,
+    ReencryptHop,
+    RequesterSession,
+)
 from .randomness import deterministic_rng
 
 __all__ = [

@@ -35,7 +35,7 @@ import numpy as np
 from pc_common.errors import CryptoError, FailedPrecondition, InvalidInput
 
 from .encoding import POINT_LEN, as_points
-from .randomness import Rng, system_rng
+from .randomness import Rng
 
 __all__ = [
     "CURVES",
@@ -266,6 +266,3 @@ def _check_curve(curve: str) -> None:
     if curve not in CURVES:
         raise InvalidInput(f"unknown curve {curve!r}; supported: {', '.join(CURVES)}")
 
-
-def default_rng(rng: Rng | None) -> Rng:
-    return rng or system_rng

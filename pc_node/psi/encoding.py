@@ -21,13 +21,13 @@ from pc_common.errors import CryptoError, InvalidInput
 
 __all__ = [
     "POINT_LEN",
-    "normalise_id",
-    "normalise_ids",
     "as_points",
-    "encode_points",
+    "decode_indices",
     "decode_points",
     "encode_indices",
-    "decode_indices",
+    "encode_points",
+    "normalise_id",
+    "normalise_ids",
     "split_chunks",
 ]
 

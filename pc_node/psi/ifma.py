@@ -35,7 +35,7 @@ from .curve import EcBackend, register_backend
 from .randomness import Rng, system_rng
 from .x25519 import hash_to_x25519, validate_u
 
-__all__ = ["load_crypto_mb", "crypto_mb_status", "IfmaX25519"]
+__all__ = ["IfmaX25519", "crypto_mb_status", "load_crypto_mb"]
 
 ENV_LIB = "PC_CRYPTO_MB_LIB"
 _RUNTIME_LIBS = ("libintlc.so.5", "libintlc.so", "libimf.so", "libsvml.so", "libirng.so")
@@ -118,7 +118,7 @@ def crypto_mb_status() -> str | None:
     features = int(lib.mbx_get_cpu_features())
     if not lib.mbx_is_crypto_mb_applicable(features):
         return ("this CPU lacks AVX-512 IFMA (mbx_is_crypto_mb_applicable says no; "
-                "features 0x%x)" % features)
+                f"features 0x{features:x})")
     return None
 
 

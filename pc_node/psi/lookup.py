@@ -30,139 +30,60 @@ Identifiers can be guessed by querying many of them; the caller enforces quotas.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
-import struct
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pc_common.errors import CryptoError, FailedPrecondition, IntegrityError, InvalidInput
+from pc_common.errors import (
+    CryptoError,
+    FailedPrecondition,
+    IntegrityError,
+    InvalidInput,
+)
 from pc_common.gm import sm4_gcm_decrypt, sm4_gcm_encrypt
 
 from .curve import EcBackend, resolve_backend
-from .encoding import POINT_LEN, check_chunk_size, decode_points, normalise_id, normalise_ids, split_chunks
+from .encoding import (
+    POINT_LEN,
+    check_chunk_size,
+    decode_points,
+    normalise_id,
+    normalise_ids,
+    split_chunks,
+)
+from .lookup_cache import FilterCache
+from .lookup_format import (
+    BUILD_BATCH,
+    DELTA_MAGIC,
+    LOOKUP_DOMAIN,
+    MAX_LABEL,
+    SNAPSHOT_MAGIC,
+    check_params,
+    decode_label,
+    digest16,
+    encode_label,
+    int_field,
+    label_aad,
+    label_key,
+    pack,
+    record_len,
+    tags_from_bytes,
+    tags_from_digest,
+    tags_to_bytes,
+    unpack,
+)
 from .randomness import Rng, system_rng
-from .hashing import sm3_hasher
 from .x25519 import blinding_pair
 
 __all__ = [
     "LOOKUP_DOMAIN",
     "LookupProvider",
-    "LookupRequester",
     "LookupQuery",
+    "LookupRequester",
     "LookupResult",
 ]
-
-LOOKUP_DOMAIN = b"pc.lookup.v1"
-_TAG_CTX = b"pc.lookup.tag"
-_KEY_CTX = b"pc.lookup.label"
-_SNAPSHOT_MAGIC = b"PCLS\x01"
-_DELTA_MAGIC = b"PCLD\x01"
-_MAX_HEADER = 4096
-_GCM_OVERHEAD = 12 + 16
-_LEN_PREFIX = 2
-_MAX_LABEL = 4096
-_BUILD_BATCH = 32768
-_EPOCH_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-
-def _record_len(label_size: int) -> int:
-    return _GCM_OVERHEAD + _LEN_PREFIX + label_size if label_size else 0
-
-
-def _check_params(epoch: str, tag_bytes: int, label_size: int) -> None:
-    if not isinstance(epoch, str) or not _EPOCH_RE.match(epoch):
-        raise InvalidInput("epoch must be 1-64 characters of letters, digits and . _ : -")
-    if not isinstance(tag_bytes, int) or not 4 <= tag_bytes <= 8:
-        raise InvalidInput("tag_bytes must be between 4 and 8")
-    if not isinstance(label_size, int) or not 0 <= label_size <= _MAX_LABEL:
-        raise InvalidInput(f"label_size must be between 0 and {_MAX_LABEL}")
-
-
-def _digest16(f_values: np.ndarray) -> np.ndarray:
-    """``(n, 2)`` uint64 (big-endian halves) of SM3(tag ctx || F) truncated to 16 bytes."""
-    n = len(f_values)
-    raw = f_values.tobytes()
-    base = sm3_hasher(_TAG_CTX)
-    parts = []
-    for i in range(0, 32 * n, 32):
-        h = base.copy()
-        h.update(raw[i:i + 32])
-        parts.append(h.digest()[:16])
-    return np.frombuffer(b"".join(parts), dtype=">u8").reshape(n, 2).astype(np.uint64)
-
-
-def _tags_from_digest(d16: np.ndarray, tag_bytes: int) -> np.ndarray:
-    return d16[:, 0] >> np.uint64(64 - 8 * tag_bytes)
-
-
-def _label_key(f_value: bytes) -> bytes:
-    return sm3_hasher(_KEY_CTX + f_value).digest()[:16]
-
-
-def _label_aad(epoch: str, tag: int, tag_bytes: int) -> bytes:
-    return b"pc.lookup.label|" + epoch.encode() + b"|" + int(tag).to_bytes(tag_bytes, "big")
-
-
-def _tags_to_bytes(tags: np.ndarray, tag_bytes: int) -> bytes:
-    return tags.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - tag_bytes:].tobytes()
-
-
-def _tags_from_bytes(data: memoryview, count: int, tag_bytes: int) -> np.ndarray:
-    raw = np.frombuffer(data, dtype=np.uint8).reshape(count, tag_bytes)
-    full = np.zeros((count, 8), dtype=np.uint8)
-    full[:, 8 - tag_bytes:] = raw
-    return full.view(">u8").ravel().astype(np.uint64)
-
-
-def _pack(magic: bytes, header: dict, *bodies: bytes) -> bytes:
-    hj = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    return b"".join((magic, struct.pack(">I", len(hj)), hj, *bodies))
-
-
-def _unpack(magic: bytes, data: bytes) -> tuple[dict, memoryview]:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise CryptoError("lookup message must be bytes")
-    view = memoryview(data).cast("B")
-    if len(view) < len(magic) + 4 or bytes(view[:len(magic)]) != magic:
-        raise CryptoError("not a lookup message of the expected kind")
-    (hlen,) = struct.unpack(">I", view[len(magic):len(magic) + 4])
-    start = len(magic) + 4
-    if hlen > _MAX_HEADER or start + hlen > len(view):
-        raise CryptoError("lookup message header is malformed")
-    try:
-        header = json.loads(bytes(view[start:start + hlen]))
-    except ValueError:
-        raise CryptoError("lookup message header is malformed") from None
-    if not isinstance(header, dict):
-        raise CryptoError("lookup message header is malformed")
-    return header, view[start + hlen:]
-
-
-def _int_field(header: dict, name: str, lo: int, hi: int) -> int:
-    v = header.get(name)
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise CryptoError("lookup message header is malformed")
-    return v
-
-
-def _encode_label(payload: bytes, label_size: int) -> bytes:
-    if not isinstance(payload, (bytes, bytearray)):
-        raise InvalidInput("labels must be bytes")
-    if len(payload) > label_size:
-        raise InvalidInput("a label is longer than label_size")
-    return len(payload).to_bytes(2, "big") + bytes(payload) + bytes(label_size - len(payload))
-
-
-def _decode_label(plain: bytes) -> bytes:
-    n = int.from_bytes(plain[:2], "big")
-    if n > len(plain) - 2:
-        raise IntegrityError("label failed authentication")
-    return plain[2:2 + n]
 
 
 # --------------------------------------------------------------------------- provider
@@ -177,7 +98,7 @@ class LookupProvider:
     def __init__(self, *, epoch: str, key: bytes | None = None, domain: bytes = LOOKUP_DOMAIN,
                  tag_bytes: int = 8, label_size: int = 0, backend: EcBackend | str | None = None,
                  rng: Rng | None = None) -> None:
-        _check_params(epoch, tag_bytes, label_size)
+        check_params(epoch, tag_bytes, label_size)
         self.backend = resolve_backend(backend, "x25519")
         if self.backend.curve != "x25519":
             raise InvalidInput("lookups run on the x25519 group")
@@ -190,7 +111,7 @@ class LookupProvider:
         self.version = 0
         self.dataset_version = ""
         self._d16 = np.empty((0, 2), dtype=np.uint64)   # sorted by (hi, lo); tag = prefix of hi
-        self._labels = np.empty((0, _record_len(label_size)), dtype=np.uint8)
+        self._labels = np.empty((0, record_len(label_size)), dtype=np.uint8)
         self._deltas: list[bytes] = []
         self.queries_evaluated = 0
 
@@ -212,7 +133,7 @@ class LookupProvider:
         label_size = label_size or 0
         if labels is not None and not label_size:
             raise InvalidInput("label_size must be positive for a labelled filter")
-        cache = _Cache(cache_dir, epoch) if cache_dir is not None else None
+        cache = FilterCache(cache_dir, epoch) if cache_dir is not None else None
         if key is None and cache is not None:
             key = cache.load_key()
         self = cls(epoch=epoch, key=key, domain=domain, tag_bytes=tag_bytes, label_size=label_size,
@@ -235,26 +156,27 @@ class LookupProvider:
         return self.backend.scalarmult_batch(self._key, self.backend.hash_to_points(ids, self.domain))
 
     def _evaluate_rows(self, ids: list[str], labels: Mapping[str, bytes] | None,
-                       progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       progress: Callable[[int, int], None] | None = None,
+                       encrypt: bool = True) -> tuple[np.ndarray, np.ndarray]:
         n = len(ids)
         d16 = np.empty((n, 2), dtype=np.uint64)
-        recs = np.empty((n, _record_len(self.label_size)), dtype=np.uint8)
-        for lo in range(0, n, _BUILD_BATCH):
-            part = ids[lo:lo + _BUILD_BATCH]
+        recs = np.zeros((n, record_len(self.label_size)), dtype=np.uint8)
+        for lo in range(0, n, BUILD_BATCH):
+            part = ids[lo:lo + BUILD_BATCH]
             f = self._f_values(part)
-            d = _digest16(f)
+            d = digest16(f)
             d16[lo:lo + len(part)] = d
-            if self.label_size:
-                tags = _tags_from_digest(d, self.tag_bytes)
+            if self.label_size and encrypt:
+                tags = tags_from_digest(d, self.tag_bytes)
                 raw = f.tobytes()
                 for j, ident in enumerate(part):
                     payload = labels.get(ident, b"") if labels else b""
-                    blob = sm4_gcm_encrypt(_label_key(raw[32 * j:32 * j + 32]),
-                                           _encode_label(payload, self.label_size),
-                                           _label_aad(self.epoch, int(tags[j]), self.tag_bytes))
+                    blob = sm4_gcm_encrypt(label_key(raw[32 * j:32 * j + 32]),
+                                           encode_label(payload, self.label_size),
+                                           label_aad(self.epoch, int(tags[j]), self.tag_bytes))
                     recs[lo + j] = np.frombuffer(blob, dtype=np.uint8)
             if progress is not None:
-                progress(min(n, lo + _BUILD_BATCH), n)
+                progress(min(n, lo + BUILD_BATCH), n)
         return d16, recs
 
     @staticmethod
@@ -269,14 +191,14 @@ class LookupProvider:
 
     @property
     def tags(self) -> np.ndarray:
-        return _tags_from_digest(self._d16, self.tag_bytes)
+        return tags_from_digest(self._d16, self.tag_bytes)
 
     def snapshot(self) -> bytes:
         """The filter for requesters (header + tags + encrypted labels)."""
         header = {"kind": "snapshot", "epoch": self.epoch, "version": self.version,
                   "tag_bytes": self.tag_bytes, "label_size": self.label_size, "count": self.count,
                   "domain": self.domain.hex(), "curve": "x25519"}
-        return _pack(_SNAPSHOT_MAGIC, header, _tags_to_bytes(self.tags, self.tag_bytes),
+        return pack(SNAPSHOT_MAGIC, header, tags_to_bytes(self.tags, self.tag_bytes),
                      self._labels.tobytes())
 
     def deltas_since(self, version: int) -> list[bytes]:
@@ -305,14 +227,14 @@ class LookupProvider:
         d16, recs = self._d16, self._labels
         removed_tags: list[int] = []
         removed_recs: list[np.ndarray] = []
-        drop: list[int] = []
+        drop: set[int] = set()
         if rem_ids:
-            rd, _ = self._evaluate_rows(rem_ids, None)
+            rd, _ = self._evaluate_rows(rem_ids, None, encrypt=False)
             for row in rd:
                 pos = self._find(d16, row)
                 if pos is None:
                     raise InvalidInput("a removed identifier is not in the filter")
-                drop.append(pos)
+                drop.add(pos)
         if add_ids:
             ad, arecs = self._evaluate_rows(add_ids, add_labels)
             keep = np.ones(len(ad), dtype=bool)
@@ -320,13 +242,13 @@ class LookupProvider:
                 pos = self._find(d16, row)
                 if pos is not None and pos not in drop:
                     if self.label_size:
-                        drop.append(pos)  # upsert: replace the label
+                        drop.add(pos)  # upsert: replace the label
                     else:
                         keep[j] = False   # already present: nothing changes
             ad, arecs = ad[keep], arecs[keep]
         else:
             ad, arecs = np.empty((0, 2), dtype=np.uint64), recs[:0]
-        drop_idx = np.array(sorted(set(drop)), dtype=np.int64)
+        drop_idx = np.array(sorted(drop), dtype=np.int64)
         for pos in drop_idx:
             removed_tags.append(int(d16[pos, 0] >> np.uint64(64 - 8 * self.tag_bytes)))
             removed_recs.append(recs[pos])
@@ -342,19 +264,19 @@ class LookupProvider:
         header = {"kind": "delta", "epoch": self.epoch, "from_version": self.version,
                   "to_version": self.version + (1 if new_delta else 0), "tag_bytes": self.tag_bytes,
                   "label_size": self.label_size, "removed": len(removed_tags), "added": len(ad)}
-        rl = _record_len(self.label_size)
-        delta = _pack(
-            _DELTA_MAGIC, header,
-            _tags_to_bytes(np.array(removed_tags, dtype=np.uint64), self.tag_bytes),
+        rl = record_len(self.label_size)
+        delta = pack(
+            DELTA_MAGIC, header,
+            tags_to_bytes(np.array(removed_tags, dtype=np.uint64), self.tag_bytes),
             np.array(removed_recs, dtype=np.uint8).reshape(-1, rl).tobytes() if rl else b"",
-            _tags_to_bytes(_tags_from_digest(ad, self.tag_bytes), self.tag_bytes),
+            tags_to_bytes(tags_from_digest(ad, self.tag_bytes), self.tag_bytes),
             arecs.tobytes(),
         )
         if new_delta:
             self.version += 1
             self._deltas.append(delta)
         if cache_dir is not None:
-            _Cache(cache_dir, self.epoch).save(self)
+            FilterCache(cache_dir, self.epoch).save(self)
         return delta
 
     @staticmethod
@@ -378,91 +300,6 @@ class LookupProvider:
         return f"<LookupProvider epoch={self.epoch} version={self.version} n={self.count}>"
 
 
-# --------------------------------------------------------------------------- cache
-class _Cache:
-    """``<dir>/<sm3(epoch)[:16]>/``: meta.json, rows.npy, labels.npy, key (0600), deltas."""
-
-    def __init__(self, root: str | os.PathLike, epoch: str) -> None:
-        slug = sm3_hasher(epoch.encode()).digest()[:8].hex()
-        self.dir = os.path.join(os.fspath(root), f"lookup-{slug}")
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.dir, name)
-
-    def load_key(self) -> bytes | None:
-        try:
-            with open(self._path("key"), "rb") as fh:
-                key = fh.read()
-        except FileNotFoundError:
-            return None
-        if len(key) != 32:
-            raise CryptoError("cached lookup key is corrupt")
-        return key
-
-    def store_key(self, key: bytes) -> None:
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        fd = os.open(self._path("key"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-
-    @staticmethod
-    def _key_id(p: LookupProvider) -> str:
-        return sm3_hasher(b"pc.lookup.keyid" + p._key).digest()[:8].hex()
-
-    def _meta(self, p: LookupProvider) -> dict:
-        return {"epoch": p.epoch, "domain": p.domain.hex(), "tag_bytes": p.tag_bytes,
-                "label_size": p.label_size, "key_id": self._key_id(p)}
-
-    def load_into(self, p: LookupProvider, dataset_version: str) -> bool:
-        try:
-            with open(self._path("meta.json"), encoding="utf-8") as fh:
-                meta = json.load(fh)
-            if {k: meta.get(k) for k in self._meta(p)} != self._meta(p):
-                return False
-            if meta.get("dataset_version") != dataset_version:
-                return False
-            d16 = np.load(self._path("rows.npy"), allow_pickle=False)
-            recs = np.load(self._path("labels.npy"), allow_pickle=False)
-            deltas = []
-            first = int(meta["version"]) - int(meta.get("n_deltas", 0))
-            for v in range(first, int(meta["version"])):
-                with open(self._path(f"delta-{v}.bin"), "rb") as fh:
-                    deltas.append(fh.read())
-        except (FileNotFoundError, ValueError, KeyError, OSError):
-            return False
-        if d16.dtype != np.uint64 or d16.ndim != 2 or d16.shape[1] != 2 or len(recs) != len(d16):
-            return False
-        p._d16, p._labels = d16, recs
-        p.version = int(meta["version"])
-        p.dataset_version = dataset_version
-        p._deltas = deltas
-        return True
-
-    def save(self, p: LookupProvider) -> None:
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        first = p.version - len(p._deltas)
-        for i, d in enumerate(p._deltas):
-            path = self._path(f"delta-{first + i}.bin")
-            if not os.path.exists(path):
-                self._atomic(path, lambda fh, d=d: fh.write(d))
-        self._atomic(self._path("rows.npy"), lambda fh: np.save(fh, p._d16, allow_pickle=False))
-        self._atomic(self._path("labels.npy"), lambda fh: np.save(fh, p._labels, allow_pickle=False))
-        meta = dict(self._meta(p), version=p.version, n_deltas=len(p._deltas),
-                    dataset_version=p.dataset_version, count=p.count)
-        self._atomic(self._path("meta.json"), lambda fh: fh.write(json.dumps(meta).encode()))
-
-    def _atomic(self, path: str, write: Callable) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-
 # --------------------------------------------------------------------------- requester
 @dataclass
 class LookupResult:
@@ -479,25 +316,25 @@ class LookupRequester:
     """The asker's side: holds the filter (kept current with deltas) and runs queries."""
 
     def __init__(self, snapshot: bytes, *, backend: EcBackend | str | None = None) -> None:
-        header, body = _unpack(_SNAPSHOT_MAGIC, snapshot)
+        header, body = unpack(SNAPSHOT_MAGIC, snapshot)
         if header.get("kind") != "snapshot" or header.get("curve") != "x25519":
             raise CryptoError("lookup snapshot header is malformed")
         epoch = header.get("epoch")
         try:
-            self.tag_bytes = _int_field(header, "tag_bytes", 4, 8)
-            self.label_size = _int_field(header, "label_size", 0, _MAX_LABEL)
-            _check_params(epoch, self.tag_bytes, self.label_size)
+            self.tag_bytes = int_field(header, "tag_bytes", 4, 8)
+            self.label_size = int_field(header, "label_size", 0, MAX_LABEL)
+            check_params(epoch, self.tag_bytes, self.label_size)
             self.domain = bytes.fromhex(header.get("domain", ""))
         except (InvalidInput, ValueError, TypeError):
             raise CryptoError("lookup snapshot header is malformed") from None
         self.epoch: str = epoch
-        self.version = _int_field(header, "version", 0, 2**62)
-        count = _int_field(header, "count", 0, 2**40)
-        rl = _record_len(self.label_size)
+        self.version = int_field(header, "version", 0, 2**62)
+        count = int_field(header, "count", 0, 2**40)
+        rl = record_len(self.label_size)
         if len(body) != count * (self.tag_bytes + rl):
             raise CryptoError("lookup snapshot length does not match its count")
         self.backend = resolve_backend(backend, "x25519")
-        self._tags = _tags_from_bytes(body[:count * self.tag_bytes], count, self.tag_bytes)
+        self._tags = tags_from_bytes(body[:count * self.tag_bytes], count, self.tag_bytes)
         if count > 1 and (self._tags[1:] < self._tags[:-1]).any():
             raise CryptoError("lookup snapshot is not sorted")
         self._labels = np.frombuffer(body[count * self.tag_bytes:], dtype=np.uint8).reshape(count, rl).copy()
@@ -512,29 +349,29 @@ class LookupRequester:
 
     def apply_delta(self, delta: bytes) -> None:
         """Bring the filter from its version to the next (FailedPrecondition if out of step)."""
-        header, body = _unpack(_DELTA_MAGIC, delta)
+        header, body = unpack(DELTA_MAGIC, delta)
         if header.get("kind") != "delta" or header.get("epoch") != self.epoch:
             raise FailedPrecondition("delta is for another key epoch; fetch a fresh filter")
-        if (_int_field(header, "tag_bytes", 4, 8) != self.tag_bytes
-                or _int_field(header, "label_size", 0, _MAX_LABEL) != self.label_size):
+        if (int_field(header, "tag_bytes", 4, 8) != self.tag_bytes
+                or int_field(header, "label_size", 0, MAX_LABEL) != self.label_size):
             raise CryptoError("lookup delta header is malformed")
-        frm = _int_field(header, "from_version", 0, 2**62)
-        to = _int_field(header, "to_version", 0, 2**62)
-        n_rem = _int_field(header, "removed", 0, 2**40)
-        n_add = _int_field(header, "added", 0, 2**40)
+        frm = int_field(header, "from_version", 0, 2**62)
+        to = int_field(header, "to_version", 0, 2**62)
+        n_rem = int_field(header, "removed", 0, 2**40)
+        n_add = int_field(header, "added", 0, 2**40)
         if frm != self.version:
             raise FailedPrecondition("lookup filter is out of step with this delta")
         if to not in (frm, frm + 1):
             raise CryptoError("lookup delta header is malformed")
-        tb, rl = self.tag_bytes, _record_len(self.label_size)
+        tb, rl = self.tag_bytes, record_len(self.label_size)
         if len(body) != (n_rem + n_add) * (tb + rl):
             raise CryptoError("lookup delta length does not match its counts")
         off = 0
-        rem_tags = _tags_from_bytes(body[off:off + n_rem * tb], n_rem, tb)
+        rem_tags = tags_from_bytes(body[off:off + n_rem * tb], n_rem, tb)
         off += n_rem * tb
         rem_recs = np.frombuffer(body[off:off + n_rem * rl], dtype=np.uint8).reshape(n_rem, rl)
         off += n_rem * rl
-        add_tags = _tags_from_bytes(body[off:off + n_add * tb], n_add, tb)
+        add_tags = tags_from_bytes(body[off:off + n_add * tb], n_add, tb)
         off += n_add * tb
         add_recs = np.frombuffer(body[off:off + n_add * rl], dtype=np.uint8).reshape(n_add, rl)
         tags, labels = self._tags, self._labels
@@ -566,8 +403,8 @@ class LookupRequester:
     def _match(self, f_values: np.ndarray, ids: list[str]) -> LookupResult:
         if not len(ids):
             return LookupResult([], {})
-        d16 = _digest16(f_values)
-        tags = _tags_from_digest(d16, self.tag_bytes)
+        d16 = digest16(f_values)
+        tags = tags_from_digest(d16, self.tag_bytes)
         lo = np.searchsorted(self._tags, tags, side="left")
         hi = np.searchsorted(self._tags, tags, side="right")
         hit = hi > lo
@@ -577,12 +414,12 @@ class LookupRequester:
         labels: dict[str, bytes] = {}
         raw = f_values.tobytes()
         for i in np.nonzero(hit)[0]:
-            key = _label_key(raw[32 * i:32 * i + 32])
-            aad = _label_aad(self.epoch, int(tags[i]), self.tag_bytes)
+            key = label_key(raw[32 * i:32 * i + 32])
+            aad = label_aad(self.epoch, int(tags[i]), self.tag_bytes)
             for pos in range(int(lo[i]), int(hi[i])):
                 try:
                     plain = sm4_gcm_decrypt(key, self._labels[pos].tobytes(), aad)
-                    payload = _decode_label(plain)
+                    payload = decode_label(plain)
                 except IntegrityError:
                     continue  # a tag collision with another row: not ours
                 members.append(ids[i])
@@ -644,4 +481,3 @@ class LookupQuery:
         answers = np.concatenate(self._answers)
         f_values = self._req.backend.scalarmult_each(self._s, answers)
         return self._req._match(f_values, self.ids)
-

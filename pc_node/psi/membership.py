@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SortedPoints", "member_mask", "intersect_rows"]
+__all__ = ["SortedPoints", "intersect_rows", "member_mask"]
 
 
 def _prefix(points: np.ndarray) -> np.ndarray:

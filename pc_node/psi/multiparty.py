@@ -39,7 +39,7 @@ from .membership import intersect_rows
 from .protocol import DEFAULT_CHUNK, ProviderSession, RequesterSession
 from .randomness import Rng, random_permutation, system_rng
 
-__all__ = ["MultiPartyRequester", "MultiPartyProvider", "Combiner", "provider_chain_order"]
+__all__ = ["Combiner", "MultiPartyProvider", "MultiPartyRequester", "provider_chain_order"]
 
 #: The requester core is the same object as in two-party PSI.
 MultiPartyRequester = RequesterSession

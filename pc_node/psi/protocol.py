@@ -42,11 +42,11 @@ from .membership import SortedPoints
 from .randomness import Rng, random_permutation, system_rng
 
 __all__ = [
-    "DEFAULT_DOMAIN",
     "DEFAULT_CHUNK",
+    "DEFAULT_DOMAIN",
+    "ProviderSession",
     "ReencryptHop",
     "RequesterSession",
-    "ProviderSession",
 ]
 
 #: Hash domain used unless the caller passes one; jobs should pass a job-specific domain

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Rng", "system_rng", "deterministic_rng", "random_permutation"]
+__all__ = ["Rng", "deterministic_rng", "random_permutation", "system_rng"]
 
 Rng = Callable[[int], bytes]
 

@@ -40,7 +40,7 @@ try:
 except ImportError:  # pragma: no cover - gmpy2 is a project dependency
     _gmpy2 = None
 
-__all__ = ["SM2_P", "SM2_N", "hash_to_sm2", "reference_mul", "OpenSslSm2", "IfmaSm2"]
+__all__ = ["SM2_N", "SM2_P", "IfmaSm2", "OpenSslSm2", "hash_to_sm2", "reference_mul"]
 
 SM2_P = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFF
 SM2_A = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC
@@ -192,6 +192,7 @@ def _libcrypto() -> tuple[ctypes.CDLL | None, str | None]:
         lib.BN_bin2bn.restype = vp
         lib.BN_bin2bn.argtypes = [vp, ctypes.c_int, vp]
         lib.BN_clear_free.argtypes = [vp]
+        lib.ERR_clear_error.argtypes = []
     except AttributeError:
         return None, "the system libcrypto lacks the EC API"
     group = lib.EC_GROUP_new_by_curve_name(NID_SM2)
@@ -257,6 +258,7 @@ class OpenSslSm2(_Sm2Base):
                         or not mul(group, p_out, None, p_in, bn, ctx)
                         or point2oct(group, p_out, 2, rbase + 33 * i, 33, ctx) != 33):
                     ok = False
+                    lib.ERR_clear_error()  # don't let the thread's error queue grow
                     break
                 if not single:
                     lib.BN_clear_free(bn)

@@ -42,14 +42,14 @@ from .hashing import sm3_hasher
 from .randomness import Rng, system_rng
 
 __all__ = [
-    "P25519",
     "L25519",
+    "P25519",
+    "SodiumX25519",
+    "blinding_pair",
+    "clamp",
+    "elligator2_u",
     "hash_to_x25519",
     "sm3_digests",
-    "elligator2_u",
-    "clamp",
-    "blinding_pair",
-    "SodiumX25519",
     "validate_u",
 ]
 

@@ -256,6 +256,8 @@ def wipe(runtime, job_id: str, subject_set: str | None = None) -> int:
 def cleanup(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     n = wipe(runtime, doc["job_id"], doc["params"].get("subject_set") if doc["requester"] == runtime.node_id else None)
+    from pc_node.steps.psi import drop_session
+    n += int(drop_session(runtime, doc["job_id"]))
     if n:
         runtime.audit.append("retention.wipe", job=doc["job_id"], counts={"items": n})
     yield done({"wiped": n})

@@ -1,6 +1,8 @@
 """EC backends for PSI: known answers, commutativity, agreement, malformed input."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -8,8 +10,15 @@ from hypothesis import strategies as st
 from nacl.bindings import crypto_scalarmult
 
 from pc_common.errors import CryptoError, FailedPrecondition, InvalidInput
-from pc_node.psi import backend_status, best_backend, decode_points, encode_points, get_backend
+from pc_node.psi import (
+    backend_status,
+    best_backend,
+    decode_points,
+    encode_points,
+    get_backend,
+)
 from pc_node.psi.curve import run_sliced
+from pc_node.psi.randomness import deterministic_rng, random_permutation
 from pc_node.psi.x25519 import (
     L25519,
     P25519,
@@ -19,7 +28,6 @@ from pc_node.psi.x25519 import (
     hash_to_x25519,
     sm3_digests,
 )
-from pc_node.psi.randomness import deterministic_rng, random_permutation
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(32, 64))
@@ -144,7 +152,9 @@ def test_parallel_split_matches_serial(monkeypatch):
     one = be.scalarmult_batch(KEY_A, pts)
     monkeypatch.setenv("PC_PSI_WORKERS", "3")
     assert np.array_equal(one, be.scalarmult_batch(KEY_A, pts))
-    assert sorted(x for r in run_sliced(lambda lo, hi: [lo, hi], 1000, workers=3) for x in r)[0] == 0
+    bounds = sorted(tuple(r) for r in run_sliced(lambda lo, hi: [lo, hi], 1000, workers=3))
+    assert bounds[0][0] == 0 and bounds[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
 
 
 @settings(max_examples=30, deadline=None)
@@ -242,7 +252,7 @@ def test_best_backend_and_env_override(monkeypatch):
 
 
 def test_sm2_unavailable_error_is_clear(monkeypatch):
-    import pc_node.psi.curve as curve
+    from pc_node.psi import curve
 
     monkeypatch.delenv("PC_PSI_BACKEND", raising=False)
     monkeypatch.setattr(curve, "available_backends", lambda c="x25519": [])

@@ -16,7 +16,13 @@ from nacl.exceptions import RuntimeError as NaclRuntimeError
 
 from pc_common.errors import CryptoError
 from pc_node.psi import get_backend
-from pc_node.psi.ifma import IfmaX25519, crypto_mb_status, lane_pointers, lanes_ok, load_crypto_mb
+from pc_node.psi.ifma import (
+    IfmaX25519,
+    crypto_mb_status,
+    lane_pointers,
+    lanes_ok,
+    load_crypto_mb,
+)
 from pc_node.psi.sm2 import IfmaSm2, reference_mul
 from pc_node.psi.x25519 import hash_to_x25519
 
@@ -105,3 +111,16 @@ def test_sm2_lane_plumbing_matches_reference():
     got = be.scalarmult_batch(k, pts)
     for p, g in zip(pts, got):
         assert g.tobytes() == reference_mul(k, p.tobytes())
+
+
+@_MB8
+def _wrong_x25519_mb8(out_pp, key_pp, in_pp):
+    for o, p in zip(_ptrs(out_pp), _ptrs(in_pp)):
+        ctypes.memmove(o, ctypes.string_at(p, 32), 32)  # "multiplies" by 1
+    return 0
+
+
+def test_self_test_rejects_a_library_that_disagrees_with_libsodium():
+    be = object.__new__(IfmaX25519)
+    be._fn = _wrong_x25519_mb8
+    assert "self-test against libsodium failed" in be._self_test()

@@ -10,7 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pc_common.errors import CryptoError, FailedPrecondition, InvalidInput
-from pc_node.psi import LookupProvider, LookupRequester, deterministic_rng, lookup, normalise_ids
+from pc_node.psi import (
+    LookupProvider,
+    LookupRequester,
+    deterministic_rng,
+    lookup,
+    normalise_ids,
+)
 
 KEY = bytes(range(32))
 RECORDS = [f"1101051949{i:08d}" for i in range(200)]
@@ -185,7 +191,7 @@ def test_unsorted_snapshot_rejected(provider):
 
 def test_tag_false_positive_rate_is_as_documented():
     # 2^-32 per query at 4 bytes for N=1: simulate with many random tags instead of EC work
-    from pc_node.psi.lookup import _tags_from_bytes, _tags_to_bytes
+    from pc_node.psi.lookup_format import tags_from_bytes, tags_to_bytes
 
     tags = np.sort(np.frombuffer(os.urandom(8 * 1000), dtype=np.uint64) >> np.uint64(32))
-    assert np.array_equal(_tags_from_bytes(memoryview(_tags_to_bytes(tags, 4)), 1000, 4), tags)
+    assert np.array_equal(tags_from_bytes(memoryview(tags_to_bytes(tags, 4)), 1000, 4), tags)

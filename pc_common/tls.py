@@ -24,10 +24,10 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_ping_strikes", 0),
+    # Refuse a port another process already serves (gRPC enables SO_REUSEPORT by default,
+    # which would let a second server silently share the port and split the traffic).
+    ("grpc.so_reuseport", 0),
 ]
-# Servers refuse a port another process already serves (gRPC enables SO_REUSEPORT by default,
-# which would let a second server silently share the port and split the traffic).
-SERVER_OPTIONS = CHANNEL_OPTIONS + [("grpc.so_reuseport", 0)]
 
 
 def _read(files: PartyFiles) -> tuple[bytes, bytes, bytes]:

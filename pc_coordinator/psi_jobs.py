@@ -227,3 +227,73 @@ def leakage_report(requester: str, providers: list[str], n_x: int, sizes: dict, 
         if k > 2:
             report[p].append("the other providers' set sizes")
     return report
+
+
+# ----- query-private lookup (匿踪查询) ---------------------------------------------------------
+@kinds.validator("lookup")
+def validate_lookup(doc: dict, directory: Directory) -> list[str]:
+    refs = parse_datasets(doc)
+    if len(refs) != 2:
+        raise InvalidInput("a lookup names your dataset and exactly one provider dataset")
+    (agency, ds) = refs[1]
+    d = next((d for d in directory.catalog().datasets if d.agency == agency and d.name == ds), None)
+    if d is None:
+        raise InvalidInput(f"the catalog has no dataset '{agency}.{ds}'")
+    if not directory.node(agency)["online"]:
+        raise InvalidInput(f"node '{agency}' is offline")
+    labels = doc["params"].get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(c, str) for c in labels):
+        raise InvalidInput("labels must be a list of column names")
+    for col in labels:
+        if col not in {c.name for c in d.columns}:
+            raise InvalidInput(f"{agency}.{ds} has no column '{col}'")
+    return [agency]
+
+
+@orchestrator("lookup")
+def run_lookup(ctx: JobContext, doc: dict) -> None:
+    t0 = time.perf_counter()
+    refs = parse_datasets(doc)
+    requester, provider = doc["requester"], refs[1][0]
+    relays: list[Relay] = []
+    try:
+        admit_all(ctx, [provider])
+        status = [m for m in _run_step(ctx, requester, [ctx.header("lookup.status", requester)])][-1].done.summary
+        t_filter = time.perf_counter()
+        fmsgs = _run_step(ctx, provider, [ctx.header("lookup.filter", requester,
+                                                     {"epoch": status.get("epoch", ""),
+                                                      "version": status.get("version", "-1")})])
+        fdone = fmsgs[-1].done.summary
+        filter_kind = fdone.get("kind", "snapshot")
+        filter_bytes = b"".join(m.chunk.data for m in fmsgs if m.WhichOneof("kind") == "chunk")
+        t_online = time.perf_counter()
+        blind_src = ctx.step(requester, itertools.chain(
+            [ctx.header("lookup.blind", requester, {"kind": filter_kind})],
+            _blob_stream(filter_kind, filter_bytes)))
+        to_provider = Relay(ctx, requester, blind_src, {"blinded": "in"})
+        answers = Relay(ctx, provider, ctx.step(provider, itertools.chain(
+            [ctx.header("lookup.evaluate", requester)], to_provider)), {"out": "answers"})
+        relays += [to_provider, answers]
+        try:
+            _run_step(ctx, requester, itertools.chain([ctx.header("lookup.finish", requester)], answers))
+        except PcError as exc:
+            _raise_first(relays, exc)
+        online = time.perf_counter() - t_online
+        ctx.jobs.record(ctx.job_id, summary={
+            "queried": to_provider.count, "filter": filter_kind, "filter_bytes": len(filter_bytes),
+            "filter_s": round(t_online - t_filter, 3), "online_s": round(online, 3),
+            "total_s": round(time.perf_counter() - t0, 3)},
+            leakage={
+                requester: ["for each of its own identifiers whether it is in the provider's dataset"
+                            + (" and the granted label columns of matches" if doc["params"].get("labels") else ""),
+                            "the provider dataset's size and, through deltas, how many rows changed"],
+                provider: [f"how many identifiers were asked ({to_provider.count}) and when; never which"],
+                "coordinator": [f"sizes only: {to_provider.count} blinded points and a {len(filter_bytes)}-byte filter"
+                                " of keyed hashes it cannot invert"]})
+    finally:
+        cleanup(ctx, [requester, provider])
+
+
+def _blob_stream(name: str, data: bytes) -> Iterator[node_pb2.StepMessage]:
+    from pc_node.steps.common import blob_chunks
+    yield from blob_chunks(name, data)

@@ -184,6 +184,7 @@ class NodeStore:
             ds_id = self._dataset_id(db, name)
             db.execute("DELETE FROM rows WHERE dataset_id = ?", (ds_id,))
             db.execute("DELETE FROM datasets WHERE id = ?", (ds_id,))
+        self._keys_cache.clear()   # a re-import under this name starts again at version 1
 
     def keys(self, name: str) -> list[str]:
         """Every normalised identifier of a dataset (decrypted), in row order.

@@ -303,7 +303,8 @@ def cmd_psi(args) -> int:
 def cmd_lookup(args) -> int:
     agency = args.own.split(".")[0]
     with federation(args, _default_user(agency)) as fed:
-        res = fed.lookup(args.own, args.provider, out=args.out, purpose=args.purpose, labels=args.label or [])
+        res = fed.lookup(args.own, args.provider, out=args.out, purpose=args.purpose, labels=args.label or [],
+                         masked=args.masked)
     if args.json:
         _print_json({"job_id": res.job_id, "out": res.out, "rows": res.rows, "summary": res.summary,
                      "leakage": res.leakage})
@@ -485,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("own", metavar="AGENCY.DATASET", help="your dataset of identifiers to look up")
     lk.add_argument("provider", metavar="AGENCY.DATASET")
     lk.add_argument("--label", action="append", help="provider column to return for matches (policy permitting)")
+    lk.add_argument("--masked", action="store_true", help="ask for masked label values (e.g. 粤B****12)")
     lk.add_argument("--out")
     lk.add_argument("--purpose", default="data_matching")
     lk.add_argument("--json", action="store_true")

@@ -215,9 +215,14 @@ class Federation:
         return self._finish(self.watch(job_id, on_update), out, local_summary=True)
 
     def lookup(self, own_dataset: str, provider_dataset: str, out=None, purpose: str = "data_matching",
-               labels: list[str] | None = None, on_update: ProgressFn | None = None) -> JobResult:
+               labels: list[str] | None = None, masked: bool = False,
+               on_update: ProgressFn | None = None) -> JobResult:
+        """Query-private lookup (匿踪查询): which of your identifiers the provider holds.
+
+        ``labels`` asks for provider columns of the matches (policy: ``plaintext``, or
+        ``masked`` with ``masked=True``)."""
         job_id = self.submit("lookup", {"datasets": [own_dataset, provider_dataset], "purpose": purpose,
-                                        "labels": list(labels or [])})
+                                        "labels": list(labels or []), "masked": bool(masked)})
         return self._finish(self.watch(job_id, on_update), out, local_summary=True)
 
     # ----- approvals (data officers) ----------------------------------------------------------------

@@ -73,16 +73,17 @@ def worker_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
 def _get_pool(size: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
+    # One pool per size, never shut down: servers call this from many threads at once, and
+    # replacing a pool under another caller's feet made its submit() fail.
     with _pool_lock:
-        if _pool is None or _pool_size != size:
-            old = _pool
-            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="pc-psi-ec")
-            _pool_size = size
-            if old is not None:
-                old.shutdown(wait=False)
-        return _pool
+        pool = _pools.get(size)
+        if pool is None or pool._shutdown:  # a worker saw a stray wake-up and closed it
+            pool = _pools[size] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="pc-psi-ec")
+        return pool
 
 
 def run_sliced(fn: Callable[[int, int], object], n: int, workers: int | None = None,

@@ -32,4 +32,4 @@ def handler(name: str) -> Handler:
 
 
 def _load() -> None:
-    from pc_node.steps import admit, psi, verify  # noqa: F401
+    from pc_node.steps import admit, lookup, psi, verify  # noqa: F401

@@ -194,6 +194,18 @@ def test_duplicate_import_needs_replace(store, people):
     assert store.keys("people") == [ids(1, 50)[0]]
 
 
+def test_dropped_and_reimported_dataset_shows_new_rows(store, tmp_path):
+    first, second = ids(2, 90), ids(3, 95)
+    path = write_csv(tmp_path / "cars.csv", ["id_number", "plate"], [[k, "a"] for k in first])
+    import_file(store, path)
+    assert store.keys("cars") == first
+    store.drop_dataset("cars")
+    write_csv(path, ["id_number", "plate"], [[k, "b"] for k in second])
+    import_file(store, path)
+    assert store.dataset("cars").rows == 3
+    assert store.keys("cars") == second
+
+
 def test_malformed_csv_files_are_refused(store, tmp_path):
     k = ids(1, 60)[0]
     cases = {

@@ -329,7 +329,8 @@ def test_manual_approval_then_success(env, tmp_path):
         assert officer.decide(job_id, True, "checked").state == "approved"
         job = c.watch(job_id, timeout=60)
         assert job.state == "succeeded", job.reason
-        assert c.results(job_id, tmp_path / "out.csv") == len(env["rows"])
+        rows, summary = c.results(job_id, tmp_path / "out.csv")
+        assert rows == len(env["rows"]) and summary["subjects"] == len(env["rows"])
         err = rpc_error(officer.decide, job_id, False)
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
 
@@ -361,7 +362,8 @@ def test_forged_specs_are_refused(env):
         nonce = doc["nonce"]
         forged.append(jobspec.canonical({**doc, "nonce": ("1" if nonce[0] != "1" else "2") + nonce[1:]}))
         forged.append(jobspec.canonical({**doc, "purpose": "law_enforcement.investigation"}))
-        forged.append(jobspec.canonical({**doc, "params": {**doc["params"], "subjects": doc["params"]["subjects"] + 1}}))
+        more = {**doc["params"], "subjects": doc["params"]["subjects"] + 1}
+        forged.append(jobspec.canonical({**doc, "params": more}))
         for spec in forged:
             err = rpc_error(c.coordinator.SubmitJob, node_pb2.SignedJobSpec(spec=spec, signature=signed.signature),
                             timeout=10)
@@ -598,6 +600,7 @@ def _check_answer(fn):
     return grpc.StatusCode.OK
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: f"{t[1]}-as-{t[4]}")
 @settings(max_examples=25, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -605,7 +608,7 @@ def _check_answer(fn):
 def test_random_bytes_get_a_status(fuzz, target, payloads):
     service, method, cs, ss, who = target
     ch = fuzz["channels"][(who, service)]
-    _check_answer(lambda: _call(ch, service, method, cs, ss, payloads))
+    _check_answer(lambda: _call(ch, service, method, cs, ss, payloads, timeout=5))
 
 
 OVERSIZED = {("SubmitJob", "analyst"), ("UploadSubjects", "analyst"), ("PublishCatalog", "mallory"),

@@ -790,3 +790,18 @@ def _write(out: Path, dataset: str, columns: dict[str, pa.Array],
             pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=False, quoting_style="none"))
     (folder / f"{name}.toml").write_text(metadata_toml(dataset), encoding="utf-8")
     return table.num_rows
+
+
+def random_identity_numbers(n: int, seed: int = 0, regions: tuple[int, ...] = (650102, 650103, 650104, 650105)
+                            ) -> list[str]:
+    """``n`` distinct-ish valid identity numbers outside the city's region codes (for padding and
+    benchmarks): birth dates 1940–2009, random order codes, correct check characters."""
+    rng = np.random.default_rng(seed)
+    region = np.array(regions, dtype=np.int64)[rng.integers(0, len(regions), n)]
+    birth = np.datetime64("1940-01-01") + rng.integers(0, 365 * 70, n).astype("timedelta64[D]")
+    y = birth.astype("datetime64[Y]").astype(np.int64) + 1970
+    m = birth.astype("datetime64[M]").astype(np.int64) % 12 + 1
+    d = (birth - birth.astype("datetime64[M]")).astype(np.int64) + 1
+    body = region * 10**11 + (y * 10000 + m * 100 + d) * 10**3 + rng.integers(0, 1000, n)
+    check = np.array(list("10X98765432"))[_id_check_vec(body)]
+    return [f"{b:017d}{c}" for b, c in zip(body.tolist(), check.tolist())]

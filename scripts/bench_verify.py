@@ -65,19 +65,9 @@ per_member = 1100.00
 
 
 def filler_ids(n: int, seed: int) -> list[str]:
-    """Valid identity numbers of people outside the applicant households (region 65xxxx)."""
-    from pc_common.synth_city import _id_check_vec
-    rng = np.random.default_rng(seed)
-    region = np.array([650102, 650103, 650104, 650105], dtype=np.int64)[rng.integers(0, 4, n)]
-    days = rng.integers(0, 365 * 70, n)
-    birth = np.datetime64("1940-01-01") + days.astype("timedelta64[D]")
-    ymd = birth.astype("datetime64[D]").astype(str)
-    ymd_int = np.array([int(s.replace("-", "")) for s in ymd], dtype=np.int64)
-    seq = rng.integers(0, 1000, n)
-    body = region * 10**11 + ymd_int * 10**3 + seq
-    check = _id_check_vec(body)
-    chars = np.array(list("10X98765432"))
-    return [f"{b:017d}{c}" for b, c in zip(body.tolist(), chars[check].tolist())]
+    """Valid identity numbers of people outside the applicant households."""
+    from pc_common.synth_city import random_identity_numbers
+    return random_identity_numbers(n, seed)
 
 
 def pad(city: pathlib.Path, rows: int, seed: int) -> dict[str, int]:

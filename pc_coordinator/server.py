@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from pc_common import gm, jobspec, tls
 from pc_common.audit import AuditLog
 from pc_common.config import CoordinatorConfig, write_address
-from pc_common.errors import InvalidInput, NotFound, PermissionDenied
+from pc_common.errors import InvalidInput, NotFound, PcError, PermissionDenied
 from pc_common.identity import Identity
 from pc_common.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2
 from pc_common.rpc import rpc
@@ -189,5 +189,9 @@ def serve(config: CoordinatorConfig) -> None:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=5).wait()
+    try:
+        service.audit.checkpoint()   # sign the tail so truncation of it is detectable too
+    except PcError:
+        log.warning("audit log has no signing key; tail left unsigned")
     service.close()
     (config.data_dir / "address").unlink(missing_ok=True)

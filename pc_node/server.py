@@ -240,5 +240,6 @@ def serve(config: NodeConfig) -> None:
     stop.wait()
     presence.stop.set()
     server.stop(grace=5).wait()
+    runtime.audit.checkpoint()   # sign the tail so truncation of it is detectable too
     runtime.close()
     (config.data_dir / "address").unlink(missing_ok=True)

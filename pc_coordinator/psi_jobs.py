@@ -163,7 +163,7 @@ def run(ctx: JobContext, doc: dict) -> None:
                 try:
                     for msg in stream:
                         kind = msg.WhichOneof("kind")
-                        if kind == "chunk" and msg.chunk.count:
+                        if kind == "chunk" and (msg.chunk.count or msg.chunk.data):
                             combiner.accept(i, msg.chunk.data, msg.chunk.count)
                         elif kind == "progress":
                             ctx.progress(msg.progress.step, last_node, msg.progress.done, msg.progress.total)

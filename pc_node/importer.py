@@ -118,9 +118,28 @@ def read_table(path: pathlib.Path) -> tuple[list[str], list[list[str]]]:
     return [h.strip() for h in rows[0]], rows[1:]
 
 
+def detect_key_column(path: pathlib.Path) -> str | None:
+    """The column holding the most valid identity numbers (at least half its values), if any.
+
+    Used by the sandbox for CSVs without metadata whose key column is not ``id_number``.
+    """
+    header, rows = read_table(path)
+    if "id_number" in header:
+        return "id_number"
+    sample = rows[:2000]
+    best, best_share = None, 0.5
+    for i, name in enumerate(header):
+        values = [r[i] for r in sample if i < len(r) and r[i].strip()]
+        share = sum(idnum.is_valid(v) for v in values) / len(values) if values else 0
+        if share >= best_share and (best is None or share > best_share):
+            best, best_share = name, share
+    return best
+
+
 def import_file(store: NodeStore, path: pathlib.Path, dataset: str | None = None,
                 metadata: pathlib.Path | None = None, skip_invalid: bool = False,
-                rejects: pathlib.Path | None = None, replace: bool = False) -> ImportReport:
+                rejects: pathlib.Path | None = None, replace: bool = False,
+                key_column: str | None = None, rejects_with_values: bool = True) -> ImportReport:
     path = pathlib.Path(path)
     name = check_name("dataset", dataset or path.stem)
     if metadata is None:
@@ -132,7 +151,7 @@ def import_file(store: NodeStore, path: pathlib.Path, dataset: str | None = None
     for h in header:
         if not COLUMN_RE.match(h):
             raise InvalidInput(f"{path.name}: column name '{h[:40]}' is not allowed (letters, digits, underscore)")
-    key_column = meta_doc.get("key_column", "id_number")
+    key_column = meta_doc.get("key_column") or key_column or "id_number"
     if key_column not in header:
         raise InvalidInput(f"{path.name}: key column '{key_column}' not in the header "
                            f"(columns: {', '.join(header)})")
@@ -185,14 +204,19 @@ def import_file(store: NodeStore, path: pathlib.Path, dataset: str | None = None
         rejects_path = pathlib.Path(rejects) if rejects else path.with_name(path.stem + ".rejects.csv")
         with open(rejects_path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(["row", "reason", *header])
+            w.writerow(["row", "reason", *header] if rejects_with_values else ["row", "reason"])
             for r, why in problems:
-                w.writerow([r, why, *rows[r - 2]])
+                w.writerow([r, why, *rows[r - 2]] if rejects_with_values else [r, why])
         rejects_file = str(rejects_path)
     if not good:
         raise InvalidInput(f"{path.name}: no valid rows to import")
+    kd = declared.get(key_column, {})
+    key_meta = ColumnMeta(name=key_column, type="text",
+                          description=kd.get("description", "Resident identity number (GB 11643)"),
+                          sharing=kd.get("sharing", "conditional"), sensitivity=int(kd.get("sensitivity", 3)),
+                          unit=kd.get("unit", ""))
     meta = DatasetMeta(name=name, key_column=key_column, description=meta_doc.get("description", ""),
-                       columns=columns)
+                       columns=columns, key_meta=key_meta)
     store.write_dataset(meta, ((rows[n][key_pos], [rows[n][i].strip() for i in others]) for n in good),
                         replace=replace)
     return ImportReport(name, len(good), len(problems), rejects_file, columns)

@@ -129,7 +129,7 @@ class NodeRuntime:
         for meta in self.store.datasets():
             ds = out.datasets.add(agency=self.node_id, name=meta.name, key_column=meta.key_column,
                                   rows=meta.rows, description=meta.description, updated_at=meta.updated_at)
-            for c in meta.columns:
+            for c in ([meta.key_meta] if meta.key_meta else []) + meta.columns:
                 ds.columns.add(name=c.name, type=c.type, description=c.description, sharing=c.sharing,
                                sensitivity=c.sensitivity, unit=c.unit)
             for g in self.policy.grants_for(meta.name):

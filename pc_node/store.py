@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     columns_json TEXT NOT NULL,
     rows INTEGER NOT NULL,
     version INTEGER NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    key_json TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS rows (
     dataset_id INTEGER NOT NULL,
@@ -70,6 +71,7 @@ class DatasetMeta:
     description: str
     columns: list[ColumnMeta]          # the non-key columns, in stored order
     rows: int = 0
+    key_meta: ColumnMeta | None = None  # catalog description of the key column
     version: int = 1
     updated_at: str = ""
 
@@ -115,19 +117,22 @@ class NodeStore:
     def datasets(self) -> list[DatasetMeta]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, key_column, description, columns_json, rows, version, updated_at "
+                "SELECT name, key_column, description, columns_json, rows, version, updated_at, key_json "
                 "FROM datasets ORDER BY name").fetchall()
         return [self._meta(r) for r in rows]
 
     @staticmethod
     def _meta(r) -> DatasetMeta:
         cols = [ColumnMeta(**c) for c in json.loads(r[3])]
-        return DatasetMeta(r[0], r[1], r[2], cols, r[4], r[5], r[6])
+        key = json.loads(r[7] or "{}")
+        return DatasetMeta(name=r[0], key_column=r[1], description=r[2], columns=cols, rows=r[4], version=r[5],
+                           updated_at=r[6],
+                           key_meta=ColumnMeta(**key) if key else ColumnMeta(r[1], "text", "Resident identity number"))
 
     def dataset(self, name: str) -> DatasetMeta:
         with self._lock:
             r = self._db.execute(
-                "SELECT name, key_column, description, columns_json, rows, version, updated_at "
+                "SELECT name, key_column, description, columns_json, rows, version, updated_at, key_json "
                 "FROM datasets WHERE name = ?", (name,)).fetchone()
         if r is None:
             raise NotFound(f"no dataset named '{name}' at this node")
@@ -156,11 +161,12 @@ class NodeStore:
                 db.execute("DELETE FROM datasets WHERE id = ?", (old[0],))
             meta.version, meta.updated_at = version, now_iso()
             cur = db.execute(
-                "INSERT INTO datasets (name, key_column, description, columns_json, rows, version, updated_at)"
-                " VALUES (?, ?, ?, ?, 0, ?, ?)",
+                "INSERT INTO datasets (name, key_column, description, columns_json, rows, version, updated_at,"
+                " key_json) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
                 (meta.name, meta.key_column, meta.description,
                  json.dumps([dataclasses.asdict(c) for c in meta.columns], ensure_ascii=False),
-                 version, meta.updated_at))
+                 version, meta.updated_at,
+                 json.dumps(dataclasses.asdict(meta.key_meta) if meta.key_meta else {}, ensure_ascii=False)))
             ds_id = cur.lastrowid
             count = 0
             batch = []

@@ -21,7 +21,7 @@ from pc_common.config import NodeConfig
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import NAME_RE
 from pc_common.rules import load_rule
-from pc_node.importer import import_file, load_metadata
+from pc_node.importer import detect_key_column, import_file, load_metadata
 from pc_node.runtime import open_store
 
 STATE = "sandbox.json"
@@ -110,11 +110,13 @@ class Sandbox:
             clients = ["operator:operator"] + [c for a in agencies for c in (f"analyst@{a}", f"officer:officer@{a}")]
             certs.init(self.certs, agencies, clients)
         self._write_coordinator_config()
+        keys: dict[str, dict[str, str]] = {}
         for a in agencies:
             self._write_node_config(a)
-            self._write_policy(a, agencies, rules)
-            n = self._import(a)
-            log(f"imported {n} dataset(s) for {a}")
+            keys[a] = self._import(a, log)
+            log(f"imported {len(keys[a])} dataset(s) for {a}")
+        for a in agencies:
+            self._write_policy(a, agencies, rules, keys)
         pids = {}
         coordinator_dir = self.root / "coordinator"
         (coordinator_dir / "address").unlink(missing_ok=True)
@@ -209,11 +211,12 @@ class Sandbox:
             f'sm2_key = {_toml_str(str(nd / "sm2.key"))}\nx25519_key = {_toml_str(str(nd / "x25519.key"))}\n')
         return path
 
-    def _write_policy(self, agency: str, agencies: list[str], rules) -> None:
+    def _write_policy(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> None:
         """Sandbox grants: PSI on every dataset between sandbox agencies, and what each rule needs."""
         lines = ["# Written by 'pc sandbox up': grants for trying the sandbox out.\n"]
         datasets = sorted(p.stem for p in (self.dir / agency).glob("*.csv"))
-        key_of = {ds: load_metadata((self.dir / agency / ds).with_suffix(".toml")).get("key_column", "id_number")
+        key_of = {ds: (keys or {}).get(agency, {}).get(ds) or
+                  load_metadata((self.dir / agency / ds).with_suffix(".toml")).get("key_column", "id_number")
                   for ds in datasets}
         for ds in datasets:
             for other in agencies:
@@ -242,18 +245,33 @@ class Sandbox:
                              + "".join(f'{col} = "{use}"\n' for col, use in sorted(cols.items())))
         (self.root / agency / "policy.toml").write_text("\n".join(lines))
 
-    def _import(self, agency: str) -> int:
+    def _import(self, agency: str, log=print) -> dict[str, str]:
+        """Import every CSV of the agency folder; returns {dataset: key column}.
+
+        A sandbox is for trying things out, so it is lenient where a production import is
+        strict: invalid rows are skipped (and written to .sandbox/AGENCY/DATASET.rejects.csv),
+        and a CSV without metadata and without an ``id_number`` column uses the column that
+        holds identity numbers.
+        """
         cfg = NodeConfig.load(self.root / agency / "node.toml")
         store = open_store(cfg)
+        keys = {}
         try:
-            n = 0
             for csv_path in sorted((self.dir / agency).glob("*.csv")):
+                rejects = self.root / agency / f"{csv_path.stem}.rejects.csv"
+                rejects.unlink(missing_ok=True)
                 try:
-                    import_file(store, csv_path, replace=True)
+                    key = None if load_metadata(csv_path.with_suffix(".toml")).get("key_column") else \
+                        detect_key_column(csv_path)
+                    # Row numbers and reasons only: no identifier lands in a node's folder.
+                    rep = import_file(store, csv_path, replace=True, skip_invalid=True, rejects=rejects,
+                                      key_column=key, rejects_with_values=False)
                 except PcError as exc:
                     raise type(exc)(f"{agency}/{csv_path.name}: {exc}") from None
-                n += 1
-            return n
+                if rep.rejected:
+                    log(f"warning: {agency}/{csv_path.name}: {rep.rejected} invalid row(s) skipped, see {rejects}")
+                keys[rep.dataset] = store.dataset(rep.dataset).key_column
+            return keys
         finally:
             store.close()
 

@@ -192,7 +192,7 @@ def evaluate(runtime, header, inbound):
     provider = provider_for(runtime, ds, cols, masked)
     seq, n = 0, 0
     for c in read_stream(inbound, "in"):
-        if c.count:
+        if c.count or c.data:   # data under a zero count is malformed, never skipped
             out = provider.evaluate(c.data, c.count)
             n += c.count
             yield node_pb2.StepMessage(chunk=common_pb2.DataChunk(stream="out", seq=seq, count=c.count, data=out))
@@ -216,7 +216,7 @@ def finish(runtime, header, inbound):
         query = query or _sessions(runtime).get(doc["job_id"])
         if query is None:
             raise FailedPrecondition("no lookup in progress for this job at this node")
-        if c.count:
+        if c.count or c.data:   # data under a zero count is malformed, never skipped
             query.accept(c.data, c.count)
     if query is None:
         raise FailedPrecondition("no lookup in progress for this job at this node")

@@ -64,7 +64,7 @@ def drop_session(runtime, job_id: str) -> bool:
 
 def _stream_points(inbound, name: str):
     for c in read_stream(inbound, name):
-        if c.count:
+        if c.count or c.data:   # data under a zero count is malformed, never skipped
             yield c.data, c.count
 
 

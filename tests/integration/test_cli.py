@@ -163,8 +163,9 @@ def test_sandbox_catalog_json(sandbox, capsys):
     doc = json.loads(capsys.readouterr().out)
     got = {f"{d['agency']}.{d['name']}": (d["key_column"], int(d["rows"]), [c["name"] for c in d["columns"]])
            for d in doc}
-    assert got == {"civil_affairs.applicants": ("id_number", 6, ["household_id", "name"]),
-                   "public_security.vehicles": ("id_number", 3, ["plate", "vehicle_type"])}
+    # Every column is published, the key column first.
+    assert got == {"civil_affairs.applicants": ("id_number", 6, ["id_number", "household_id", "name"]),
+                   "public_security.vehicles": ("id_number", 3, ["id_number", "plate", "vehicle_type"])}
     vehicles = next(d for d in doc if d["name"] == "vehicles")
     grant = next(g for g in vehicles["grants"] if "social_assistance.eligibility" in g["purposes"])
     assert grant["requester"] == "civil_affairs" and grant["column_uses"]["vehicle_type"] == "predicate"

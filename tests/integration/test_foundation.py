@@ -253,9 +253,9 @@ def test_catalog_lists_every_dataset_and_column(fed, city):
         assert d.rows == summary.rows[ref]
         assert d.description == spec["description"]
         got = {col.name: (col.type, col.sharing, col.sensitivity, col.unit) for col in d.columns}
-        want = {name: (ctype, sharing, sens, unit or "") for name, ctype, _desc, sharing, sens, unit in spec["columns"]
-                if name != "id_number"}
-        assert got == want, ref
+        want = {name: (ctype, sharing, sens, unit or "") for name, ctype, _desc, sharing, sens, unit in spec["columns"]}
+        assert got == want, ref       # every column, the key column included with its metadata
+        assert d.columns[0].name == "id_number"
     # Published grants: what the rules need, e.g. the vehicles' type as a predicate for civil affairs.
     vehicles = cat["public_security.vehicles"]
     grants = [g for g in vehicles.grants if g.requester == REQUESTER and
@@ -272,7 +272,7 @@ def test_catalog_follows_imports(fed, tmp_path):
         with fed.client() as c:
             d = {f"{d.agency}.{d.name}": d for d in c.catalog().datasets}
         assert d[f"{agency}.licences"].rows == 2
-        assert [col.name for col in d[f"{agency}.licences"].columns] == ["licence"]
+        assert [col.name for col in d[f"{agency}.licences"].columns] == ["id_number", "licence"]
     finally:
         fed.runtime(agency).store.drop_dataset("licences")
         fed.publish(agency)

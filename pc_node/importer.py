@@ -163,18 +163,20 @@ def import_file(store: NodeStore, path: pathlib.Path, dataset: str | None = None
     others = [i for i in range(len(header)) if i != key_pos]
 
     problems: list[tuple[int, str]] = []
-    good: list[int] = []
+    shaped: list[int] = []
     for n, row in enumerate(rows):
-        line = n + 2  # 1-based, after the header
         if len(row) != len(header):
-            problems.append((line, f"expected {len(header)} fields, found {len(row)}"))
-            continue
-        try:
-            row[key_pos] = idnum.validate(row[key_pos])
-        except InvalidInput as exc:
-            problems.append((line, f"{key_column}: {exc}"))
-            continue
-        good.append(n)
+            problems.append((n + 2, f"expected {len(header)} fields, found {len(row)}"))  # 1-based, after header
+        else:
+            shaped.append(n)
+    normalised, reasons = idnum.validate_many(rows[n][key_pos] for n in shaped)
+    good: list[int] = []
+    for n, norm, why in zip(shaped, normalised, reasons):
+        if why is not None:
+            problems.append((n + 2, f"{key_column}: invalid identity number: {why}"))
+        else:
+            rows[n][key_pos] = norm
+            good.append(n)
 
     columns: list[ColumnMeta] = []
     for i in others:

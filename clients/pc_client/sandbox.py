@@ -9,7 +9,9 @@ per agency in the background on loopback ports chosen by the system.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+from concurrent import futures
 import pathlib
 import signal
 import subprocess
@@ -113,8 +115,15 @@ class Sandbox:
         keys: dict[str, dict[str, str]] = {}
         for a in agencies:
             self._write_node_config(a)
-            keys[a] = self._import(a, log)
-            log(f"imported {len(keys[a])} dataset(s) for {a}")
+        # One process per agency (each node has its own store): imports use every core.
+        with futures.ProcessPoolExecutor(max_workers=min(len(agencies), os.cpu_count() or 1),
+                                         mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = {a: pool.submit(_import_agency, str(self.dir), str(self.root), a) for a in agencies}
+            for a, job in jobs.items():
+                keys[a], warnings = job.result()
+                for w in warnings:
+                    log(w)
+                log(f"imported {len(keys[a])} dataset(s) for {a}")
         for a in agencies:
             self._write_policy(a, agencies, rules, keys)
         pids = {}
@@ -246,34 +255,11 @@ class Sandbox:
         (self.root / agency / "policy.toml").write_text("\n".join(lines))
 
     def _import(self, agency: str, log=print) -> dict[str, str]:
-        """Import every CSV of the agency folder; returns {dataset: key column}.
+        keys, warnings = _import_agency(str(self.dir), str(self.root), agency)
+        for w in warnings:
+            log(w)
+        return keys
 
-        A sandbox is for trying things out, so it is lenient where a production import is
-        strict: invalid rows are skipped (and written to .sandbox/AGENCY/DATASET.rejects.csv),
-        and a CSV without metadata and without an ``id_number`` column uses the column that
-        holds identity numbers.
-        """
-        cfg = NodeConfig.load(self.root / agency / "node.toml")
-        store = open_store(cfg)
-        keys = {}
-        try:
-            for csv_path in sorted((self.dir / agency).glob("*.csv")):
-                rejects = self.root / agency / f"{csv_path.stem}.rejects.csv"
-                rejects.unlink(missing_ok=True)
-                try:
-                    key = None if load_metadata(csv_path.with_suffix(".toml")).get("key_column") else \
-                        detect_key_column(csv_path)
-                    # Row numbers and reasons only: no identifier lands in a node's folder.
-                    rep = import_file(store, csv_path, replace=True, skip_invalid=True, rejects=rejects,
-                                      key_column=key, rejects_with_values=False)
-                except PcError as exc:
-                    raise type(exc)(f"{agency}/{csv_path.name}: {exc}") from None
-                if rep.rejected:
-                    log(f"warning: {agency}/{csv_path.name}: {rep.rejected} invalid row(s) skipped, see {rejects}")
-                keys[rep.dataset] = store.dataset(rep.dataset).key_column
-            return keys
-        finally:
-            store.close()
 
     # ----- down -------------------------------------------------------------------------------
     def down(self, quiet: bool = False, timeout: float = 15) -> int:
@@ -301,3 +287,36 @@ class Sandbox:
                 os.kill(pid, signal.SIGKILL)
         (self.root / STATE).unlink(missing_ok=True)
         return len(pids)
+
+
+def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, str], list[str]]:
+    """Import every CSV of the agency folder; returns {dataset: key column}.
+
+    A sandbox is for trying things out, so it is lenient where a production import is
+    strict: invalid rows are skipped (and written to .sandbox/AGENCY/DATASET.rejects.csv),
+    and a CSV without metadata and without an ``id_number`` column uses the column that
+    holds identity numbers.
+    """
+    dir_, root_ = pathlib.Path(directory), pathlib.Path(root)
+    cfg = NodeConfig.load(root_ / agency / "node.toml")
+    store = open_store(cfg)
+    keys, warnings = {}, []
+    try:
+        for csv_path in sorted((dir_ / agency).glob("*.csv")):
+            rejects = root_ / agency / f"{csv_path.stem}.rejects.csv"
+            rejects.unlink(missing_ok=True)
+            try:
+                key = None if load_metadata(csv_path.with_suffix(".toml")).get("key_column") else \
+                    detect_key_column(csv_path)
+                # Row numbers and reasons only: no identifier lands in a node's folder.
+                rep = import_file(store, csv_path, replace=True, skip_invalid=True, rejects=rejects,
+                                  key_column=key, rejects_with_values=False)
+            except PcError as exc:
+                raise type(exc)(f"{agency}/{csv_path.name}: {exc}") from None
+            if rep.rejected:
+                warnings.append(f"warning: {agency}/{csv_path.name}: {rep.rejected} invalid row(s) skipped,"
+                                f" see {rejects}")
+            keys[rep.dataset] = store.dataset(rep.dataset).key_column
+        return keys, warnings
+    finally:
+        store.close()

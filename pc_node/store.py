@@ -223,7 +223,8 @@ class NodeStore:
             ds_id = self._dataset_id(self._db, name)
             for i in range(0, len(idx), 500):
                 part = idx[i:i + 500]
-                q = ("SELECT row_no, key_index, payload_enc FROM rows WHERE dataset_id = ? AND key_index IN ("
+                q = ("SELECT row_no, key_index, payload_enc FROM rows INDEXED BY rows_by_key"
+                     " WHERE dataset_id = ? AND key_index IN ("
                      + ",".join("?" * len(part)) + ")")
                 for row_no, kidx, payload in self._db.execute(q, (ds_id, *part)):
                     values = json.loads(self.cipher.decrypt(payload, f"{meta.name}/{row_no}".encode()))

@@ -304,6 +304,14 @@ def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, st
     try:
         for csv_path in sorted((dir_ / agency).glob("*.csv")):
             rejects = root_ / agency / f"{csv_path.stem}.rejects.csv"
+            st = csv_path.stat()
+            meta_path = csv_path.with_suffix(".toml")
+            source = json.dumps([st.st_size, st.st_mtime_ns,
+                                 meta_path.stat().st_mtime_ns if meta_path.exists() else 0]).encode()
+            if store.has_blob("importsource", csv_path.stem) and \
+                    store.get_blob("importsource", csv_path.stem) == source:
+                keys[csv_path.stem] = store.dataset(csv_path.stem).key_column   # unchanged since the last up
+                continue
             rejects.unlink(missing_ok=True)
             try:
                 key = None if load_metadata(csv_path.with_suffix(".toml")).get("key_column") else \
@@ -317,6 +325,7 @@ def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, st
                 warnings.append(f"warning: {agency}/{csv_path.name}: {rep.rejected} invalid row(s) skipped,"
                                 f" see {rejects}")
             keys[rep.dataset] = store.dataset(rep.dataset).key_column
+            store.put_blob("importsource", csv_path.stem, source)
         return keys, warnings
     finally:
         store.close()

@@ -356,7 +356,6 @@ def _tokenize(text: str) -> Iterator[_Token]:
             raise _fail(pos, "comments are not allowed")
         raise _fail(pos, f"unexpected character {_describe_char(ch)}")
     yield _Token("end", "", n + 1)
-    return tokens
 
 
 def _parse_number(word: str) -> Number:

@@ -5,7 +5,6 @@ port (0 picks a free one) without blocking; ``serve`` runs until SIGTERM/SIGINT.
 """
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sqlite3

@@ -22,7 +22,7 @@ from pc_common.config import NodeConfig, write_address
 from pc_common.directory_digest import catalog_digest
 from pc_common.errors import InvalidInput, PermissionDenied
 from pc_common.identity import Identity
-from pc_common.pb import common_pb2, coordinator_pb2, node_pb2, node_pb2_grpc
+from pc_common.pb import coordinator_pb2, node_pb2, node_pb2_grpc
 from pc_common.rpc import rpc
 from pc_common.rules import Rule
 from pc_node import steps

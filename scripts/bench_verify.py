@@ -22,7 +22,6 @@ import shutil
 import sys
 import time
 
-import numpy as np
 
 PADDED = {"public_security/vehicles.csv": ("car", "truck", "motorcycle"),
           "housing/properties.csv": None, "hrss/pensions.csv": None, "tax/wages.csv": None,
@@ -76,7 +75,7 @@ def pad(city: pathlib.Path, rows: int, seed: int) -> dict[str, int]:
         path = city / rel
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
-            header = next(reader)
+            next(reader)
             have = sum(1 for _ in reader)
         need = max(0, rows - have)
         ids = filler_ids(need, seed + i)

@@ -18,6 +18,7 @@ import json
 import threading
 
 from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied
+from pc_common.pb import common_pb2, node_pb2
 from pc_node.psi import ProviderSession, RequesterSession
 from pc_node.steps import step
 from pc_node.steps.admit import checked_spec, require_admitted
@@ -75,7 +76,6 @@ def blind(runtime, header, inbound):
         raise PermissionDenied("only the requester blinds its own set")
     s = session(runtime, doc)
     total, sent, seq = s.count, 0, 0
-    from pc_common.pb import common_pb2, node_pb2
     for data in s.blinded_chunks(CHUNK_POINTS):
         n = len(data) // 32
         sent += n
@@ -99,7 +99,6 @@ def hop(runtime, header, inbound):
     label = header.params.get("label", "hop")
     s = session(runtime, doc)
     stage = s.hop(shuffle=shuffle)
-    from pc_common.pb import common_pb2, node_pb2
     seq, n_in = 0, 0
     for data, count in _stream_points(inbound, "in"):
         n_in += count
@@ -128,7 +127,6 @@ def own(runtime, header, inbound):
     if doc["requester"] == runtime.node_id:
         raise PermissionDenied("the requester's set goes through psi.blind")
     s = session(runtime, doc)
-    from pc_common.pb import common_pb2, node_pb2
     seq, sent = 0, 0
     for data in s.own_chunks(CHUNK_POINTS, shuffle=True):
         n = len(data) // 32
@@ -175,7 +173,6 @@ def finish(runtime, header, inbound):
                          counts={"own": s.count, "provider": m})
     if doc["params"].get("result_to_all") and not s.cardinality_only:
         data = s.provider_indices()
-        from pc_common.pb import common_pb2, node_pb2
         yield node_pb2.StepMessage(chunk=common_pb2.DataChunk(stream="indices", seq=0, count=len(data) // 4,
                                                               data=data, last=True))
     # The intersection and its size stay here; the coordinator is told only that it is done.

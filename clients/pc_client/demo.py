@@ -68,7 +68,8 @@ def run_demo(workdir: pathlib.Path, households: int = 10000, seed: int = 7, keep
             print(f"4. Results file (one row per applicant, input order): {out}")
             print_leakage(res.leakage)
             print(f"5. Audit: pc audit verify --sandbox {city}")
-            print(f"   More: pc catalog --sandbox {city} | pc jobs show {res.job_id} --sandbox {city}")
+            print(f"   More (with the sandbox running: pc demo --keep, or pc sandbox up {city}):")
+            print(f"   pc catalog --sandbox {city}; pc jobs show {res.job_id} --sandbox {city}")
     finally:
         if keep:
             _say(f"The sandbox keeps running; stop it with: pc sandbox down {city}", as_json)

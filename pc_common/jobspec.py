@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
+import string
 import time
 
 from cryptography import x509
@@ -24,6 +26,15 @@ DEFAULT_TTL_SECONDS = 15 * 60
 MAX_SPEC_BYTES = 256 * 1024
 
 
+JOB_ID_RE = re.compile(r"^[a-z]{20}$")
+
+
+def new_job_id() -> str:
+    """20 random lowercase letters (94 bits). No digits: a job id can never look like an
+    identity or phone number to the audit log's personal-data guard."""
+    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(20))
+
+
 def canonical(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -34,7 +45,7 @@ def build(kind: str, requester: str, params: dict, purpose: str, ttl: int = DEFA
         raise InvalidInput(f"unknown job kind '{kind}' (expected one of {', '.join(KINDS)})")
     now = time.time() if now is None else now
     return canonical({
-        "v": 1, "kind": kind, "job_id": job_id or secrets.token_hex(12), "requester": requester,
+        "v": 1, "kind": kind, "job_id": job_id or new_job_id(), "requester": requester,
         "purpose": purpose, "params": params, "nonce": secrets.token_hex(16),
         "issued_at": int(now), "expires_at": int(now + ttl),
     })
@@ -56,6 +67,8 @@ def parse(spec: bytes) -> dict:
     for field in ("job_id", "requester", "purpose", "nonce"):
         if not isinstance(doc.get(field), str) or not doc[field]:
             raise InvalidInput(f"job spec lacks '{field}'")
+    if not JOB_ID_RE.match(doc["job_id"]):
+        raise InvalidInput("job spec has a malformed job id")
     if not isinstance(doc.get("params"), dict) or not isinstance(doc.get("expires_at"), int):
         raise InvalidInput("job spec lacks params or expiry")
     if canonical(doc) != spec:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from pc_common.errors import FailedPrecondition
+from pc_common.errors import FailedPrecondition, PermissionDenied
 from pc_coordinator.runner import JobContext
 
 POLL_SECONDS = 1.0
@@ -22,12 +22,14 @@ def admit_all(ctx: JobContext, parties: list[str], max_wait: float | None = None
         still = []
         for node in pending:
             ctx.check_cancelled()
-            answer = "yes"
+            answer = None
             for msg in ctx.step(node, [ctx.header("job.admit", ctx.requester)]):
                 if msg.WhichOneof("kind") == "done":
-                    answer = msg.done.summary.get("admitted", "yes")
+                    answer = msg.done.summary.get("admitted")
             if answer == "pending":
                 still.append(node)
+            elif answer != "yes":   # fail closed: no clear yes is a refusal
+                raise PermissionDenied(f"node '{node}' did not admit the job")
         if not still:
             if waiting:
                 ctx.jobs.transition(ctx.job_id, "running", "")

@@ -57,6 +57,9 @@ def validate(doc: dict, directory: Directory) -> list[str]:
     validate_against_catalog(rule, catalog_view(directory))
     published_grant_check(rule, directory)
     providers = rule.providers()
+    if rule.requester in providers:
+        raise InvalidInput(f"a criterion reads the requester's own data ({rule.requester}); verify it locally"
+                           " instead of through the federation")
     for p in providers + [rule.requester]:
         if not directory.node(p)["online"]:
             raise InvalidInput(f"node '{p}' is offline")
@@ -122,7 +125,8 @@ def run(ctx: JobContext, doc: dict) -> None:
 
         def evaluate(p: str):
             msgs = [ctx.header("verify.evaluate", requester)]
-            return collect_blobs(ctx, p, send_blobs(msgs, {"pubctx": pubctx, "sealed": blobs[f"sealed:{p}"]}))
+            return collect_blobs(ctx, p, send_blobs(msgs, {"pubctx": pubctx, "sealed": blobs[f"sealed:{p}"],
+                                                           "binding": blobs[f"binding:{p}"]}))
         with futures.ThreadPoolExecutor(max_workers=max(1, len(providers))) as pool:
             results = dict(zip(providers, pool.map(evaluate, providers)))
         timings["evaluate_s"] = time.perf_counter() - t

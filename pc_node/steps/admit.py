@@ -103,7 +103,8 @@ def admit(runtime, header, inbound):
             return
         if state != "approved":
             raise PermissionDenied(f"the job was {state} by the data officer of '{runtime.node_id}'")
-    if first_time:
+    if not runtime.governance.spec_seen(doc["job_id"] + "#admitted", b"1"):
+        runtime.governance.remember_spec(doc["job_id"] + "#admitted", b"1", doc["expires_at"])
         runtime.audit.append("job.admit", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                              dataset=",".join(datasets), counts={"subjects": subject_count(doc)})
     yield done({"admitted": "yes"})
@@ -114,5 +115,21 @@ def spec_digest(header) -> bytes:
 
 
 def require_admitted(runtime, doc: dict) -> None:
-    if doc["requester"] != runtime.node_id and not runtime.governance.spec_seen(doc["job_id"] + "#charged", b"1"):
+    """A provider step runs only for a job this node admitted (approval included) and whose
+    grants still hold now (the policy may have changed since admission)."""
+    if doc["requester"] == runtime.node_id:
+        raise PermissionDenied("this step is a provider's; the requester does not run it")
+    if not runtime.governance.spec_seen(doc["job_id"] + "#admitted", b"1"):
         raise FailedPrecondition("job was not admitted at this node")
+    authorise(runtime, doc)
+
+
+def use_once(runtime, doc: dict, what: str, limit: int = 1) -> None:
+    """Refuse to repeat a provider step for the same job beyond ``limit`` times, so a
+    coordinator cannot turn a provider into an oracle by replaying steps."""
+    for i in range(limit):
+        marker = f"{doc['job_id']}#{what}#{i}"
+        if not runtime.governance.spec_seen(marker, b"1"):
+            runtime.governance.remember_spec(marker, b"1", doc["expires_at"])
+            return
+    raise PermissionDenied(f"step '{what}' was already run for this job")

@@ -25,7 +25,7 @@ from pc_common.masking import mask
 from pc_common.pb import common_pb2, node_pb2
 from pc_node.psi import LookupProvider, LookupRequester
 from pc_node.steps import step
-from pc_node.steps.admit import checked_spec, require_admitted
+from pc_node.steps.admit import checked_spec, require_admitted, use_once
 from pc_node.steps.common import blob_chunks, done, progress, read_blob, read_stream
 from pc_node.steps.psi import _sessions
 
@@ -85,14 +85,15 @@ def provider_for(runtime, dataset: str, columns: list[str], masked: bool) -> Loo
     with _build_lock:
         entry = cache.get(cache_key)
         keys = runtime.store.keys(dataset)
-        if entry is not None and entry["version"] == meta.version:
+        stamp = (meta.version, meta.updated_at)
+        if entry is not None and entry["version"] == stamp:
             return entry["provider"]
         if entry is not None and not columns:
             old = entry["keys"]
             new = set(keys)
             entry["provider"].apply_changes(added=sorted(new - old), removed=sorted(old - new),
                                             dataset_version=str(meta.version))
-            entry.update(version=meta.version, keys=new)
+            entry.update(version=stamp, keys=new)
             return entry["provider"]
         key_name = f"{dataset}"
         if runtime.store.has_blob("lookupkey", key_name):
@@ -103,11 +104,12 @@ def provider_for(runtime, dataset: str, columns: list[str], masked: bool) -> Loo
         # The epoch names key, dataset version at build time and label columns, so a rebuild
         # after a restart never pretends to continue another build's delta chain.
         label_tag = hashlib.sha256(json.dumps([columns, masked]).encode()).hexdigest()[:6]
-        epoch = f"{stored['epoch']}-v{meta.version}-{label_tag}"
+        built = hashlib.sha256(f"{meta.version}/{meta.updated_at}".encode()).hexdigest()[:8]
+        epoch = f"{stored['epoch']}-{built}-{label_tag}"
         labels = _labels(runtime, dataset, columns, masked, keys)
         provider = LookupProvider.build(keys, epoch=epoch, labels=labels, key=bytes.fromhex(stored["key"]),
                                         dataset_version=str(meta.version))
-        cache[cache_key] = {"provider": provider, "version": meta.version, "keys": set(keys)}
+        cache[cache_key] = {"provider": provider, "version": stamp, "keys": set(keys)}
         runtime.audit.append("lookup.build", dataset=dataset, counts={"rows": len(keys)})
         return provider
 
@@ -188,6 +190,9 @@ def evaluate(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     require_admitted(runtime, doc)
     _, (agency, ds) = _refs(doc)
+    if agency != runtime.node_id:
+        raise PermissionDenied("the lookup's provider dataset is not at this node")
+    use_once(runtime, doc, "lookup.evaluate")
     cols, masked = _label_columns(doc)
     provider = provider_for(runtime, ds, cols, masked)
     seq, n = 0, 0

@@ -21,7 +21,7 @@ from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied
 from pc_common.pb import common_pb2, node_pb2
 from pc_node.psi import ProviderSession, RequesterSession
 from pc_node.steps import step
-from pc_node.steps.admit import checked_spec, require_admitted
+from pc_node.steps.admit import checked_spec, require_admitted, use_once
 from pc_node.steps.common import done, progress, read_stream
 
 CHUNK_POINTS = 16384          # 512 KiB of points per message
@@ -93,8 +93,8 @@ def hop(runtime, header, inbound):
     """Raise a stream to this provider's key: in order (streamed) or shuffled (whole set)."""
     doc = checked_spec(runtime, header)
     require_admitted(runtime, doc)
-    if doc["requester"] == runtime.node_id:
-        raise PermissionDenied("the requester does not re-encrypt in this protocol")
+    # One hop per set in the job (k-party: every other party's set passes once).
+    use_once(runtime, doc, "psi.hop", limit=len(doc["params"].get("datasets", [])))
     shuffle = header.params.get("shuffle") == "1"
     label = header.params.get("label", "hop")
     s = session(runtime, doc)
@@ -124,8 +124,7 @@ def hop(runtime, header, inbound):
 def own(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     require_admitted(runtime, doc)
-    if doc["requester"] == runtime.node_id:
-        raise PermissionDenied("the requester's set goes through psi.blind")
+    use_once(runtime, doc, "psi.own")
     s = session(runtime, doc)
     seq, sent = 0, 0
     for data in s.own_chunks(CHUNK_POINTS, shuffle=True):
@@ -184,6 +183,7 @@ def learn(runtime, header, inbound):
     """Result to both parties: the requester's positions of the intersection in our list."""
     doc = checked_spec(runtime, header)
     require_admitted(runtime, doc)
+    use_once(runtime, doc, "psi.learn")
     if not doc["params"].get("result_to_all"):
         raise PermissionDenied("the requester did not ask to share the result")
     with _lock:

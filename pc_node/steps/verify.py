@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import random
@@ -25,19 +26,20 @@ import struct
 
 import numpy as np
 
-from pc_common import envelope
-from pc_common.errors import InvalidInput, PermissionDenied
+from pc_common import envelope, gm
+from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
 from pc_common.rules import Rule
 from pc_node.importer import decimal_cents
 from pc_node.secure_agg import get_backend
 from pc_node.steps import step
-from pc_node.steps.admit import checked_spec, require_admitted
+from pc_node.steps.admit import checked_spec, require_admitted, use_once
 from pc_node.steps.common import blob_chunks, done, progress, read_blob
 
 SLOT_ITEM = struct.Struct(">I18s")
 # Bounds the blinding is sized for: larger plaintext margins would shrink ρ's range.
 MAX_VALUE_CENTS = 10**10          # per subject and criterion: 100 million yuan, or that many records
 MAX_GROUP = 16                    # members of one group (household)
+WORKING_DATA_HOURS = 24           # keys and working data of a job never outlive this
 _rng = random.SystemRandom()
 
 
@@ -47,6 +49,11 @@ def _rule(doc: dict) -> Rule:
 
 def _aad(job_id: str, provider: str) -> bytes:
     return f"pc/verify/{job_id}/{provider}".encode()
+
+
+def _binding(job_id: str, provider: str, pubctx: bytes, sealed: bytes) -> bytes:
+    return b"pc/verify/binding\x00" + f"{job_id}\x00{provider}\x00".encode() + \
+        hashlib.sha256(pubctx).digest() + hashlib.sha256(sealed).digest()
 
 
 def _sealed_list(items: list[tuple[int, str]], recipient_public: bytes, aad: bytes) -> bytes:
@@ -88,17 +95,22 @@ def prepare(runtime, header, inbound):
     for i in range(n):
         layout[slots[i]] = group_no[groups[i]]
     working = {"he": backend.name, "slots": slots, "group_no": [group_no[g] for g in groups], "groups": len(distinct)}
-    runtime.store.put_blob("jobkeys", doc["job_id"], secret.serialize_secret())
-    runtime.store.put_blob("verifyjob", doc["job_id"], json.dumps(working).encode())
-    yield from blob_chunks("pubctx", pub.serialize())
+    # Wiped by job.cleanup; the expiry is the backstop if cleanup never reaches this node.
+    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=WORKING_DATA_HOURS)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    runtime.store.put_blob("jobkeys", doc["job_id"], secret.serialize_secret(), expires_at=expires)
+    runtime.store.put_blob("verifyjob", doc["job_id"], json.dumps(working).encode(), expires_at=expires)
+    pubctx = pub.serialize()
+    yield from blob_chunks("pubctx", pubctx)
     yield from blob_chunks("layout", layout.tobytes())
     for provider in rule.providers():
-        if provider == runtime.node_id:
-            continue
         items = [(slots[i], ids[i]) for i in range(n)]
         _rng.shuffle(items)
         sealed = _sealed_list(items, runtime.peer_keys(provider).x25519_public, _aad(doc["job_id"], provider))
         yield from blob_chunks(f"sealed:{provider}", sealed)
+        # Bind key and list to this job and provider under our SM2 signature: the coordinator
+        # cannot swap in its own key or its own identifiers.
+        yield from blob_chunks(f"binding:{provider}", runtime.sm2.sign(_binding(doc["job_id"], provider, pubctx,
+                                                                                 sealed)))
     runtime.audit.append("verify.prepare", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"subjects": n, "groups": len(distinct)}, detail=backend.name)
     yield done({"slots": n, "groups": len(distinct), "he": backend.name})
@@ -145,10 +157,19 @@ def evaluate_criteria(runtime, rule: Rule, items: list[tuple[int, str]], n_slots
 def evaluate(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     require_admitted(runtime, doc)
+    use_once(runtime, doc, "verify.evaluate")
     rule = _rule(doc)
     backend = get_backend(doc["params"].get("he", "bfv"))
-    pub = backend.load_public(read_blob(inbound, "pubctx", 64 << 20))
-    items = _open_list(runtime, read_blob(inbound, "sealed", 1 << 30), _aad(doc["job_id"], runtime.node_id))
+    pubctx = read_blob(inbound, "pubctx", 64 << 20)
+    sealed = read_blob(inbound, "sealed", 1 << 30)
+    signature = read_blob(inbound, "binding", 1024)
+    try:
+        gm.Sm2PublicKey.from_hex(runtime.peer_keys(doc["requester"]).sm2_public).verify(
+            _binding(doc["job_id"], runtime.node_id, pubctx, sealed), signature)
+    except (IntegrityError, InvalidInput, ValueError):
+        raise PermissionDenied("the key and subject list are not signed by the requester for this job") from None
+    pub = backend.load_public(pubctx)
+    items = _open_list(runtime, sealed, _aad(doc["job_id"], runtime.node_id))
     n = int(doc["params"]["subjects"])
     if len(items) != n or any(not (0 <= s < n) for s, _ in items) or len({s for s, _ in items}) != n:
         raise InvalidInput("sealed subject list does not match the job's slots")

@@ -261,30 +261,40 @@ def test_provider_audit_records_counts_never_identifiers(env, analyst, tmp_path)
 # ----- a malformed peer ---------------------------------------------------------------------------------------
 def test_malformed_blinded_points_are_refused(env, analyst, tmp_path):
     fed = env["fed"]
-    signed = analyst.node.PrepareJob(node_pb2.PrepareJobRequest(kind="lookup", params=json.dumps(
-        {"datasets": [f"{REQ}.queries", f"{PS}.roster"], "purpose": "data_matching", "labels": [],
-         "masked": False}).encode()), timeout=10)
-    signed = node_pb2.SignedJobSpec(spec=signed.spec, signature=signed.signature, signer=REQ)
-    job_id = json.loads(signed.spec)["job_id"]
     stub = node_pb2_grpc.NodeStub(tls.secure_channel(f"127.0.0.1:{fed.nodes[PS][2]}",
                                                      certs.coordinator_files(fed.certs), PS))
 
-    def head(step):
-        return node_pb2.StepMessage(header=node_pb2.StepHeader(job_id=job_id, step=step, spec=signed))
+    def admitted_job():
+        """A fresh signed and admitted job: the provider evaluates once per job."""
+        signed = analyst.node.PrepareJob(node_pb2.PrepareJobRequest(kind="lookup", params=json.dumps(
+            {"datasets": [f"{REQ}.queries", f"{PS}.roster"], "purpose": "data_matching", "labels": [],
+             "masked": False}).encode()), timeout=10)
+        signed = node_pb2.SignedJobSpec(spec=signed.spec, signature=signed.signature, signer=REQ)
+        job_id = json.loads(signed.spec)["job_id"]
+
+        def head(step):
+            return node_pb2.StepMessage(header=node_pb2.StepHeader(job_id=job_id, step=step, spec=signed))
+        assert list(stub.Step(iter([head("job.admit")]), timeout=10))[-1].done.summary["admitted"] == "yes"
+        return head
 
     def chunk(seq, data, count, last=True):
         return node_pb2.StepMessage(chunk=common_pb2.DataChunk(stream="in", seq=seq, count=count, data=data,
                                                                last=last))
 
-    assert list(stub.Step(iter([head("job.admit")]), timeout=10))[-1].done.summary["admitted"] == "yes"
     point = bytes([9]) + bytes(31)
+    head = admitted_job()
     good = list(stub.Step(iter([head("lookup.evaluate"), chunk(0, point, 1)]), timeout=10))
     assert sum(m.chunk.count for m in good if m.WhichOneof("kind") == "chunk") == 1
+    with pytest.raises(grpc.RpcError) as err:   # no second evaluation for the same job
+        list(stub.Step(iter([head("lookup.evaluate"), chunk(0, point, 1)]), timeout=10))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    list(stub.Step(iter([head("job.cleanup")]), timeout=10))
     for msgs in ([chunk(0, point + b"\x00", 1)], [chunk(0, bytes(32), 1)], [chunk(0, point * 2, 0)],
                  [chunk(0, point, 1, last=False)], [chunk(0, point, 1, last=False), chunk(0, point, 1)]):
+        head = admitted_job()
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Step(iter([head("lookup.evaluate")] + msgs), timeout=10))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
-    list(stub.Step(iter([head("job.cleanup")]), timeout=10))
+        list(stub.Step(iter([head("job.cleanup")]), timeout=10))
     _, rows = lookup(analyst, "vehicles", tmp_path / "after.csv")
     check_exact(rows, VEHICLE_IDS)

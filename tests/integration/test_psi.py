@@ -387,13 +387,18 @@ MALFORMED = {
 }
 
 
-def test_malformed_streams_are_refused_and_the_node_keeps_serving(env, analyst, tmp_path):
-    fed = env["fed"]
-    stub = as_coordinator(fed, PS)
+def _admitted_hop(stub, analyst):
+    """A fresh signed and admitted job, and its psi.hop header (a provider runs a step once)."""
     signed = prepare(analyst, [f"{REQ}.people", f"{PS}.vehicles"])
     admitted = list(stub.Step(iter([header(signed, "job.admit")]), timeout=10))
     assert admitted[-1].done.summary["admitted"] == "yes"
-    hop = header(signed, "psi.hop", {"shuffle": "0", "label": "test"})
+    return signed, header(signed, "psi.hop", {"shuffle": "0", "label": "test"})
+
+
+def test_malformed_streams_are_refused_and_the_node_keeps_serving(env, analyst, tmp_path):
+    fed = env["fed"]
+    stub = as_coordinator(fed, PS)
+    signed, hop = _admitted_hop(stub, analyst)
 
     # Control: a well-formed stream is re-encrypted point for point.
     out = list(stub.Step(iter([hop, chunk(0, BASE_POINT * 2, last=True)]), timeout=10))
@@ -403,14 +408,23 @@ def test_malformed_streams_are_refused_and_the_node_keeps_serving(env, analyst, 
     assert len(data) == 64 and data[:32] == data[32:] and data[:32] != BASE_POINT
     assert out[-1].done.summary["count"] == "2"
 
+    # The step is single-use per set of the job (2 here): no oracle for a replaying coordinator.
+    list(stub.Step(iter([hop, chunk(0, BASE_POINT, last=True)]), timeout=10))
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Step(iter([hop, chunk(0, BASE_POINT, last=True)]), timeout=10))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
     for name, msgs in MALFORMED.items():
+        _, bad_hop = _admitted_hop(stub, analyst)
         with pytest.raises(grpc.RpcError) as err:
-            list(stub.Step(iter([hop] + msgs), timeout=10))
+            list(stub.Step(iter([bad_hop] + msgs), timeout=10))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err.value.code(), err.value.details())
         assert BASE_POINT.hex() not in err.value.details()
         # Still serving after each one, and still correct.
-        again = list(stub.Step(iter([hop, chunk(0, BASE_POINT, last=True)]), timeout=10))
-        assert b"".join(m.chunk.data for m in again if m.WhichOneof("kind") == "chunk") == data[:32], name
+        _, good_hop = _admitted_hop(stub, analyst)
+        again = list(stub.Step(iter([good_hop, chunk(0, BASE_POINT * 2, last=True)]), timeout=10))
+        got = b"".join(m.chunk.data for m in again if m.WhichOneof("kind") == "chunk")
+        assert len(got) == 64 and got[:32] == got[32:] and got[:32] != BASE_POINT, name
 
     # The requester's finish step refuses a malformed stream as well.
     req_stub = as_coordinator(fed, REQ)

@@ -157,7 +157,6 @@ def evaluate_criteria(runtime, rule: Rule, items: list[tuple[int, str]], n_slots
 def evaluate(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     require_admitted(runtime, doc)
-    use_once(runtime, doc, "verify.evaluate")
     rule = _rule(doc)
     backend = get_backend(doc["params"].get("he", "bfv"))
     pubctx = read_blob(inbound, "pubctx", 64 << 20)
@@ -168,6 +167,7 @@ def evaluate(runtime, header, inbound):
             _binding(doc["job_id"], runtime.node_id, pubctx, sealed), signature)
     except (IntegrityError, InvalidInput, ValueError):
         raise PermissionDenied("the key and subject list are not signed by the requester for this job") from None
+    use_once(runtime, doc, "verify.evaluate")
     pub = backend.load_public(pubctx)
     items = _open_list(runtime, sealed, _aad(doc["job_id"], runtime.node_id))
     n = int(doc["params"]["subjects"])

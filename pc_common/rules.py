@@ -615,3 +615,25 @@ def catalog_from_directory(directory: str | Path) -> dict[str, dict]:
             meta = load_dataset_metadata(meta_path)
             catalog[f"{agency_dir.name}.{meta_path.stem}"] = meta.catalog_entry()
     return catalog
+
+
+def column_uses(rule: Rule, agency: str) -> dict[str, dict[str, str]]:
+    """What the rule asks of ``agency``'s datasets: ``{dataset: {column: use}}``.
+
+    Columns in a ``where`` are used as ``predicate`` (only pass/fail bits leave); summed
+    columns as ``aggregate``. The key column (``join_key``) is the caller's to add. Both the
+    provider's admission and the sandbox's grants derive from this one function.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for c in rule.criteria:
+        where_cols = c.where.columns() if c.where is not None else set()
+        for ref, cols in c.datasets().items():
+            owner, dataset = ref.split(".")
+            if owner != agency:
+                continue
+            uses = out.setdefault(dataset, {})
+            for col in where_cols:
+                uses.setdefault(col, "predicate")
+            for col in cols - where_cols:
+                uses[col] = "aggregate"
+    return out

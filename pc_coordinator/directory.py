@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 """
 
 
-from pc_common.directory_digest import catalog_digest  # noqa: E402  (shared with nodes)
+from pc_common.catalog import catalog_digest  # noqa: E402  (shared with nodes)
 
 
 class Directory:

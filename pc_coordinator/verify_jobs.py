@@ -13,6 +13,7 @@ from concurrent import futures
 
 import numpy as np
 
+from pc_common.catalog import catalog_view
 from pc_common.errors import InvalidInput, PermissionDenied
 from pc_common.rules import Rule, validate_against_catalog
 from pc_coordinator import kinds
@@ -24,11 +25,6 @@ from pc_node.secure_agg import blinding, get_backend
 
 from pc_node.steps.verify import MAX_GROUP, MAX_VALUE_CENTS as MAX_SUBJECT_VALUE  # noqa: E402 (one source of truth)
 _rng = secrets.SystemRandom()
-
-
-def catalog_view(directory: Directory) -> dict:
-    return {f"{d.agency}.{d.name}": {"key_column": d.key_column, "columns": {c.name: c.type for c in d.columns}}
-            for d in directory.catalog().datasets}
 
 
 def published_grant_check(rule: Rule, directory: Directory) -> None:
@@ -54,7 +50,7 @@ def validate(doc: dict, directory: Directory) -> list[str]:
         raise PermissionDenied("the rule's requester differs from the job's requester")
     if doc["params"].get("he", "bfv") not in ("bfv", "paillier"):
         raise InvalidInput("homomorphic backend must be bfv or paillier")
-    validate_against_catalog(rule, catalog_view(directory))
+    validate_against_catalog(rule, catalog_view(directory.catalog()))
     published_grant_check(rule, directory)
     providers = rule.providers()
     if rule.requester in providers:

@@ -19,13 +19,14 @@ from grpc_reflection.v1alpha import reflection
 
 from pc_common import idnum, jobspec, tls
 from pc_common.config import NodeConfig, write_address
-from pc_common.directory_digest import catalog_digest
+from pc_common.catalog import catalog_digest
 from pc_common.errors import InvalidInput, PermissionDenied
 from pc_common.identity import Identity
 from pc_common.pb import coordinator_pb2, node_pb2, node_pb2_grpc
 from pc_common.rpc import rpc
 from pc_common.rules import Rule
 from pc_node import steps
+from pc_node.steps.common import hours_from_now
 from pc_node.runtime import VERSION, NodeRuntime
 
 log = logging.getLogger("pc.node")
@@ -81,7 +82,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         doc = {"subject_column": header.subject_column or "id_number", "group_column": header.group_column,
                "subjects": subjects, "groups": groups, "original": original}
         self.rt.store.put_blob("subjects", set_id, json.dumps(doc).encode(),
-                               expires_at=_hours_from_now(SUBJECTS_TTL_HOURS))
+                               expires_at=hours_from_now(SUBJECTS_TTL_HOURS))
         n_groups = len(set(groups))
         self.rt.audit.append("subjects.upload", requester=caller.user, counts={"subjects": len(subjects),
                                                                               "groups": n_groups})
@@ -157,12 +158,6 @@ def _approval_pb(a: dict) -> node_pb2.Approval:
     return node_pb2.Approval(job_id=a["job_id"], requester=a["requester"], purpose=a["purpose"],
                              datasets=a["datasets"], state=a["state"], reason=a["reason"],
                              created_at=dt.datetime.fromtimestamp(a["created_at"], dt.timezone.utc).isoformat())
-
-
-def _hours_from_now(hours: int) -> str:
-    import datetime as dt
-    t = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def create_server(config: NodeConfig, max_workers: int = 32):

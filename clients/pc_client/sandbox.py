@@ -22,7 +22,7 @@ from pc_common import certs
 from pc_common.config import NodeConfig
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import NAME_RE
-from pc_common.rules import load_rule
+from pc_common.rules import column_uses, load_rule
 from pc_node.importer import detect_key_column, import_file, load_metadata
 from pc_node.runtime import open_store
 
@@ -235,18 +235,7 @@ class Sandbox:
                              f'purposes = ["{SANDBOX_PURPOSE_PSI}"]\napproval = "auto"\n'
                              f'[grants.columns]\n{key_of[ds]} = "join_key"\n')
         for rule in rules:
-            uses: dict[str, dict[str, str]] = {}
-            for c in rule.criteria:
-                where_cols = c.where.columns() if c.where is not None else set()
-                for ref, cols in c.datasets().items():
-                    a, ds = ref.split(".")
-                    if a != agency:
-                        continue
-                    u = uses.setdefault(ds, {})
-                    for col in where_cols:
-                        u.setdefault(col, "predicate")
-                    for col in cols - where_cols:
-                        u[col] = "aggregate"
+            uses = column_uses(rule, agency)
             for ds, cols in sorted(uses.items()):
                 lines.append(f'[[grants]]\ndataset = "{ds}"\nrequester = "{rule.requester}"\n'
                              f'purposes = [{_toml_str(rule.purpose)}]\napproval = "auto"\nreveal = "{rule.reveal}"\n'

@@ -21,6 +21,7 @@ import grpc
 from cryptography import x509
 
 from pc_common import tls
+from pc_common.catalog import catalog_view
 from pc_common.certs import PartyFiles
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import Identity, identity_of
@@ -43,12 +44,6 @@ class JobResult:
     leakage: dict
     out: str | None = None
     rows: int = 0
-
-
-def catalog_dict(catalog: common_pb2.Catalog) -> dict:
-    """The catalog as ``{"agency.dataset": {"key_column":…, "columns": {name: type}}}``."""
-    return {f"{d.agency}.{d.name}": {"key_column": d.key_column, "columns": {c.name: c.type for c in d.columns}}
-            for d in catalog.datasets}
 
 
 class Federation:
@@ -202,7 +197,7 @@ class Federation:
         if rule.requester != self.identity.agency:
             raise InvalidInput(f"{pathlib.Path(rule_path).name}: the rule's requester is '{rule.requester}' but"
                                f" you are a client of '{self.identity.agency}'")
-        validate_against_catalog(rule, catalog_dict(self.catalog()))
+        validate_against_catalog(rule, catalog_view(self.catalog()))
         receipt = self.upload_subjects(subjects_csv, rule)
         job_id = self.submit("verify", {"rule": rule.to_dict(), "he": he}, receipt.subject_set)
         return self._finish(self.watch(job_id, on_update), out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied
-from pc_common.rules import Rule
+from pc_common.rules import Rule, column_uses
 from pc_node.steps import step
 from pc_node.steps.common import done
 
@@ -22,17 +22,7 @@ def needs(doc: dict, node_id: str, runtime) -> list[tuple[str, dict, str]]:
     if doc["kind"] == "verify":
         rule = Rule.from_dict(params.get("rule"))
         reveal = rule.reveal
-        for c in rule.criteria:
-            where_cols = c.where.columns() if c.where is not None else set()
-            for ref, cols in c.datasets().items():
-                agency, dataset = ref.split(".")
-                if agency != node_id:
-                    continue
-                uses = out.setdefault(dataset, {})
-                for col in where_cols:
-                    uses.setdefault(col, "predicate")
-                for col in cols - where_cols:
-                    uses[col] = "aggregate"
+        out = column_uses(rule, node_id)
     elif doc["kind"] in ("psi", "lookup"):
         for ref in params.get("datasets", []):
             agency, _, dataset = str(ref).partition(".")

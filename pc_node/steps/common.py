@@ -1,6 +1,8 @@
 """Helpers for streaming steps: chunking, reading chunk streams, done/progress messages."""
 from __future__ import annotations
 
+import datetime as dt
+import json
 from typing import Iterable, Iterator
 
 from pc_common.errors import InvalidInput
@@ -76,3 +78,13 @@ def read_blob(inbound: Iterator[node_pb2.StepMessage], stream: str, limit: int =
 
 def pass_through(messages: Iterable[node_pb2.StepMessage]) -> Iterator[node_pb2.StepMessage]:
     yield from messages
+
+
+def hours_from_now(hours: float) -> str:
+    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def store_results(runtime, job_id: str, csv_text: str, rows: int, summary: dict) -> None:
+    """Keep a job's results file at this node (SM4-GCM at rest) until the results expire."""
+    runtime.store.put_blob("results", job_id, json.dumps({"csv": csv_text, "rows": rows, "summary": summary}).encode(),
+                           expires_at=hours_from_now(runtime.config.results_ttl_hours))

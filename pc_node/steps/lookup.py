@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import datetime as dt
 import io
 import json
 import secrets
@@ -26,7 +25,7 @@ from pc_common.pb import common_pb2, node_pb2
 from pc_node.psi import LookupProvider, LookupRequester
 from pc_node.steps import step
 from pc_node.steps.admit import checked_spec, require_admitted, use_once
-from pc_node.steps.common import blob_chunks, done, progress, read_blob, read_stream
+from pc_node.steps.common import blob_chunks, done, progress, read_blob, read_stream, store_results
 from pc_node.steps.psi import _sessions
 
 CHUNK_POINTS = 16384
@@ -237,11 +236,8 @@ def finish(runtime, header, inbound):
             label = result.labels.get(ident)
             row.append(label.decode() if label else "")
         w.writerow(row)
-    ttl = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=runtime.config.results_ttl_hours)
-    summary = {"queried": query.count, "found": len(members), "labels": cols}
-    runtime.store.put_blob("results", doc["job_id"], json.dumps({"csv": buf.getvalue(), "rows": query.count,
-                                                                 "summary": summary}).encode(),
-                           expires_at=ttl.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    store_results(runtime, doc["job_id"], buf.getvalue(), query.count,
+                  {"queried": query.count, "found": len(members), "labels": cols})
     runtime.audit.append("lookup.finish", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"queried": query.count})
     yield done({"queried": query.count})

@@ -13,8 +13,6 @@ Provider:   ``psi.hop``     re-encrypt a stream under its key, in order or shuff
 """
 from __future__ import annotations
 
-import datetime as dt
-import json
 import threading
 
 from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied
@@ -22,7 +20,7 @@ from pc_common.pb import common_pb2, node_pb2
 from pc_node.psi import ProviderSession, RequesterSession
 from pc_node.steps import step
 from pc_node.steps.admit import checked_spec, require_admitted, use_once
-from pc_node.steps.common import done, progress, read_stream
+from pc_node.steps.common import done, progress, read_stream, store_results
 
 CHUNK_POINTS = 16384          # 512 KiB of points per message
 _lock = threading.RLock()
@@ -164,10 +162,7 @@ def finish(runtime, header, inbound):
         csv_text = f"intersection_size\n{size}\n"
     else:
         csv_text = "id_number\n" + "".join(f"{i}\n" for i in s.finish())
-    ttl = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=runtime.config.results_ttl_hours)
-    runtime.store.put_blob("results", doc["job_id"], json.dumps({"csv": csv_text, "rows": size,
-                                                                 "summary": summary}).encode(),
-                           expires_at=ttl.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    store_results(runtime, doc["job_id"], csv_text, size, summary)
     runtime.audit.append("psi.finish", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"own": s.count, "provider": m})
     if doc["params"].get("result_to_all") and not s.cardinality_only:
@@ -192,11 +187,8 @@ def learn(runtime, header, inbound):
         raise FailedPrecondition("no PSI session for this job at this node")
     data = b"".join(c.data for c in read_stream(inbound, "indices"))
     ids = s.learn_intersection(data)
-    ttl = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=runtime.config.results_ttl_hours)
-    runtime.store.put_blob("results", doc["job_id"], json.dumps({
-        "csv": "id_number\n" + "".join(f"{i}\n" for i in ids), "rows": len(ids),
-        "summary": {"intersection": len(ids), "shared_by": doc["requester"]}}).encode(),
-        expires_at=ttl.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    store_results(runtime, doc["job_id"], "id_number\n" + "".join(f"{i}\n" for i in ids), len(ids),
+                  {"intersection": len(ids), "shared_by": doc["requester"]})
     runtime.audit.append("psi.learn", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                          counts={"intersection": len(ids)})
     yield done({})

@@ -17,7 +17,6 @@ Provider node:
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import hashlib
 import io
 import json
@@ -33,7 +32,7 @@ from pc_node.importer import decimal_cents
 from pc_node.secure_agg import get_backend
 from pc_node.steps import step
 from pc_node.steps.admit import checked_spec, require_admitted, use_once
-from pc_node.steps.common import blob_chunks, done, progress, read_blob
+from pc_node.steps.common import blob_chunks, done, hours_from_now, progress, read_blob, store_results
 
 SLOT_ITEM = struct.Struct(">I18s")
 # Bounds the blinding is sized for: larger plaintext margins would shrink ρ's range.
@@ -96,7 +95,7 @@ def prepare(runtime, header, inbound):
         layout[slots[i]] = group_no[groups[i]]
     working = {"he": backend.name, "slots": slots, "group_no": [group_no[g] for g in groups], "groups": len(distinct)}
     # Wiped by job.cleanup; the expiry is the backstop if cleanup never reaches this node.
-    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=WORKING_DATA_HOURS)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires = hours_from_now(WORKING_DATA_HOURS)
     runtime.store.put_blob("jobkeys", doc["job_id"], secret.serialize_secret(), expires_at=expires)
     runtime.store.put_blob("verifyjob", doc["job_id"], json.dumps(working).encode(), expires_at=expires)
     pubctx = pub.serialize()
@@ -146,9 +145,10 @@ def evaluate_criteria(runtime, rule: Rule, items: list[tuple[int, str]], n_slots
                     v = sum(decimal_cents(r[col]) for r in rows for col in sum_cols)
                 else:
                     v = len(rows)
-                values[slot] = values[slot] + v
-                if abs(values[slot]) > MAX_VALUE_CENTS:
-                    raise InvalidInput(f"criterion '{c.name}': a subject's value is outside the supported range")
+                # Clamp rather than fail: an error here would tell the coordinator and the other
+                # agencies that some subject has an extreme record. Thresholds are far below the
+                # bound, so a clamped value gives the same verdict.
+                values[slot] = max(-MAX_VALUE_CENTS, min(MAX_VALUE_CENTS, values[slot] + v))
         out[c.name] = values
     return out
 
@@ -251,12 +251,9 @@ def finish(runtime, header, inbound):
         if reasons:
             row.append(";".join(sorted(failed[g], key=order.get)))
         w.writerow(row)
-    ttl = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=runtime.config.results_ttl_hours)
     summary = {"subjects": len(originals), "groups": n_groups, "eligible_groups": int(passed.sum()),
                "reveal": rule.reveal, "rule": rule.id}
-    runtime.store.put_blob("results", doc["job_id"], json.dumps({"csv": buf.getvalue(), "rows": len(originals),
-                                                                 "summary": summary}).encode(),
-                           expires_at=ttl.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    store_results(runtime, doc["job_id"], buf.getvalue(), len(originals), summary)
     wipe(runtime, doc["job_id"], doc["params"].get("subject_set"))
     runtime.audit.append("verify.finish", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"subjects": len(originals), "groups": n_groups})

@@ -15,7 +15,7 @@ import grpc
 
 from pc_common import tls
 from pc_common.certs import PartyFiles
-from pc_common.errors import PcError, Unavailable
+from pc_common.errors import PcError, Unavailable  # noqa: F401 (Unavailable re-exported)
 from pc_common.pb import node_pb2, node_pb2_grpc
 from pc_coordinator.directory import Directory
 from pc_coordinator.jobs import JobStore
@@ -35,6 +35,22 @@ def orchestrator(kind: str):
 
 class Cancelled(PcError):
     pass
+
+
+class NodeRefused(PcError):
+    """A node answered a step with an error status; keeps that status for the caller.
+
+    Refusals a user can act on (policy, quota, bad input) pass through with their own code;
+    transport failures become UNAVAILABLE.
+    """
+
+    PASS_THROUGH = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                    grpc.StatusCode.NOT_FOUND)
+
+    def __init__(self, node_id: str, code: grpc.StatusCode | None, detail: str):
+        super().__init__(f"node '{node_id}' failed in this step: {code.name if code else 'error'}: {detail}")
+        self.code = code if code in self.PASS_THROUGH else grpc.StatusCode.UNAVAILABLE
 
 
 class JobContext:
@@ -74,7 +90,7 @@ class JobContext:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             detail = exc.details() if hasattr(exc, "details") else ""
-            raise Unavailable(f"node '{node_id}' failed in this step: {code.name if code else 'error'}: {detail}") from None
+            raise NodeRefused(node_id, code, detail) from None
 
 
 class JobRunner:

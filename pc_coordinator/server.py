@@ -24,7 +24,8 @@ from pc_common.rpc import rpc
 from pc_coordinator import kinds
 from pc_coordinator.directory import Directory
 from pc_coordinator.jobs import TERMINAL, JobStore
-from pc_coordinator.runner import JobRunner
+from pc_coordinator.admission import admit_once
+from pc_coordinator.runner import JobContext, JobRunner
 
 log = logging.getLogger("pc.coordinator")
 VERSION = "0.1.0"
@@ -111,6 +112,15 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self.jobs.create(doc["job_id"], doc["kind"], doc["requester"], request.spec, request.signature, providers)
         self.audit.append("job.submit", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                           detail=doc["kind"])
+        # First admission round before answering: a policy or quota refusal reaches the client
+        # as its own status (PERMISSION_DENIED, RESOURCE_EXHAUSTED), not only as a failed job.
+        try:
+            admit_once(JobContext(self.runner, doc["job_id"], request.spec, request.signature, doc["requester"]),
+                       providers)
+        except PcError as exc:
+            self.jobs.transition(doc["job_id"], "failed", str(exc))
+            self.audit.append("job.refused", job=doc["job_id"], requester=doc["requester"], outcome="refused")
+            raise
         self.runner.start(doc["job_id"], doc["kind"], doc)
         return self.jobs.get(doc["job_id"])
 

@@ -16,7 +16,7 @@ import pathlib
 import grpc
 import pytest
 
-from pc_client.sdk import Federation, JobFailed
+from pc_client.sdk import Federation
 from pc_common import certs, idnum, tls
 from pc_common.masking import mask
 from pc_common.pb import common_pb2, node_pb2, node_pb2_grpc
@@ -208,18 +208,21 @@ def test_masked_labels_come_back_masked(analyst, tmp_path):
 
 
 def test_plaintext_label_without_the_grant_is_refused(analyst, tmp_path):
-    with pytest.raises(JobFailed) as err:
+    # The provider's refusal at admission reaches the client as its own status.
+    with pytest.raises(grpc.RpcError) as err:
         analyst.lookup(f"{REQ}.queries", f"{PS}.vehicles", out=tmp_path / "out.csv", labels=["plate"])
-    msg = str(err.value)
-    assert "PERMISSION_DENIED" in msg and "plate as plaintext" in msg and "vehicles" in msg
+    msg = err.value.details()
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "plate as plaintext" in msg and "vehicles" in msg
     assert not (tmp_path / "out.csv").exists()
 
 
 def test_masked_labels_need_a_masked_grant(analyst, tmp_path):
-    with pytest.raises(JobFailed) as err:
+    with pytest.raises(grpc.RpcError) as err:
         analyst.lookup(f"{REQ}.queries", f"{PS}.roster", out=tmp_path / "out.csv", labels=["unit"], masked=True)
-    msg = str(err.value)
-    assert "PERMISSION_DENIED" in msg and "unit as masked" in msg and "roster" in msg
+    msg = err.value.details()
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "unit as masked" in msg and "roster" in msg
     # A column the provider does not have is refused before the job starts.
     with pytest.raises(grpc.RpcError) as err:
         analyst.lookup(f"{REQ}.queries", f"{PS}.vehicles", labels=["colour"], masked=True)
@@ -230,9 +233,9 @@ def test_lookup_without_a_grant_is_refused(env, analyst, tmp_path):
     fed = env["fed"]
     fed.import_csv(PS, write_csv(env["data"] / "hidden.csv", ["id_number", "x"], [[POOL[0], "1"]]),
                    dataset="hidden", replace=True)
-    with pytest.raises(JobFailed) as err:
+    with pytest.raises(grpc.RpcError) as err:
         analyst.lookup(f"{REQ}.queries", f"{PS}.hidden", out=tmp_path / "out.csv")
-    assert "PERMISSION_DENIED" in str(err.value) and "hidden" in str(err.value)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "hidden" in err.value.details()
 
 
 # ----- what the provider records -------------------------------------------------------------------------------

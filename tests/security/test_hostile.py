@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pc_client.sdk import Federation, JobFailed
+from pc_client.sdk import Federation
 from pc_common import certs, gm, jobspec, tls
 from pc_common.certs import PartyFiles
 from pc_common.errors import InvalidInput
@@ -281,10 +281,10 @@ def test_missing_grant_is_refused_naming_what_is_missing(env):
 
 def test_column_beyond_allowed_use_fails_the_job(env, tmp_path):
     with analyst(env) as c:
-        with pytest.raises(JobFailed) as err:
-            c.verify(rule(env, "plate"), env["subjects"], out=tmp_path / "out.csv")
-    msg = str(err.value)
-    assert "PERMISSION_DENIED" in msg and "plate as predicate" in msg and "public_security" in msg
+        err = rpc_error(c.verify, rule(env, "plate"), env["subjects"], out=tmp_path / "out.csv")
+    msg = err.details()
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "plate as predicate" in msg and "public_security" in msg
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -296,12 +296,11 @@ def test_quota_bursts_suspend_the_requester(env, tmp_path):
         with analyst(env) as c:
             c.verify(rule(env, "pension"), env["subjects"])               # within the quota
             for burst in range(3):
-                with pytest.raises(JobFailed) as err:
-                    c.verify(rule(env, "pension"), env["subjects"])
-                assert "RESOURCE_EXHAUSTED" in str(err.value) and "jobs_per_hour" in str(err.value)
+                err = rpc_error(c.verify, rule(env, "pension"), env["subjects"])
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "jobs_per_hour" in err.details()
                 assert gov.is_suspended(REQ) == (burst == 2)
-            with pytest.raises(JobFailed, match="RESOURCE_EXHAUSTED.*suspended"):
-                c.verify(rule(env, "pension"), env["subjects"])
+            err = rpc_error(c.verify, rule(env, "pension"), env["subjects"])
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "suspended" in err.details()
             alerts = [e for e in fed.runtime("hrss").audit.entries() if e["action"] == "alert.quota"]
             assert len(alerts) >= 4
             # Lifting the suspension and raising the quota lets the requester in again.

@@ -27,6 +27,7 @@ SHARING = ("open", "conditional", "closed")
 INT_RE = re.compile(r"^-?\d{1,18}$")
 DEC_RE = re.compile(r"^-?\d{1,15}(\.\d{1,2})?$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+LEADING_ZERO_RE = re.compile(r"^-?0\d")
 MAX_ERRORS_SHOWN = 5
 
 
@@ -60,6 +61,8 @@ def infer_type(values: list[str]) -> str:
     present = [v for v in values if v != ""]
     if not present:
         return "text"
+    if any(LEADING_ZERO_RE.match(v) for v in present):
+        return "text"   # codes such as '007' or '0101' are labels, not numbers
     for kind in ("integer", "decimal", "date"):
         if all(_valid_value(kind, v) for v in present):
             return kind

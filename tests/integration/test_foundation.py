@@ -147,10 +147,13 @@ def test_import_parquet(store, tmp_path):
 def test_metadata_toml_types_and_catalog_fields(store, tmp_path):
     keys = ids(2, start=40)
     path = write_csv(tmp_path / "codes.csv", ["id_number", "code", "amount", "day"],
-                     [[keys[0], "001", "12.50", "2024-01-02"], [keys[1], "002", "3", "2023-12-31"]])
+                     [[keys[0], "101", "12.50", "2024-01-02"], [keys[1], "102", "3", "2023-12-31"]])
     # Inferred without metadata.
     rep = import_file(store, path, dataset="inferred")
     assert {c.name: c.type for c in rep.columns} == {"code": "integer", "amount": "decimal", "day": "date"}
+    # Leading zeros mark codes ('007'), which stay text.
+    zeros = write_csv(tmp_path / "zeros.csv", ["id_number", "code"], [[keys[0], "007"], [keys[1], "12"]])
+    assert [c.type for c in import_file(store, zeros, dataset="zeros").columns] == ["text"]
     # Metadata wins over inference and fills the catalog fields.
     (tmp_path / "codes.toml").write_text(
         'description = "Codes"\n[columns.code]\ntype = "text"\ndescription = "Branch code"\n'
@@ -162,7 +165,7 @@ def test_metadata_toml_types_and_catalog_fields(store, tmp_path):
     assert cols["code"].type == "text" and cols["code"].sharing == "open" and cols["code"].sensitivity == 1
     assert cols["code"].description == "Branch code"
     assert cols["amount"].unit == "CNY" and cols["day"].type == "date"
-    assert store.rows_for_keys("codes", [keys[0]])[keys[0]] == [["001", "12.50", "2024-01-02"]]
+    assert store.rows_for_keys("codes", [keys[0]])[keys[0]] == [["101", "12.50", "2024-01-02"]]
 
     # A value that does not fit the declared type is refused with its row.
     path2 = write_csv(tmp_path / "typed.csv", ["id_number", "amount"], [[keys[0], "1.00"], [keys[1], "abc"]])

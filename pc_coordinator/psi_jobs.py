@@ -17,6 +17,7 @@ from pc_coordinator import kinds
 from pc_coordinator.admission import admit_all
 from pc_coordinator.directory import Directory
 from pc_coordinator.runner import JobContext, orchestrator
+from pc_coordinator.streams import collect_blobs, send_blobs
 from pc_coordinator.verify_jobs import cleanup
 from pc_node.psi import Combiner, provider_chain_order
 
@@ -106,17 +107,6 @@ def _raise_first(relays: list[Relay], exc: BaseException) -> None:
     raise exc
 
 
-def _run_step(ctx: JobContext, node: str, messages: Iterable[node_pb2.StepMessage]) -> list[node_pb2.StepMessage]:
-    out = []
-    for msg in ctx.step(node, messages):
-        kind = msg.WhichOneof("kind")
-        if kind == "progress":
-            ctx.progress(msg.progress.step, node, msg.progress.done, msg.progress.total)
-        else:
-            out.append(msg)
-    return out
-
-
 def _chunks(stream: str, parts: Iterable[bytes]) -> Iterator[node_pb2.StepMessage]:
     seq = 0
     for data in parts:
@@ -187,15 +177,15 @@ def run(ctx: JobContext, doc: dict) -> None:
             provider_stream = _chunks("provider", combined.result_chunks(CHUNK_POINTS))
         head = ctx.header("psi.finish", requester)
         try:
-            finish = _run_step(ctx, requester, itertools.chain([head], double, provider_stream))
+            _, finished = collect_blobs(ctx, requester, itertools.chain([head], double, provider_stream))
         except PcError as exc:
             _raise_first(relays, exc)
-        indices = b"".join(m.chunk.data for m in finish if m.WhichOneof("kind") == "chunk")
+        indices = finished.get("indices", b"")
         if params.get("result_to_all"):
-            _run_step(ctx, providers[0], [ctx.header("psi.learn", requester),
-                                          node_pb2.StepMessage(chunk=common_pb2.DataChunk(
-                                              stream="indices", seq=0, count=len(indices) // 4, data=indices,
-                                              last=True))])
+            collect_blobs(ctx, providers[0], [ctx.header("psi.learn", requester),
+                                              node_pb2.StepMessage(chunk=common_pb2.DataChunk(
+                                                  stream="indices", seq=0, count=len(indices) // 4, data=indices,
+                                                  last=True))])
         n_x = relays[0].count if relays else 0
         if combined is None:
             sizes = {providers[0]: own.count}
@@ -258,24 +248,22 @@ def run_lookup(ctx: JobContext, doc: dict) -> None:
     relays: list[Relay] = []
     try:
         admit_all(ctx, [provider])
-        status = [m for m in _run_step(ctx, requester, [ctx.header("lookup.status", requester)])][-1].done.summary
+        status = collect_blobs(ctx, requester, [ctx.header("lookup.status", requester)])[0].summary
         t_filter = time.perf_counter()
-        fmsgs = _run_step(ctx, provider, [ctx.header("lookup.filter", requester,
-                                                     {"epoch": status.get("epoch", ""),
-                                                      "version": status.get("version", "-1")})])
-        fdone = fmsgs[-1].done.summary
-        filter_kind = fdone.get("kind", "snapshot")
-        filter_bytes = b"".join(m.chunk.data for m in fmsgs if m.WhichOneof("kind") == "chunk")
+        fdone, fblobs = collect_blobs(ctx, provider, [ctx.header("lookup.filter", requester,
+                                                                 {"epoch": status.get("epoch", ""),
+                                                                  "version": status.get("version", "-1")})])
+        filter_kind = fdone.summary.get("kind", "snapshot")
+        filter_bytes = fblobs.get(filter_kind, b"")
         t_online = time.perf_counter()
-        blind_src = ctx.step(requester, itertools.chain(
-            [ctx.header("lookup.blind", requester, {"kind": filter_kind})],
-            _blob_stream(filter_kind, filter_bytes)))
+        blind_src = ctx.step(requester, send_blobs([ctx.header("lookup.blind", requester, {"kind": filter_kind})],
+                                                   {filter_kind: filter_bytes}))
         to_provider = Relay(ctx, requester, blind_src, {"blinded": "in"})
         answers = Relay(ctx, provider, ctx.step(provider, itertools.chain(
             [ctx.header("lookup.evaluate", requester)], to_provider)), {"out": "answers"})
         relays += [to_provider, answers]
         try:
-            _run_step(ctx, requester, itertools.chain([ctx.header("lookup.finish", requester)], answers))
+            collect_blobs(ctx, requester, itertools.chain([ctx.header("lookup.finish", requester)], answers))
         except PcError as exc:
             _raise_first(relays, exc)
         online = time.perf_counter() - t_online
@@ -292,8 +280,3 @@ def run_lookup(ctx: JobContext, doc: dict) -> None:
                                 " of keyed hashes it cannot invert"]})
     finally:
         cleanup(ctx, [requester, provider])
-
-
-def _blob_stream(name: str, data: bytes) -> Iterator[node_pb2.StepMessage]:
-    from pc_node.steps.common import blob_chunks
-    yield from blob_chunks(name, data)

@@ -113,6 +113,15 @@ def provider_for(runtime, dataset: str, columns: list[str], masked: bool) -> Loo
         return provider
 
 
+def _provider_dataset(runtime, doc: dict) -> str:
+    """The job's provider dataset, for a provider step this node admitted."""
+    require_admitted(runtime, doc)
+    _, (agency, ds) = _refs(doc)
+    if agency != runtime.node_id:
+        raise PermissionDenied("the lookup's provider dataset is not at this node")
+    return ds
+
+
 def _label_columns(doc: dict) -> tuple[list[str], bool]:
     cols = [str(c) for c in doc["params"].get("labels", [])]
     return cols, bool(doc["params"].get("masked"))
@@ -138,10 +147,7 @@ def status(runtime, header, inbound):
 @step("lookup.filter")
 def filter_(runtime, header, inbound):
     doc = checked_spec(runtime, header)
-    require_admitted(runtime, doc)
-    _, (agency, ds) = _refs(doc)
-    if agency != runtime.node_id:
-        raise PermissionDenied("the lookup's provider dataset is not at this node")
+    ds = _provider_dataset(runtime, doc)
     cols, masked = _label_columns(doc)
     provider = provider_for(runtime, ds, cols, masked)
     have_epoch, have_version = header.params.get("epoch", ""), int(header.params.get("version", "-1"))
@@ -187,10 +193,7 @@ def blind(runtime, header, inbound):
 @step("lookup.evaluate")
 def evaluate(runtime, header, inbound):
     doc = checked_spec(runtime, header)
-    require_admitted(runtime, doc)
-    _, (agency, ds) = _refs(doc)
-    if agency != runtime.node_id:
-        raise PermissionDenied("the lookup's provider dataset is not at this node")
+    ds = _provider_dataset(runtime, doc)
     use_once(runtime, doc, "lookup.evaluate")
     cols, masked = _label_columns(doc)
     provider = provider_for(runtime, ds, cols, masked)

@@ -18,7 +18,6 @@ from pc_coordinator.admission import admit_all
 from pc_coordinator.directory import Directory
 from pc_coordinator.runner import JobContext, orchestrator
 from pc_coordinator.streams import collect_blobs, send_blobs
-from pc_coordinator.verify_jobs import cleanup
 from pc_node.psi import Combiner, provider_chain_order
 
 CHUNK_POINTS = 16384
@@ -196,7 +195,7 @@ def run(ctx: JobContext, doc: dict) -> None:
             "items_per_s": round((n_x + sum(sizes.values())) / 2 / elapsed, 1) if elapsed else 0},
             leakage=leakage_report(requester, providers, n_x, sizes, ca, bool(params.get("result_to_all"))))
     finally:
-        cleanup(ctx, [requester] + providers)
+        ctx.cleanup([requester] + providers)
 
 
 def leakage_report(requester: str, providers: list[str], n_x: int, sizes: dict, ca: bool, to_all: bool) -> dict:
@@ -279,4 +278,4 @@ def run_lookup(ctx: JobContext, doc: dict) -> None:
                 "coordinator": [f"sizes only: {to_provider.count} blinded points and a {len(filter_bytes)}-byte filter"
                                 " of keyed hashes it cannot invert"]})
     finally:
-        cleanup(ctx, [requester, provider])
+        ctx.cleanup([requester, provider])

@@ -77,6 +77,15 @@ class JobContext:
             job_id=self.job_id, step=step, spec=spec, params={k: str(v) for k, v in (params or {}).items()},
             payload=payload))
 
+    def cleanup(self, parties: list[str]) -> None:
+        """Wipe the job's working data at every party, whatever happened to the job."""
+        for p in dict.fromkeys(parties):
+            try:
+                for _ in self.step(p, [self.header("job.cleanup", self.requester)]):
+                    pass
+            except Exception:  # noqa: BLE001 - a node that is down wipes on its own expiry
+                pass
+
     def step(self, node_id: str, messages: Iterable[node_pb2.StepMessage]) -> Iterator[node_pb2.StepMessage]:
         """Open a Step stream to a node; errors become Unavailable with the node named."""
         stub = self.runner.node_stub(node_id)

@@ -186,7 +186,7 @@ def run(ctx: JobContext, doc: dict) -> None:
             "reveal": rule.reveal, "rule": rule.id, **{k: round(v, 3) for k, v in timings.items()}},
             leakage=leakage_report(rule, providers, n_slots, n_groups, backend.name, rho_k, blur))
     finally:
-        cleanup(ctx, [requester] + providers)
+        ctx.cleanup([requester] + providers)
 
 
 def _regroup_via_requester(ctx, backend, pub, per_slot: dict, layout, n_groups: int, requester: str) -> dict:
@@ -211,16 +211,6 @@ def _regroup_via_requester(ctx, backend, pub, per_slot: dict, layout, n_groups: 
         cv = backend.load_ciphertext(pub, blobs[f"grouped:{name}"])
         out[name] = backend.add_plain(cv, [x - m if x > half else x for x in mask_sums[name]])
     return out
-
-
-def cleanup(ctx: JobContext, parties: list[str]) -> None:
-    """Wipe the job's working data at every party, whatever happened."""
-    for p in dict.fromkeys(parties):
-        try:
-            for _ in ctx.step(p, [ctx.header("job.cleanup", ctx.requester)]):
-                pass
-        except Exception:  # noqa: BLE001 - a node that is down wipes on its own expiry
-            pass
 
 
 def leakage_report(rule: Rule, providers: list[str], n: int, groups: int, he: str, rho_k: int,

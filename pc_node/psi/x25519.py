@@ -129,14 +129,26 @@ def _sodium():
     return ffi, lib
 
 
+# The reduced u-coordinates of the small-order points (libsodium's blocklist, canonical part):
+# 0, 1, p - 1 and the two of order 8. Rejected by value, not by the output of the
+# multiplication: Intel's multi-buffer code maps u = p - 1 to a non-zero result.
+_SMALL_ORDER_U = np.array([
+    bytes(32), (1).to_bytes(32, "little"), ((1 << 255) - 20).to_bytes(32, "little"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+], dtype="S32")
+
+
 def validate_u(points: np.ndarray) -> None:
-    """Reject u-coordinates with the (ignored) top bit set or not reduced modulo p."""
+    """Reject u-coordinates with the (ignored) top bit set, not reduced modulo p, or of small order."""
     if (points[:, 31] & 0x80).any():
         raise CryptoError("point encoding has its top bit set")
     # u >= p = 2^255 - 19 only when bytes 1..30 are 0xff, byte 31 is 0x7f and byte 0 >= 0xed
     high = (points[:, 31] == 0x7F) & (points[:, 1:31] == 0xFF).all(axis=1)
     if high.any() and (points[high, 0] >= 0xED).any():
         raise CryptoError("point encoding is not reduced")
+    if np.isin(np.ascontiguousarray(points).view("S32").ravel(), _SMALL_ORDER_U).any():
+        raise CryptoError("a received point is of small order")
 
 
 def clamp(k: bytes) -> int:

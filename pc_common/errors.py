@@ -1,58 +1,46 @@
 """One exception hierarchy for the whole service.
 
 Messages are written for users and never contain identifiers, values or keys.
-Each error carries the gRPC status it maps to, so servers translate domain errors
-in one place (see ``pc_common.grpc_errors``).
+These are plain exceptions, usable by the transport-free protocol cores; the one table
+that maps them to gRPC status codes lives with the RPC plumbing (``pc_common.rpc.STATUS``).
 """
 from __future__ import annotations
-
-import grpc
 
 
 class PcError(Exception):
     """Base of every error this service raises on purpose."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-
 
 class InvalidInput(PcError):
     """A file, message, rule or argument is malformed."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
 
 class NotFound(PcError):
-    code = grpc.StatusCode.NOT_FOUND
+    """A job, dataset, node or file does not exist."""
 
 
 class AlreadyExists(PcError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    """The thing to create exists already."""
 
 
 class PermissionDenied(PcError):
     """The caller's identity or the policy does not allow the request."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
-
 
 class Unauthenticated(PcError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    """The peer presented no usable certificate."""
 
 
 class ResourceExhausted(PcError):
     """A quota was exceeded or the requester is suspended."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
 
 class FailedPrecondition(PcError):
     """The request is well-formed but the system is not in a state to serve it."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
 
 class Unavailable(PcError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """A peer is offline or did not answer."""
 
 
 class IntegrityError(PcError):
@@ -61,16 +49,10 @@ class IntegrityError(PcError):
     Deliberately opaque: it never says which check failed.
     """
 
-    code = grpc.StatusCode.DATA_LOSS
-
 
 class CryptoError(PcError):
     """A cryptographic object (key, ciphertext, point) is unusable."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
 
 class OverflowDetected(PcError):
     """A homomorphic sum left the plaintext space; the result would be wrong."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE

@@ -14,16 +14,43 @@ from typing import Callable, Iterable
 
 import grpc
 
+from pc_common import errors
 from pc_common.errors import PcError, PermissionDenied
 from pc_common.identity import Identity
 from pc_common.tls import peer_identity
 
 log = logging.getLogger("pc.rpc")
 
+# The one table from domain errors to gRPC status codes (most specific class first).
+STATUS: dict[type[PcError], grpc.StatusCode] = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.CryptoError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.IntegrityError: grpc.StatusCode.DATA_LOSS,
+    errors.OverflowDetected: grpc.StatusCode.OUT_OF_RANGE,
+}
+
+
+def status_of(exc: PcError) -> grpc.StatusCode:
+    """The status a domain error is answered with; an error relayed from a peer keeps the peer's."""
+    relayed = getattr(exc, "grpc_code", None)
+    if isinstance(relayed, grpc.StatusCode):
+        return relayed
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str):
     if isinstance(exc, PcError):
-        context.abort(exc.code, str(exc) or exc.__class__.__name__)
+        context.abort(status_of(exc), str(exc) or exc.__class__.__name__)
     log.exception("unexpected failure in %s", method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
 

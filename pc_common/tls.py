@@ -7,9 +7,8 @@ from pc_common.certs import PartyFiles
 from pc_common.errors import InvalidInput, Unauthenticated
 from pc_common.identity import Identity, identity_from_pem
 
-# Bulk data is streamed in chunks of at most CHUNK_BYTES; anything bigger than
+# Bulk data is streamed in chunks (pc_common.wire.CHUNK_BYTES); anything bigger than
 # MAX_MESSAGE_BYTES is refused by gRPC itself with RESOURCE_EXHAUSTED.
-CHUNK_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 8 << 20
 
 CHANNEL_OPTIONS = [

@@ -50,7 +50,7 @@ class NodeRefused(PcError):
 
     def __init__(self, node_id: str, code: grpc.StatusCode | None, detail: str):
         super().__init__(f"node '{node_id}' failed in this step: {code.name if code else 'error'}: {detail}")
-        self.code = code if code in self.PASS_THROUGH else grpc.StatusCode.UNAVAILABLE
+        self.grpc_code = code if code in self.PASS_THROUGH else grpc.StatusCode.UNAVAILABLE
 
 
 class JobContext:

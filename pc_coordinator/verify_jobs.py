@@ -15,7 +15,7 @@ import numpy as np
 
 from pc_common.catalog import catalog_view
 from pc_common.errors import InvalidInput, PermissionDenied
-from pc_common.rules import Rule, validate_against_catalog
+from pc_rules.rules import Rule, validate_against_catalog
 from pc_coordinator import kinds
 from pc_coordinator.admission import admit_all
 from pc_coordinator.directory import Directory
@@ -23,7 +23,7 @@ from pc_coordinator.runner import JobContext, orchestrator
 from pc_coordinator.streams import collect_blobs, send_blobs
 from pc_node.secure_agg import blinding, get_backend
 
-from pc_node.steps.verify import MAX_GROUP, MAX_VALUE_CENTS as MAX_SUBJECT_VALUE  # noqa: E402 (one source of truth)
+from pc_common.wire import MAX_GROUP, MAX_VALUE_CENTS as MAX_SUBJECT_VALUE
 _rng = secrets.SystemRandom()
 
 

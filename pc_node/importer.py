@@ -16,7 +16,7 @@ import re
 import tomllib
 from decimal import Decimal, InvalidOperation
 
-from pc_common import idnum
+from pc_node import idnum
 from pc_common.errors import InvalidInput
 from pc_common.identity import check_name
 from pc_node.store import ColumnMeta, DatasetMeta, NodeStore

@@ -15,7 +15,7 @@ from pc_common.audit import AuditLog
 from pc_common.config import NodeConfig
 from pc_common.errors import PermissionDenied
 from pc_common.identity import identity_of, node_keys_of, NodeKeys
-from pc_common.keystore import FieldCipher, generate_data_key, load_master_key, unwrap_data_key, wrap_data_key
+from pc_node.keystore import FieldCipher, generate_data_key, load_master_key, unwrap_data_key, wrap_data_key
 from pc_common.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2
 from pc_node.governance import Governance
 from pc_node.policy import Policy

@@ -17,14 +17,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pc_common import idnum, jobspec, tls
+from pc_common import jobspec, tls, wire
+from pc_node import idnum
 from pc_common.config import NodeConfig, write_address
 from pc_common.catalog import catalog_digest
 from pc_common.errors import InvalidInput, PermissionDenied
 from pc_common.identity import Identity
 from pc_common.pb import coordinator_pb2, node_pb2, node_pb2_grpc
 from pc_common.rpc import rpc
-from pc_common.rules import Rule
+from pc_rules.rules import Rule
 from pc_node import steps
 from pc_node.steps.common import hours_from_now
 from pc_node.runtime import VERSION, NodeRuntime
@@ -128,9 +129,9 @@ class NodeService(node_pb2_grpc.NodeServicer):
         data = doc["csv"].encode()
         self.rt.audit.append("results.fetch", job=request.job_id, requester=caller.user,
                              counts={"rows": doc.get("rows", 0)})
-        for start in range(0, max(len(data), 1), tls.CHUNK_BYTES):
-            last = start + tls.CHUNK_BYTES >= len(data)
-            yield node_pb2.ResultChunk(data=data[start:start + tls.CHUNK_BYTES], last=last,
+        for start in range(0, max(len(data), 1), wire.CHUNK_BYTES):
+            last = start + wire.CHUNK_BYTES >= len(data)
+            yield node_pb2.ResultChunk(data=data[start:start + wire.CHUNK_BYTES], last=last,
                                        summary_json=json.dumps(doc.get("summary", {})) if last else "")
 
     @rpc("officer", check=_own_agency)

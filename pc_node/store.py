@@ -1,7 +1,7 @@
 """The node's embedded store: SQLite in the data directory, encrypted at rest.
 
 Identifiers and row values are stored SM4-GCM-encrypted under the node's data key
-(``pc_common.keystore``); identifiers also get an HMAC-SM3 blind index so rows can be
+(``pc_node.keystore``); identifiers also get an HMAC-SM3 blind index so rows can be
 found by identifier without decrypting the table. No SQL is ever built from user
 input: dataset names are validated and passed as parameters.
 """

@@ -42,7 +42,7 @@ def x25519_rates(n: int = 20000) -> tuple[float, float, str, int]:
 
 
 def write_sets(root: pathlib.Path, n: int, seed: int) -> tuple[set[str], set[str]]:
-    from pc_common.synth_city import random_identity_numbers
+    from pc_devkit.synth_city import random_identity_numbers
     pool = list(dict.fromkeys(random_identity_numbers(int(n * 1.6) + 1000, seed)))
     if len(pool) < n + n // 2:
         raise SystemExit("not enough distinct identifiers; use another seed")

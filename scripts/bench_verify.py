@@ -65,7 +65,7 @@ per_member = 1100.00
 
 def filler_ids(n: int, seed: int) -> list[str]:
     """Valid identity numbers of people outside the applicant households."""
-    from pc_common.synth_city import random_identity_numbers
+    from pc_devkit.synth_city import random_identity_numbers
     return random_identity_numbers(n, seed)
 
 
@@ -106,9 +106,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from pc_client.sandbox import Sandbox
-    from pc_common import ground_truth
-    from pc_common.rules import load_rule
-    from pc_common.synth_city import generate_city
+    from pc_devkit import ground_truth
+    from pc_rules.rules import load_rule
+    from pc_devkit.synth_city import generate_city
 
     work = pathlib.Path(args.dir).resolve()
     city = work / f"city-{args.households}-{args.provider_rows}-{args.seed}"

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 try:
-    from pc_common.synth_city import generate_city
+    from pc_devkit.synth_city import generate_city
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pc_common.synth_city import generate_city
+    from pc_devkit.synth_city import generate_city
 
 
 def main(argv: list[str] | None = None) -> int:

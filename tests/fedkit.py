@@ -119,7 +119,7 @@ class LocalFederation:
 def sandbox_policy_for_rules(city: pathlib.Path, fed: LocalFederation) -> None:
     """Reuse the sandbox's policy writer so tests grant exactly what rules need."""
     from pc_client.sandbox import Sandbox
-    from pc_common.rules import load_rule
+    from pc_rules.rules import load_rule
     sb = Sandbox(city)
     rules = [load_rule(p) for p in sorted((city / "rules").glob("*.toml"))]
     sb.root = fed.root / "_policies"

@@ -253,7 +253,7 @@ def _default_user(agency: str | None) -> str | None:
 
 
 def cmd_verify(args) -> int:
-    from pc_common.rules import load_rule
+    from pc_rules.rules import load_rule
     rule = load_rule(args.rule)
     with federation(args, _default_user(rule.requester)) as fed:
         res = fed.verify(args.rule, args.subjects, out=args.out, he=args.he,

@@ -22,7 +22,7 @@ def _say(msg: str, quiet: bool) -> None:
 
 def run_demo(workdir: pathlib.Path, households: int = 10000, seed: int = 7, keep: bool = False,
              as_json: bool = False) -> int:
-    from pc_common.synth_city import generate_city
+    from pc_devkit.synth_city import generate_city
     from pc_client.cli import print_leakage, verdict_counts
     workdir = workdir.resolve()
     city = workdir / "city"

@@ -22,7 +22,7 @@ from pc_common import certs
 from pc_common.config import NodeConfig
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import NAME_RE
-from pc_common.rules import column_uses, load_rule
+from pc_rules.rules import column_uses, load_rule
 from pc_node.importer import detect_key_column, import_file, load_metadata
 from pc_node.runtime import open_store
 

@@ -26,7 +26,7 @@ from pc_common.certs import PartyFiles
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import Identity, identity_of
 from pc_common.pb import common_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
-from pc_common.rules import Rule, load_rule, validate_against_catalog
+from pc_rules.rules import Rule, load_rule, validate_against_catalog
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ProgressFn = Callable[[object], None]

@@ -31,7 +31,7 @@ __all__ = [
     "split_chunks",
 ]
 
-POINT_LEN = 32
+from pc_common.wire import POINT_LEN  # noqa: E402 (one source of truth)
 #: Largest number of points in one chunk we accept (64 MiB of points); a chunk is meant to be
 #: far smaller (the transport keeps messages under gRPC's 4 MiB default).
 MAX_CHUNK_POINTS = 2_000_000

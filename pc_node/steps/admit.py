@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied
-from pc_common.rules import Rule, column_uses
+from pc_rules.rules import Rule, column_uses
 from pc_node.steps import step
 from pc_node.steps.common import done
 

@@ -20,7 +20,7 @@ import struct
 import threading
 
 from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied
-from pc_common.masking import mask
+from pc_node.masking import mask
 from pc_common.pb import common_pb2, node_pb2
 from pc_node.psi import LookupProvider, LookupRequester
 from pc_node.steps import step

@@ -25,19 +25,18 @@ import struct
 
 import numpy as np
 
-from pc_common import envelope, gm
+from pc_common import gm
+from pc_node import envelope
 from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
-from pc_common.rules import Rule
+from pc_rules.rules import Rule
 from pc_node.importer import decimal_cents
 from pc_node.secure_agg import get_backend
 from pc_node.steps import step
 from pc_node.steps.admit import checked_spec, require_admitted, use_once
+from pc_common.wire import MAX_GROUP, MAX_VALUE_CENTS
 from pc_node.steps.common import blob_chunks, done, hours_from_now, progress, read_blob, store_results
 
 SLOT_ITEM = struct.Struct(">I18s")
-# Bounds the blinding is sized for: larger plaintext margins would shrink ρ's range.
-MAX_VALUE_CENTS = 10**10          # per subject and criterion: 100 million yuan, or that many records
-MAX_GROUP = 16                    # members of one group (household)
 WORKING_DATA_HOURS = 24           # keys and working data of a job never outlive this
 _rng = random.SystemRandom()
 

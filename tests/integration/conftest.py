@@ -21,7 +21,7 @@ REQUESTER = "civil_affairs"
 
 def make_city(root: pathlib.Path, households: int = CITY_HOUSEHOLDS, seed: int = CITY_SEED):
     """Generate a synthetic city into ``root``; returns its CitySummary."""
-    from pc_common.synth_city import generate_city
+    from pc_devkit.synth_city import generate_city
     return generate_city(root, households=households, seed=seed)
 
 

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from pc_client.cli import main
-from pc_common import idnum
+from pc_node import idnum
 from pc_common.identity import identity_of
 
 

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pc_common import certs, idnum, tls
+from pc_common import certs, tls
+from pc_node import idnum
 from pc_common.errors import AlreadyExists, InvalidInput
 from pc_common.pb import common_pb2
 from pc_node.importer import import_file
@@ -245,7 +246,7 @@ def test_key_column(store, tmp_path):
 
 # ----- catalog through the coordinator ----------------------------------------------------------
 def test_catalog_lists_every_dataset_and_column(fed, city):
-    from pc_common.synth_city import DATASETS
+    from pc_devkit.synth_city import DATASETS
     _, summary = city
     with fed.client("analyst@" + REQUESTER) as c:
         cat = {f"{d.agency}.{d.name}": d for d in c.catalog().datasets}

@@ -17,8 +17,9 @@ import grpc
 import pytest
 
 from pc_client.sdk import Federation
-from pc_common import certs, idnum, tls
-from pc_common.masking import mask
+from pc_common import certs, tls
+from pc_node import idnum
+from pc_node.masking import mask
 from pc_common.pb import common_pb2, node_pb2, node_pb2_grpc
 
 from tests.fedkit import LocalFederation

@@ -19,7 +19,8 @@ import pytest
 
 from pc_client.cli import main as cli_main
 from pc_client.sdk import Federation
-from pc_common import certs, gm, idnum, jobspec, tls
+from pc_common import certs, gm, jobspec, tls
+from pc_node import idnum
 from pc_common.pb import common_pb2, node_pb2, node_pb2_grpc
 
 from tests.fedkit import LocalFederation

@@ -1,5 +1,5 @@
 """Eligibility verification end to end, compared with the plaintext oracle
-(``pc_common.ground_truth``) verdict by verdict and reason by reason."""
+(``pc_devkit.ground_truth``) verdict by verdict and reason by reason."""
 from __future__ import annotations
 
 import csv
@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from pc_client.sdk import JobFailed
-from pc_common import ground_truth
+from pc_devkit import ground_truth
 from pc_common.errors import InvalidInput
-from pc_common.rules import load_rule
+from pc_rules.rules import load_rule
 
 from tests.integration.conftest import REQUESTER, read_csv, subset_subjects
 

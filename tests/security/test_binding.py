@@ -10,7 +10,7 @@ import pytest
 
 from pc_common import certs, tls
 from pc_common.pb import node_pb2, node_pb2_grpc
-from pc_common.rules import parse_rule
+from pc_rules.rules import parse_rule
 from pc_node.secure_agg import get_backend
 from pc_node.steps.common import blob_chunks
 from tests.fedkit import LocalFederation

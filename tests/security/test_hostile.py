@@ -22,7 +22,7 @@ from pc_common import certs, gm, jobspec, tls
 from pc_common.certs import PartyFiles
 from pc_common.errors import InvalidInput
 from pc_common.pb import common_pb2, coordinator_pb2, node_pb2, node_pb2_grpc
-from pc_common.rules import load_rule
+from pc_rules.rules import load_rule
 from pc_node.importer import import_file
 from pc_node.policy import parse_policy
 

@@ -14,9 +14,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from pc_common import ground_truth
+from pc_devkit import ground_truth
 from pc_common.pb import node_pb2
-from pc_common.rules import load_rule
+from pc_rules.rules import load_rule
 from pc_coordinator.jobs import JobStore
 from pc_coordinator.runner import JobContext
 

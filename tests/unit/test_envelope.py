@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from pc_common.envelope import ENVELOPE_OVERHEAD, X25519KeyPair, _seal_with, open_envelope, seal
+from pc_node.envelope import ENVELOPE_OVERHEAD, X25519KeyPair, _seal_with, open_envelope, seal
 from pc_common.errors import CryptoError, IntegrityError
 
 RECIPIENT = X25519KeyPair.from_private(bytes(range(32)))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pc_common import idnum
+from pc_node import idnum
 from pc_common.errors import InvalidInput
-from pc_common.ground_truth import evaluate, normalise_id
-from pc_common.rules import load_rule, parse_rule
-from pc_common.synth_city import generate_city, metadata_toml
+from pc_devkit.ground_truth import evaluate, normalise_id
+from pc_rules.rules import load_rule, parse_rule
+from pc_devkit.synth_city import generate_city, metadata_toml
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 DIBAO = load_rule(RULES_DIR / "dibao.toml")

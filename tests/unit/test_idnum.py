@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pc_common import idnum
+from pc_node import idnum
 from pc_common.errors import InvalidInput
 
 KNOWN_VALID = "11010519491231002X"

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from pc_common.errors import CryptoError, FailedPrecondition, IntegrityError, InvalidInput
-from pc_common.keystore import (
+from pc_node.keystore import (
     MASTER_KEY_ENV,
     FieldCipher,
     generate_data_key,

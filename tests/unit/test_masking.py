@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pc_common.errors import InvalidInput
-from pc_common.masking import mask, mask_address, mask_id, mask_name, mask_phone
+from pc_node.masking import mask, mask_address, mask_id, mask_name, mask_phone
 
 
 def test_mask_id():

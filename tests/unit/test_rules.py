@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pc_common.errors import InvalidInput
-from pc_common.rules import (
+from pc_rules.rules import (
     Criterion,
     Rule,
     catalog_from_directory,
@@ -17,8 +17,8 @@ from pc_common.rules import (
     parse_rule,
     validate_against_catalog,
 )
-from pc_common.synth_city import DATASETS, catalog, metadata_toml
-from pc_common.where import parse_where
+from pc_devkit.synth_city import DATASETS, catalog, metadata_toml
+from pc_rules.where import parse_where
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 SHIPPED = sorted(RULES_DIR.glob("*.toml"))
@@ -76,7 +76,7 @@ def test_dibao_is_the_design_example():
 
 
 def test_catalog_of_generated_city_matches(tmp_path):
-    from pc_common.synth_city import generate_city
+    from pc_devkit.synth_city import generate_city
 
     generate_city(tmp_path, households=30, seed=5)
     assert catalog_from_directory(tmp_path) == catalog()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pc_common import idnum
-from pc_common.rules import catalog_from_directory, load_dataset_metadata
-from pc_common.synth_city import DATASETS, REFERENCE_DATE, catalog, generate_city, id_check_char
+from pc_node import idnum
+from pc_rules.rules import catalog_from_directory, load_dataset_metadata
+from pc_devkit.synth_city import DATASETS, REFERENCE_DATE, catalog, generate_city, id_check_char
 
 REF = dt.date.fromisoformat(REFERENCE_DATE)
 HOUSEHOLDS = 2000

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pc_common.errors import InvalidInput
-from pc_common.where import (
+from pc_rules.where import (
     And,
     Comparison,
     Expr,

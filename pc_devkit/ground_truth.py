@@ -9,7 +9,7 @@ whole-system tests can compare the private computation against it::
 Semantics (the contract the protocols must reproduce):
 
 * identity numbers match after normalising: full-width forms folded (NFKC),
-  whitespace removed, upper case (as ``pc_common.idnum.normalise``);
+  whitespace removed, upper case (as ``pc_node.idnum.normalise``);
 * a group is the set of subject rows sharing ``group_column`` (each subject row
   alone without one); group size is its number of subject rows;
 * per criterion, the matching records (``where`` true) of all members are
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pc_common.errors import InvalidInput
-from pc_common.rules import Rule
+from pc_rules.rules import Rule
 
 __all__ = ["evaluate", "normalise_id"]
 

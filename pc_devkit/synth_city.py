@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from pc_common import idnum
+from pc_node import idnum
 
 __all__ = ["CitySummary", "DATASETS", "REFERENCE_DATE", "catalog", "generate_city",
            "id_check_char", "metadata_toml"]
@@ -139,7 +139,7 @@ def metadata_toml(dataset: str) -> str:
 
 # ---------------------------------------------------------------------------
 # Identity numbers (GB 11643-1999): vectorised check characters (the scalar
-# reference is pc_common.idnum; tests check every generated number with it)
+# reference is pc_node.idnum; tests check every generated number with it)
 # ---------------------------------------------------------------------------
 
 _ID_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int64)
@@ -147,7 +147,7 @@ _ID_CHECK = "10X98765432"
 
 
 def id_check_char(first17: str) -> str:
-    """ISO 7064 MOD 11-2 check character of the first 17 digits (see pc_common.idnum)."""
+    """ISO 7064 MOD 11-2 check character of the first 17 digits (see pc_node.idnum)."""
     return idnum.check_digit(first17)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pc_common.errors import InvalidInput
-from pc_common.where import COLUMN_TYPES, Expr, check_types, is_column_name, parse_where
+from pc_rules.where import COLUMN_TYPES, Expr, check_types, is_column_name, parse_where
 
 __all__ = [
     "CRITERION_TYPES",

@@ -17,11 +17,11 @@ import time
 
 from cryptography import x509
 
-from pc_common import gm
+from pc_common import gm, job_kinds
 from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
 from pc_common.identity import identity_of, node_keys_of
 
-KINDS = ("verify", "psi", "lookup")
+KINDS = tuple(job_kinds.KINDS)      # the one table of job kinds; their params: job_kinds.params_of
 DEFAULT_TTL_SECONDS = 15 * 60
 MAX_SPEC_BYTES = 256 * 1024
 
@@ -41,8 +41,7 @@ def canonical(doc: dict) -> bytes:
 
 def build(kind: str, requester: str, params: dict, purpose: str, ttl: int = DEFAULT_TTL_SECONDS,
           now: float | None = None, job_id: str | None = None) -> bytes:
-    if kind not in KINDS:
-        raise InvalidInput(f"unknown job kind '{kind}' (expected one of {', '.join(KINDS)})")
+    job_kinds.kind(kind)
     now = time.time() if now is None else now
     return canonical({
         "v": 1, "kind": kind, "job_id": job_id or new_job_id(), "requester": requester,

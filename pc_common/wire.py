@@ -1,8 +1,9 @@
 """Wire limits and chunk framing of the ``Node.Step`` streams, shared by node and coordinator.
 
 Bulk data moves as ``DataChunk`` messages of at most :data:`CHUNK_BYTES` with per-stream
-sequence numbers. Nodes build them with :func:`chunks` / :func:`blob_chunks` and read them
-with :func:`read_stream` / :func:`read_blob`; the coordinator sends with :func:`send_blobs`
+sequence numbers. Parties build them with :func:`chunks` / :func:`blob_chunks` (or
+:class:`ChunkWriter` for a stream produced piece by piece) and read them with
+:func:`read_stream` / :func:`read_blob`; the coordinator sends with :func:`send_blobs`
 and collects a step's answer with :func:`collect_blobs`. Every reader refuses gaps,
 duplicates, truncation and oversize streams with :class:`InvalidInput`.
 """
@@ -44,6 +45,27 @@ def blob_chunks(stream: str, blob: bytes) -> Iterator[node_pb2.StepMessage]:
     for seq, start in enumerate(range(0, len(blob), CHUNK_BYTES)):
         part = blob[start:start + CHUNK_BYTES]
         yield _chunk(stream, seq, len(part), part, start + CHUNK_BYTES >= len(blob))
+
+
+class ChunkWriter:
+    """Chunk messages of one stream produced piece by piece (PSI points as they are computed).
+
+    ``chunk(data)`` numbers each piece (at most CHUNK_BYTES, ``len(data) // item_size`` items);
+    ``end()`` is the empty last chunk that closes the stream.
+    """
+
+    def __init__(self, stream: str, item_size: int = POINT_LEN):
+        self.stream, self.item_size, self.seq = stream, item_size, 0
+
+    def chunk(self, data: bytes) -> node_pb2.StepMessage:
+        msg = _chunk(self.stream, self.seq, len(data) // self.item_size, data, False)
+        self.seq += 1
+        return msg
+
+    def end(self) -> node_pb2.StepMessage:
+        msg = _chunk(self.stream, self.seq, 0, b"", True)
+        self.seq += 1
+        return msg
 
 
 def _chunk(stream: str, seq: int, count: int, data: bytes, last: bool) -> node_pb2.StepMessage:

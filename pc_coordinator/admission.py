@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 
-from pc_common.errors import FailedPrecondition, PermissionDenied
+from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied
+from pc_common.steps_schema import decode_result
 from pc_coordinator.runner import JobContext
 
 POLL_SECONDS = 1.0
@@ -26,7 +27,10 @@ def admit_once(ctx: JobContext, parties: list[str]) -> list[str]:
         answer = None
         for msg in ctx.step(node, [ctx.header("job.admit", ctx.requester)]):
             if msg.WhichOneof("kind") == "done":
-                answer = msg.done.summary.get("admitted")
+                try:
+                    answer = decode_result("job.admit", msg.done).admitted
+                except InvalidInput:
+                    answer = None
         if answer == "pending":
             pending.append(node)
         elif answer != "yes":   # fail closed: no clear yes is a refusal

@@ -1,8 +1,8 @@
 """Runs jobs: one background thread per job, driving nodes through ``Node.Step``.
 
-Orchestrators for each job kind live in their own modules and register here. They get a
-``JobContext`` with everything they may touch: channels to nodes, the job store (for
-progress and the leakage report) and a cancellation flag. They never see a secret key.
+Orchestrators for each job kind live in their own modules (table: ``pc_coordinator.kinds``).
+They get a ``JobContext`` with everything they may touch: channels to nodes, the job store
+(for progress and the leakage report) and a cancellation flag. They never see a secret key.
 """
 from __future__ import annotations
 
@@ -17,20 +17,13 @@ from pc_common import tls
 from pc_common.certs import PartyFiles
 from pc_common.errors import PcError, Unavailable  # noqa: F401 (Unavailable re-exported)
 from pc_common.pb import node_pb2, node_pb2_grpc
+from pc_common.steps_schema import Record, encode_params
 from pc_coordinator.directory import Directory
 from pc_coordinator.jobs import JobStore
 
 log = logging.getLogger("pc.coordinator.runner")
 
 Orchestrator = Callable[["JobContext", dict], None]
-ORCHESTRATORS: dict[str, Orchestrator] = {}
-
-
-def orchestrator(kind: str):
-    def register(fn: Orchestrator) -> Orchestrator:
-        ORCHESTRATORS[kind] = fn
-        return fn
-    return register
 
 
 class Cancelled(PcError):
@@ -71,11 +64,11 @@ class JobContext:
     def progress(self, step: str, party: str, done: int, total: int) -> None:
         self.jobs.progress(self.job_id, step, party, done, total)
 
-    def header(self, step: str, signer: str, params: dict | None = None, payload: bytes = b"") -> node_pb2.StepMessage:
+    def header(self, step: str, signer: str, params: Record | None = None) -> node_pb2.StepMessage:
+        """The first message of a step: the signed spec and the step's declared parameters."""
         spec = node_pb2.SignedJobSpec(spec=self.signed.spec, signature=self.signed.signature, signer=signer)
         return node_pb2.StepMessage(header=node_pb2.StepHeader(
-            job_id=self.job_id, step=step, spec=spec, params={k: str(v) for k, v in (params or {}).items()},
-            payload=payload))
+            job_id=self.job_id, step=step, spec=spec, params=encode_params(step, params)))
 
     def cleanup(self, parties: list[str]) -> None:
         """Wipe the job's working data at every party, whatever happened to the job."""
@@ -123,12 +116,12 @@ class JobRunner:
                 self._channels[key] = ch
         return node_pb2_grpc.NodeStub(ch)
 
-    def start(self, job_id: str, kind: str, doc: dict) -> None:
+    def start(self, job_id: str, orchestrate: Orchestrator, doc: dict) -> None:
         spec, signature = self.jobs.spec(job_id)
         ctx = JobContext(self, job_id, spec, signature, doc["requester"])
         with self._lock:
             self._contexts[job_id] = ctx
-        self._pool.submit(self._run, ctx, kind, doc)
+        self._pool.submit(self._run, ctx, orchestrate, doc)
 
     def cancel(self, job_id: str) -> None:
         with self._lock:
@@ -136,11 +129,11 @@ class JobRunner:
         if ctx is not None:
             ctx.cancelled.set()
 
-    def _run(self, ctx: JobContext, kind: str, doc: dict) -> None:
+    def _run(self, ctx: JobContext, orchestrate: Orchestrator, doc: dict) -> None:
         try:
             if not self.jobs.transition(ctx.job_id, "running"):
                 return
-            ORCHESTRATORS[kind](ctx, doc)
+            orchestrate(ctx, doc)
             self.jobs.transition(ctx.job_id, "succeeded")
         except Cancelled:
             self.jobs.transition(ctx.job_id, "cancelled", "cancelled by the requester")

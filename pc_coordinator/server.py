@@ -1,22 +1,18 @@
 """The coordinator's gRPC service: directory, catalog, jobs.
 
-``create_server(config) -> (server, port, coordinator)`` builds everything and binds the
-port (0 picks a free one) without blocking; ``serve`` runs until SIGTERM/SIGINT.
+``create_server(config) -> (server, port, coordinator)`` builds everything, binds the
+port (0 picks a free one) and starts serving without blocking (built by
+``pc_common.server.create_server``); ``serve`` runs until SIGTERM/SIGINT.
 """
 from __future__ import annotations
 
 import logging
-import signal
 import sqlite3
 import threading
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from pc_common import gm, jobspec, tls
+from pc_common import gm, jobspec, server as grpc_server, tls
 from pc_common.audit import AuditLog
-from pc_common.config import CoordinatorConfig, write_address
+from pc_common.config import CoordinatorConfig
 from pc_common.errors import InvalidInput, NotFound, PcError, PermissionDenied
 from pc_common.identity import Identity
 from pc_common.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2
@@ -121,7 +117,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             self.jobs.transition(doc["job_id"], "failed", str(exc))
             self.audit.append("job.refused", job=doc["job_id"], requester=doc["requester"], outcome="refused")
             raise
-        self.runner.start(doc["job_id"], doc["kind"], doc)
+        self.runner.start(doc["job_id"], kinds.kind_of(doc).run, doc)
         return self.jobs.get(doc["job_id"])
 
     def _visible(self, job_id: str, caller: Identity):
@@ -167,40 +163,28 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
 
 def create_server(config: CoordinatorConfig, max_workers: int = 32):
+    """The coordinator service and its started server: ``(server, port, service)``."""
     service = CoordinatorService(config)
-    server = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=tls.SERVER_OPTIONS)
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name, health.SERVICE_NAME,
-             reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
     try:
-        port = server.add_secure_port(config.listen, tls.server_credentials(config.tls))
-    except RuntimeError:
-        port = 0
-    if port == 0:
+        server, port = grpc_server.create_server(
+            [(service, coordinator_pb2_grpc.add_CoordinatorServicer_to_server)], config.listen, config.tls,
+            service_names=[coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name],
+            max_workers=max_workers)
+    except BaseException:
         service.close()
-        raise InvalidInput(f"cannot listen on {config.listen} (address in use or invalid)")
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("pc.v1.Coordinator", health_pb2.HealthCheckResponse.SERVING)
+        raise
     server.start()
     return server, port, service
 
 
 def serve(config: CoordinatorConfig) -> None:
     server, port, service = create_server(config)
-    write_address(config.data_dir, config.listen, port)
     log.info("coordinator listening on port %d", port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.stop(grace=5).wait()
-    try:
-        service.audit.checkpoint()   # sign the tail so truncation of it is detectable too
-    except PcError:
-        log.warning("audit log has no signing key; tail left unsigned")
-    service.close()
-    (config.data_dir / "address").unlink(missing_ok=True)
+
+    def after_stop() -> None:
+        try:
+            service.audit.checkpoint()   # sign the tail so truncation of it is detectable too
+        except PcError:
+            log.warning("audit log has no signing key; tail left unsigned")
+        service.close()
+    grpc_server.serve_until_signal(server, config.data_dir, config.listen, port, after_stop=after_stop)

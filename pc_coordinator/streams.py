@@ -1,9 +1,10 @@
-"""Relay helpers: one step's answer collected with the job's progress reporting."""
+"""Relay helpers: one step's answer collected with progress, and node-to-node stream relays."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from pc_common import wire
+from pc_common.errors import InvalidInput, PcError
 from pc_common.pb import node_pb2
 from pc_common.wire import send_blobs  # noqa: F401 (orchestrators send with it)
 from pc_coordinator.runner import JobContext
@@ -13,3 +14,46 @@ def collect_blobs(ctx: JobContext, node: str, messages: Iterable[node_pb2.StepMe
     """Run one step at ``node``; return (done message, {stream: bytes})."""
     return wire.collect_blobs(node, ctx.step(node, messages),
                               lambda p: ctx.progress(p.step, node, p.done, p.total))
+
+
+class Relay:
+    """Forward one node's output stream into another's input, renaming the stream.
+
+    Errors raised while gRPC pulls from this iterator would be lost (the downstream call is
+    just cancelled), so they are kept in ``error`` and re-raised by the orchestrator
+    (:func:`raise_first`).
+    """
+
+    def __init__(self, ctx: JobContext, node: str, source: Iterable[node_pb2.StepMessage], rename: dict[str, str]):
+        self.ctx, self.node, self.source, self.rename = ctx, node, source, rename
+        self.error: BaseException | None = None
+        self.count = 0
+        self.done: node_pb2.StepDone | None = None
+
+    def __iter__(self) -> Iterator[node_pb2.StepMessage]:
+        try:
+            for msg in self.source:
+                kind = msg.WhichOneof("kind")
+                if kind == "chunk":
+                    target = self.rename.get(msg.chunk.stream)
+                    if target is None:
+                        raise InvalidInput(f"node '{self.node}' sent an unexpected stream")
+                    self.count += msg.chunk.count
+                    msg.chunk.stream = target      # same chunk, renamed for the next node
+                    yield msg
+                elif kind == "progress":
+                    p = msg.progress
+                    self.ctx.progress(p.step, self.node, p.done, p.total)
+                elif kind == "done":
+                    self.done = msg.done
+        except BaseException as exc:  # noqa: BLE001 - handed to the orchestrator
+            self.error = exc
+            raise
+
+
+def raise_first(relays: list[Relay], exc: BaseException) -> None:
+    """Re-raise the first domain error one of ``relays`` met (the real cause), else ``exc``."""
+    for r in relays:
+        if r.error is not None and isinstance(r.error, PcError):
+            raise r.error from None
+    raise exc

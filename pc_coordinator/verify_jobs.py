@@ -2,28 +2,30 @@
 
 The coordinator handles only ciphertexts under the requester's per-job key, sealed
 envelopes it cannot open, and the slot→group layout (household sizes, no identifiers).
-It never holds a secret key: it imports only the public side of the HE engine.
+It never holds a secret key: it uses only the public side of the HE engine, through the
+backend interface (``HeBackend``: sums, group sums where the scheme allows, blinding).
 """
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from concurrent import futures
 
 import numpy as np
 
+from pc_common import job_kinds
+from pc_common import steps_schema as schema
 from pc_common.catalog import catalog_view
 from pc_common.errors import InvalidInput, PermissionDenied
+from pc_common.wire import MAX_GROUP, MAX_VALUE_CENTS as MAX_SUBJECT_VALUE
 from pc_rules.rules import Rule, validate_against_catalog
-from pc_coordinator import kinds
 from pc_coordinator.admission import admit_all
 from pc_coordinator.directory import Directory
-from pc_coordinator.runner import JobContext, orchestrator
+from pc_coordinator.runner import JobContext
 from pc_coordinator.streams import collect_blobs, send_blobs
-from pc_node.secure_agg import blinding, get_backend
+from pc_node.secure_agg import blinding
+from pc_node.secure_agg.backend import HeBackend, get_backend
 
-from pc_common.wire import MAX_GROUP, MAX_VALUE_CENTS as MAX_SUBJECT_VALUE
 _rng = secrets.SystemRandom()
 
 
@@ -43,13 +45,11 @@ def published_grant_check(rule: Rule, directory: Directory) -> None:
                 raise PermissionDenied(f"criterion '{c.name}': {ref} allows reveal 'verdict' only")
 
 
-@kinds.validator("verify")
 def validate(doc: dict, directory: Directory) -> list[str]:
-    rule = Rule.from_dict(doc["params"].get("rule"), "job spec")
+    """Check a verification against the catalog and published grants; its providers admit it."""
+    rule = Rule.from_dict(job_kinds.params_of(doc, "verify").rule, "job spec")
     if rule.requester != doc["requester"]:
         raise PermissionDenied("the rule's requester differs from the job's requester")
-    if doc["params"].get("he", "bfv") not in ("bfv", "paillier"):
-        raise InvalidInput("homomorphic backend must be bfv or paillier")
     validate_against_catalog(rule, catalog_view(directory.catalog()))
     published_grant_check(rule, directory)
     providers = rule.providers()
@@ -60,18 +60,6 @@ def validate(doc: dict, directory: Directory) -> list[str]:
         if not directory.node(p)["online"]:
             raise InvalidInput(f"node '{p}' is offline")
     return providers
-
-
-def _group_sums_paillier(pub, cv, layout: np.ndarray, n_groups: int):
-    """Per-group products of per-slot ciphertexts = Enc(group sums); no key needed."""
-    from pc_node.secure_agg.paillier import PaillierCipherVector
-    import gmpy2
-    n2 = pub._n2
-    acc = [gmpy2.mpz(1)] * n_groups
-    for slot, c in enumerate(cv.cts):
-        g = int(layout[slot])
-        acc[g] = gmpy2.f_mod(acc[g] * c, n2)
-    return PaillierCipherVector(pub, acc, cv.depth)
 
 
 def _tests(rule: Rule, sizes: np.ndarray):
@@ -89,11 +77,11 @@ def _tests(rule: Rule, sizes: np.ndarray):
     return out
 
 
-@orchestrator("verify")
 def run(ctx: JobContext, doc: dict) -> None:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    rule = Rule.from_dict(doc["params"]["rule"], "job spec")
+    params = job_kinds.params_of(doc, "verify")
+    rule = Rule.from_dict(params.rule, "job spec")
     requester = doc["requester"]
     providers = rule.providers()
     try:
@@ -103,15 +91,16 @@ def run(ctx: JobContext, doc: dict) -> None:
         # 1. requester: key pair, slots, sealed lists, layout.
         t = time.perf_counter()
         prep_done, blobs = collect_blobs(ctx, requester, [ctx.header("verify.prepare", requester)])
+        prepared: schema.VerifyPrepared = schema.decode_result("verify.prepare", prep_done)
         pubctx, layout_bytes = blobs.pop("pubctx"), blobs.pop("layout")
         layout = np.frombuffer(layout_bytes, dtype="<u4")
-        n_slots, n_groups = len(layout), int(prep_done.summary["groups"])
-        if n_slots != int(doc["params"]["subjects"]) or (n_slots and int(layout.max()) >= n_groups):
+        n_slots, n_groups = len(layout), prepared.groups
+        if n_slots != params.subjects or (n_slots and int(layout.max()) >= n_groups):
             raise InvalidInput("the requester's layout does not match the job")
         sizes = np.bincount(layout, minlength=n_groups)
         if sizes.max(initial=0) > MAX_GROUP:
             raise InvalidInput(f"a group has more than {MAX_GROUP} members")
-        backend = get_backend(prep_done.summary.get("he", "bfv"))
+        backend = get_backend(prepared.he)
         pub = backend.load_public(pubctx)
         ctx.progress("prepare", requester, n_slots, n_slots)
         timings["prepare_s"] = time.perf_counter() - t
@@ -121,8 +110,8 @@ def run(ctx: JobContext, doc: dict) -> None:
 
         def evaluate(p: str):
             msgs = [ctx.header("verify.evaluate", requester)]
-            return collect_blobs(ctx, p, send_blobs(msgs, {"pubctx": pubctx, "sealed": blobs[f"sealed:{p}"],
-                                                           "binding": blobs[f"binding:{p}"]}))
+            return collect_blobs(ctx, p, send_blobs(msgs, {"pubctx": pubctx, "sealed": blobs[schema.sealed_stream(p)],
+                                                           "binding": blobs[schema.binding_stream(p)]}))
         with futures.ThreadPoolExecutor(max_workers=max(1, len(providers))) as pool:
             results = dict(zip(providers, pool.map(evaluate, providers)))
         timings["evaluate_s"] = time.perf_counter() - t
@@ -131,14 +120,14 @@ def run(ctx: JobContext, doc: dict) -> None:
         t = time.perf_counter()
         per_slot = {}
         for c in rule.criteria:
-            parts = [backend.load_ciphertext(pub, res[1][f"ct:{c.name}"]) for res in results.values()
-                     if f"ct:{c.name}" in res[1]]
+            stream = schema.ciphertext_stream(c.name)
+            parts = [backend.load_ciphertext(pub, res[1][stream]) for res in results.values() if stream in res[1]]
             if not parts:
                 raise InvalidInput(f"no provider returned criterion '{c.name}'")
             per_slot[c.name] = backend.sum(parts)
-        if backend.name == "paillier":
-            grouped = {name: _group_sums_paillier(pub, cv, layout, n_groups) for name, cv in per_slot.items()}
-        else:
+        if backend.supports_group_sum:
+            grouped = {name: backend.group_sum(cv, layout, n_groups) for name, cv in per_slot.items()}
+        else:   # batched values (BFV): regrouped by the key holder under one-time masks
             grouped = _regroup_via_requester(ctx, backend, pub, per_slot, layout, n_groups, requester)
         timings["aggregate_s"] = time.perf_counter() - t
 
@@ -150,46 +139,49 @@ def run(ctx: JobContext, doc: dict) -> None:
         n_providers = max(1, max(len(c.agencies()) for c in rule.criteria))
         value_bound = MAX_GROUP * MAX_SUBJECT_VALUE * n_providers + abs(max_t)
         tests = _tests(rule, sizes)
-        outputs, meta = [], []
+        outputs, meta = [], []     # meta: (test, criterion or "") per output, see FinishParams
         if rule.reveal == "reasons":
             for name, kind, thr in tests:
                 if kind == "zero":
                     outputs.append(blinding.zero_test(pub, grouped[name], _rng))
-                    meta.append({"test": "zero", "criterion": name})
+                    meta.append(("zero", name))
                 else:
                     fn = blinding.less_than if kind == "lt" else blinding.greater_than
                     outputs.append(fn(pub, grouped[name], thr, value_bound, _rng))
-                    meta.append({"test": "positive", "criterion": name})
+                    meta.append(("positive", name))
         else:
             zeros = [grouped[n] for n, k, _ in tests if k == "zero"]
             comps = [blinding.Comparison(grouped[n], thr, k) for n, k, thr in tests if k != "zero"]
             if zeros:
                 outputs.append(blinding.fold_zero_tests(pub, zeros, MAX_GROUP * MAX_SUBJECT_VALUE, _rng))
-                meta.append({"test": "zero"})
+                meta.append(("zero", ""))
             if comps:
                 for cv in blinding.shuffle_comparisons(pub, comps, value_bound, _rng):
                     outputs.append(cv)
-                    meta.append({"test": "positive"})
+                    meta.append(("positive", ""))
         rho_k = blinding.rho_bits(pub, value_bound)
         blur = blinding.blur_window_bits(pub, value_bound)
         timings["blind_s"] = time.perf_counter() - t
 
         # 5. requester decrypts and writes the verdicts.
         t = time.perf_counter()
-        msgs = [ctx.header("verify.finish", requester, payload=json.dumps(meta).encode())]
-        collect_blobs(ctx, requester, send_blobs(msgs, {f"out:{i}": cv.serialize() for i, cv in enumerate(outputs)}))
+        finish = schema.FinishParams(tests=tuple(t for t, _ in meta), criteria=tuple(c for _, c in meta))
+        msgs = [ctx.header("verify.finish", requester, finish)]
+        collect_blobs(ctx, requester, send_blobs(msgs, {schema.output_stream(i): cv.serialize()
+                                                        for i, cv in enumerate(outputs)}))
         timings["finish_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         ctx.progress("finish", requester, n_slots, n_slots)
         ctx.jobs.record(ctx.job_id, summary={
             "subjects": n_slots, "groups": n_groups, "providers": providers, "he": backend.name,
             "reveal": rule.reveal, "rule": rule.id, **{k: round(v, 3) for k, v in timings.items()}},
-            leakage=leakage_report(rule, providers, n_slots, n_groups, backend.name, rho_k, blur))
+            leakage=leakage_report(rule, providers, n_slots, n_groups, backend, rho_k, blur))
     finally:
         ctx.cleanup([requester] + providers)
 
 
-def _regroup_via_requester(ctx, backend, pub, per_slot: dict, layout, n_groups: int, requester: str) -> dict:
+def _regroup_via_requester(ctx, backend: HeBackend, pub, per_slot: dict, layout, n_groups: int,
+                           requester: str) -> dict:
     """BFV group sums without rotations: mask per slot with uniform noise, let the requester
     add up per group (it sees only v + r mod t, a one-time pad), remove the masks' sums."""
     m = pub.plaintext_modulus
@@ -204,17 +196,18 @@ def _regroup_via_requester(ctx, backend, pub, per_slot: dict, layout, n_groups: 
             sums[g] = (sums[g] + x) % m
         mask_sums[name] = [(-s) % m for s in sums]
     names = list(per_slot)
-    msgs = [ctx.header("verify.regroup", requester, payload=json.dumps(names).encode())]
-    _, blobs = collect_blobs(ctx, requester, send_blobs(msgs, {f"masked:{n}": masked[n] for n in names}))
+    msgs = [ctx.header("verify.regroup", requester, schema.RegroupParams(criteria=tuple(names)))]
+    _, blobs = collect_blobs(ctx, requester, send_blobs(msgs, {schema.masked_stream(n): masked[n] for n in names}))
     out = {}
     for name in names:
-        cv = backend.load_ciphertext(pub, blobs[f"grouped:{name}"])
+        cv = backend.load_ciphertext(pub, blobs[schema.grouped_stream(name)])
         out[name] = backend.add_plain(cv, [x - m if x > half else x for x in mask_sums[name]])
     return out
 
 
-def leakage_report(rule: Rule, providers: list[str], n: int, groups: int, he: str, rho_k: int,
+def leakage_report(rule: Rule, providers: list[str], n: int, groups: int, backend: HeBackend, rho_k: int,
                    blur: int) -> dict:
+    he = backend.name
     report = {
         "coordinator": [
             f"sizes: {n} subjects in {groups} groups, and the household size of each opaque group number",
@@ -235,7 +228,7 @@ def leakage_report(rule: Rule, providers: list[str], n: int, groups: int, he: st
     report[rule.requester].append(
         f"each comparison decrypts to ρ·(T−S)−ρ′ with ρ log-uniform in [2^7, 2^{rho_k}) and 1 ≤ ρ′ < ρ: "
         f"its sign is the answer; its magnitude leaks log2|T−S| only to within a window of {blur} bits")
-    if he == "bfv":
+    if not backend.supports_group_sum:
         report[rule.requester].append("per-slot values masked by uniform noise mod t during regrouping (nothing)")
     for p in providers:
         crit = [c.name for c in rule.criteria if p in c.agencies()]

@@ -3,7 +3,8 @@
 All-or-nothing by default: one invalid row refuses the whole file and the store is
 untouched. With ``skip_invalid`` the valid rows are imported and the rejected ones are
 written, with row numbers and reasons, to a rejects file for the operator.
-Column types come from the optional ``<dataset>.toml`` metadata or are inferred.
+Column types come from the optional ``<dataset>.toml`` metadata (read by
+:mod:`pc_rules.metadata`, the one dataset-metadata model) or are inferred.
 """
 from __future__ import annotations
 
@@ -13,17 +14,14 @@ import datetime as dt
 import io
 import pathlib
 import re
-import tomllib
-from decimal import Decimal, InvalidOperation
 
 from pc_node import idnum
 from pc_common.errors import InvalidInput
 from pc_common.identity import check_name
-from pc_node.store import ColumnMeta, DatasetMeta, NodeStore
+from pc_node.store import NodeStore
+from pc_rules.metadata import ColumnMeta, DatasetMeta, load_metadata as read_metadata
+from pc_rules.where import COLUMN_NAME_RE
 
-COLUMN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-TYPES = ("integer", "decimal", "text", "date")
-SHARING = ("open", "conditional", "closed")
 INT_RE = re.compile(r"^-?\d{1,18}$")
 DEC_RE = re.compile(r"^-?\d{1,15}(\.\d{1,2})?$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -69,29 +67,19 @@ def infer_type(values: list[str]) -> str:
     return "text"
 
 
-def load_metadata(path: pathlib.Path | None) -> dict:
-    if path is None or not path.exists():
-        return {}
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path.name}: not valid TOML ({exc})") from None
-    unknown = set(doc) - {"key_column", "description", "columns"}
-    if unknown:
-        raise InvalidInput(f"{path.name}: unknown key '{sorted(unknown)[0]}'")
-    for name, col in (doc.get("columns") or {}).items():
-        if not isinstance(col, dict):
-            raise InvalidInput(f"{path.name}: [columns.{name}] must be a table")
-        bad = set(col) - {"type", "description", "sharing", "sensitivity", "unit"}
-        if bad:
-            raise InvalidInput(f"{path.name}: column '{name}': unknown field '{sorted(bad)[0]}'")
-        if "type" in col and col["type"] not in TYPES:
-            raise InvalidInput(f"{path.name}: column '{name}': type must be one of {', '.join(TYPES)}")
-        if "sharing" in col and col["sharing"] not in SHARING:
-            raise InvalidInput(f"{path.name}: column '{name}': sharing must be one of {', '.join(SHARING)}")
-        if "sensitivity" in col and col["sensitivity"] not in (1, 2, 3, 4):
-            raise InvalidInput(f"{path.name}: column '{name}': sensitivity must be 1, 2, 3 or 4")
-    return doc
+def declared_key_column(metadata: pathlib.Path | None) -> str | None:
+    """The key column the metadata file at ``metadata`` names, if it exists and names one."""
+    return read_metadata(metadata, default_key="").key_column or None
+
+
+def load_metadata(metadata: pathlib.Path | None) -> dict:
+    """``{"key_column": …}`` when the file names one, else ``{}``.
+
+    Transitional: only for ``pc_node/admin.py``'s ``key_column_of`` until it calls
+    :func:`declared_key_column`; delete it then.
+    """
+    key = declared_key_column(metadata)
+    return {"key_column": key} if key else {}
 
 
 def read_table(path: pathlib.Path) -> tuple[list[str], list[list[str]]]:
@@ -147,18 +135,18 @@ def import_file(store: NodeStore, path: pathlib.Path, dataset: str | None = None
     name = check_name("dataset", dataset or path.stem)
     if metadata is None:
         metadata = path.with_suffix(".toml")
-    meta_doc = load_metadata(metadata)
+    declared_meta = read_metadata(metadata, default_key=key_column or "id_number")
     header, rows = read_table(path)
     if len(set(header)) != len(header):
         raise InvalidInput(f"{path.name}: duplicate column names in the header")
     for h in header:
-        if not COLUMN_RE.match(h):
+        if not COLUMN_NAME_RE.match(h):
             raise InvalidInput(f"{path.name}: column name '{h[:40]}' is not allowed (letters, digits, underscore)")
-    key_column = meta_doc.get("key_column") or key_column or "id_number"
+    key_column = declared_meta.key_column
     if key_column not in header:
         raise InvalidInput(f"{path.name}: key column '{key_column}' not in the header "
                            f"(columns: {', '.join(header)})")
-    declared = meta_doc.get("columns") or {}
+    declared = {c.name: c for c in declared_meta.all_columns()}
     for col in declared:
         if col not in header:
             raise InvalidInput(f"{metadata.name}: describes column '{col}' which the file does not have")
@@ -184,11 +172,8 @@ def import_file(store: NodeStore, path: pathlib.Path, dataset: str | None = None
     columns: list[ColumnMeta] = []
     for i in others:
         h = header[i]
-        d = declared.get(h, {})
-        kind = d.get("type") or infer_type([rows[n][i].strip() for n in good])
-        columns.append(ColumnMeta(name=h, type=kind, description=d.get("description", ""),
-                                  sharing=d.get("sharing", "conditional"),
-                                  sensitivity=int(d.get("sensitivity", 3)), unit=d.get("unit", "")))
+        d = declared.get(h) or ColumnMeta(h, "")
+        columns.append(dataclasses.replace(d, type=d.type or infer_type([rows[n][i].strip() for n in good])))
     if declared:
         still_good = []
         for n in good:
@@ -215,23 +200,11 @@ def import_file(store: NodeStore, path: pathlib.Path, dataset: str | None = None
         rejects_file = str(rejects_path)
     if not good:
         raise InvalidInput(f"{path.name}: no valid rows to import")
-    kd = declared.get(key_column, {})
-    key_meta = ColumnMeta(name=key_column, type="text",
-                          description=kd.get("description", "Resident identity number (GB 11643)"),
-                          sharing=kd.get("sharing", "conditional"), sensitivity=int(kd.get("sensitivity", 3)),
-                          unit=kd.get("unit", ""))
-    meta = DatasetMeta(name=name, key_column=key_column, description=meta_doc.get("description", ""),
+    key_meta = declared_meta.key_meta or ColumnMeta(key_column, "text")
+    key_meta = dataclasses.replace(key_meta, description=key_meta.description or "Resident identity number (GB 11643)")
+    meta = DatasetMeta(name=name, key_column=key_column, description=declared_meta.description,
                        columns=columns, key_meta=key_meta)
     store.write_dataset(meta, ((rows[n][key_pos], [rows[n][i].strip() for i in others]) for n in good),
                         replace=replace)
     return ImportReport(name, len(good), len(problems), rejects_file, columns)
 
-
-def decimal_cents(value: str) -> int:
-    """Money as integer cents; empty counts as zero."""
-    if value == "":
-        return 0
-    try:
-        return int((Decimal(value) * 100).to_integral_exact())
-    except (InvalidOperation, ArithmeticError):
-        raise InvalidInput("amount has more than two decimal places or is not a number") from None

@@ -81,6 +81,13 @@ class NodeRuntime:
         self._cert_cache: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self.address = ""
+        # In memory only, for the process's lifetime:
+        # per-job PSI sessions and lookup queries (EC keys), by job id; job.cleanup drops them.
+        self.sessions: dict[str, object] = {}
+        self.sessions_lock = threading.RLock()
+        # Lookup filters by (dataset, label columns, masked), see pc_node.steps.lookup.provider_for.
+        self.lookup_providers: dict[tuple, dict] = {}
+        self.lookup_lock = threading.Lock()
 
     def close(self) -> None:
         self.store.close()
@@ -129,7 +136,7 @@ class NodeRuntime:
         for meta in self.store.datasets():
             ds = out.datasets.add(agency=self.node_id, name=meta.name, key_column=meta.key_column,
                                   rows=meta.rows, description=meta.description, updated_at=meta.updated_at)
-            for c in ([meta.key_meta] if meta.key_meta else []) + meta.columns:
+            for c in meta.all_columns():
                 ds.columns.add(name=c.name, type=c.type, description=c.description, sharing=c.sharing,
                                sensitivity=c.sensitivity, unit=c.unit)
             for g in self.policy.grants_for(meta.name):

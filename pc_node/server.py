@@ -1,31 +1,27 @@
 """The agency node's gRPC service.
 
 ``create_server(config) -> (server, port, runtime)`` binds (port 0 picks a free one) and
-starts serving without blocking; ``serve`` also registers with the coordinator, keeps the
-heartbeat and catalog fresh, and stops cleanly on SIGTERM/SIGINT.
+starts serving without blocking (built by ``pc_common.server.create_server``); ``serve``
+also registers with the coordinator, keeps the heartbeat and catalog fresh, and stops
+cleanly on SIGTERM/SIGINT.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import secrets
-import signal
 import threading
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from pc_common import jobspec, tls, wire
+from pc_common import jobspec, server as grpc_server, wire
 from pc_node import idnum
-from pc_common.config import NodeConfig, write_address
+from pc_common.config import NodeConfig
 from pc_common.catalog import catalog_digest
 from pc_common.errors import InvalidInput, PermissionDenied
 from pc_common.identity import Identity
 from pc_common.pb import coordinator_pb2, node_pb2, node_pb2_grpc
 from pc_common.rpc import rpc
-from pc_rules.rules import Rule
 from pc_node import steps
 from pc_node.steps.common import hours_from_now
 from pc_node.runtime import VERSION, NodeRuntime
@@ -97,26 +93,10 @@ class NodeService(node_pb2_grpc.NodeServicer):
             raise InvalidInput("job parameters are not valid JSON") from None
         if not isinstance(params, dict):
             raise InvalidInput("job parameters must be a JSON object")
-        if request.kind == "verify":
-            rule = Rule.from_dict(params.get("rule"))
-            if rule.requester != self.rt.node_id:
-                raise PermissionDenied(f"the rule's requester is '{rule.requester}', not this node")
-            subjects = json.loads(self.rt.store.get_blob("subjects", request.subject_set))
-            params["subject_set"] = request.subject_set
-            params["subjects"] = len(subjects["subjects"])
-            params["groups"] = len(set(subjects["groups"]))
-            purpose = rule.purpose
-        elif request.kind in ("psi", "lookup"):
-            purpose = params.get("purpose") or "data_matching"
-            datasets = params.get("datasets")
-            if not isinstance(datasets, list) or len(datasets) < 2:
-                raise InvalidInput("a PSI job needs at least two datasets: yours first, then the providers'")
-            agency, _, dataset = str(datasets[0]).partition(".")
-            if agency != self.rt.node_id:
-                raise InvalidInput(f"the first dataset must be one of this node's ('{self.rt.node_id}.…')")
-            params["subjects"] = self.rt.store.dataset(dataset).rows
-        else:
+        kind = steps.KINDS.get(request.kind)
+        if kind is None:
             raise InvalidInput(f"unknown job kind '{request.kind[:32]}'")
+        params, purpose = kind.prepare(self.rt, params, request.subject_set)
         spec = jobspec.build(request.kind, self.rt.node_id, params, purpose)
         doc = jobspec.parse(spec)
         self.rt.audit.append("job.prepare", job=doc["job_id"], requester=caller.user, purpose=purpose,
@@ -162,21 +142,15 @@ def _approval_pb(a: dict) -> node_pb2.Approval:
 
 
 def create_server(config: NodeConfig, max_workers: int = 32):
+    """The node's runtime and its started server: ``(server, port, runtime)``."""
     runtime = NodeRuntime(config)
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=max_workers), options=tls.SERVER_OPTIONS)
-    node_pb2_grpc.add_NodeServicer_to_server(NodeService(runtime), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((node_pb2.DESCRIPTOR.services_by_name["Node"].full_name,
-                                         health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_secure_port(config.listen, tls.server_credentials(config.tls))
-    except RuntimeError:
-        port = 0
-    if port == 0:
+        server, port = grpc_server.create_server(
+            [(NodeService(runtime), node_pb2_grpc.add_NodeServicer_to_server)], config.listen, config.tls,
+            service_names=[node_pb2.DESCRIPTOR.services_by_name["Node"].full_name], max_workers=max_workers)
+    except BaseException:
         runtime.close()
-        raise InvalidInput(f"cannot listen on {config.listen} (address in use or invalid)")
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        raise
     server.start()
     runtime.address = f"{config.listen.rsplit(':', 1)[0]}:{port}"
     return server, port, runtime
@@ -228,14 +202,10 @@ class Presence:
 def serve(config: NodeConfig) -> None:
     server, port, runtime = create_server(config)
     presence = Presence(runtime).start()
-    write_address(config.data_dir, config.listen, port)
     log.info("node %s listening on port %d", config.node_id, port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    presence.stop.set()
-    server.stop(grace=5).wait()
-    runtime.audit.checkpoint()   # sign the tail so truncation of it is detectable too
-    runtime.close()
-    (config.data_dir / "address").unlink(missing_ok=True)
+
+    def after_stop() -> None:
+        runtime.audit.checkpoint()   # sign the tail so truncation of it is detectable too
+        runtime.close()
+    grpc_server.serve_until_signal(server, config.data_dir, config.listen, port,
+                                   before_stop=presence.stop.set, after_stop=after_stop)

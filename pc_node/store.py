@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import pathlib
 import sqlite3
 import threading
 from typing import Iterable, Iterator, Sequence
 
+from pc_common import clock
 from pc_common.errors import AlreadyExists, NotFound
+from pc_rules.metadata import ColumnMeta, DatasetMeta
+
+__all__ = ["ColumnMeta", "DatasetMeta", "NodeStore"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -48,41 +51,6 @@ CREATE TABLE IF NOT EXISTS blobs (
     PRIMARY KEY (kind, name)
 );
 """
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclasses.dataclass
-class ColumnMeta:
-    name: str
-    type: str
-    description: str = ""
-    sharing: str = "conditional"
-    sensitivity: int = 3
-    unit: str = ""
-
-
-@dataclasses.dataclass
-class DatasetMeta:
-    name: str
-    key_column: str
-    description: str
-    columns: list[ColumnMeta]          # the non-key columns, in stored order
-    rows: int = 0
-    key_meta: ColumnMeta | None = None  # catalog description of the key column
-    version: int = 1
-    updated_at: str = ""
-
-    def column(self, name: str) -> ColumnMeta:
-        for c in self.columns:
-            if c.name == name:
-                return c
-        raise NotFound(f"dataset '{self.name}' has no column '{name}'")
-
-    def column_types(self) -> dict[str, str]:
-        return {c.name: c.type for c in self.columns}
 
 
 class NodeStore:
@@ -159,7 +127,7 @@ class NodeStore:
                 version = old[1] + 1
                 db.execute("DELETE FROM rows WHERE dataset_id = ?", (old[0],))
                 db.execute("DELETE FROM datasets WHERE id = ?", (old[0],))
-            meta.version, meta.updated_at = version, now_iso()
+            meta.version, meta.updated_at = version, clock.iso()
             cur = db.execute(
                 "INSERT INTO datasets (name, key_column, description, columns_json, rows, version, updated_at,"
                 " key_json) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
@@ -236,7 +204,7 @@ class NodeStore:
         blob = self.cipher.encrypt(data, f"{kind}/{name}".encode())
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)",
-                       (kind, name, now_iso(), expires_at, blob))
+                       (kind, name, clock.iso(), expires_at, blob))
 
     def get_blob(self, kind: str, name: str) -> bytes:
         with self._lock:
@@ -257,7 +225,7 @@ class NodeStore:
             return db.execute("DELETE FROM blobs WHERE kind = ? AND name = ?", (kind, name)).rowcount
 
     def expire_blobs(self, now: str | None = None) -> list[tuple[str, str]]:
-        now = now or now_iso()
+        now = now or clock.iso()
         with self.transaction() as db:
             gone = db.execute("SELECT kind, name FROM blobs WHERE expires_at IS NOT NULL AND expires_at <= ?",
                               (now,)).fetchall()

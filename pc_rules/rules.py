@@ -1,14 +1,11 @@
-"""Eligibility rules: parse, validate, ship, and check against the catalog.
+"""Eligibility rule files: the model, parsing and validation of the file.
 
 A rule file is TOML (contract in DESIGN.md, "Rule file"; user guide in
 docs/rules.md). :func:`load_rule` / :func:`parse_rule` turn it into a
 :class:`Rule`; :meth:`Rule.to_dict` / :meth:`Rule.from_dict` carry it inside job
 specs (``from_dict`` validates exactly like the parser, since the dict may come
-from a peer); :func:`validate_against_catalog` checks datasets, columns and types.
-
-This module also reads the per-dataset column metadata files
-(``<agency>/<dataset>.toml``, format in docs/rules.md "Dataset metadata") and
-builds a catalog from a directory of them.
+from a peer). Checking a rule against the catalog and deriving the column uses it
+asks of an agency are in :mod:`pc_rules.catalog` (re-exported here).
 
 Every error is one line naming the file, the criterion and the field, e.g.::
 
@@ -16,36 +13,32 @@ Every error is one line naming the file, the criterion and the field, e.g.::
 """
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from pc_common import money
 from pc_common.errors import InvalidInput
-from pc_rules.where import COLUMN_TYPES, Expr, check_types, is_column_name, parse_where
+from pc_rules.where import Expr, is_column_name, parse_where
 
 __all__ = [
     "CRITERION_TYPES",
     "COUNT_TYPES",
     "Criterion",
+    "ErrorContext",
     "Rule",
-    "ColumnMeta",
-    "DatasetMeta",
+    "column_uses",
     "load_rule",
     "parse_rule",
     "validate_against_catalog",
-    "load_dataset_metadata",
-    "parse_dataset_metadata",
-    "catalog_from_directory",
 ]
 
 COUNT_TYPES = ("none_exists", "exists", "count_at_most")
 CRITERION_TYPES = COUNT_TYPES + ("sum_below",)
 REVEAL_MODES = ("verdict", "reasons")
-NUMERIC_TYPES = ("integer", "decimal")
 
 MAX_CRITERIA = 64
 MAX_SOURCES = 16
@@ -74,7 +67,7 @@ class Criterion:
     ``source`` is ``agency.dataset`` for the count types; ``sources`` lists
     ``agency.dataset.column`` for ``sum_below`` (its ``where`` filters the rows
     summed, in every source). Money is a :class:`Decimal` with at most two places;
-    ``*_cents`` give the same as integers.
+    ``*_cents`` give the same as integer cents (:func:`pc_common.money.to_cents`).
     """
 
     name: str
@@ -88,11 +81,11 @@ class Criterion:
 
     @property
     def per_member_cents(self) -> Optional[int]:
-        return None if self.per_member is None else int(self.per_member * 100)
+        return None if self.per_member is None else money.to_cents(self.per_member)
 
     @property
     def limit_cents(self) -> Optional[int]:
-        return None if self.limit is None else int(self.limit * 100)
+        return None if self.limit is None else money.to_cents(self.limit)
 
     def threshold_cents(self, group_size: int) -> int:
         """The ``sum_below`` threshold for a group: sum must be strictly below it."""
@@ -163,6 +156,11 @@ class Rule:
                 return c
         raise KeyError(name)
 
+    def criteria_digest(self, agency: str) -> str:
+        """SM3 hex of the criteria touching ``agency``: what its grants pin (:mod:`pc_rules.pinning`)."""
+        from pc_rules.pinning import criteria_digest
+        return criteria_digest(self, agency)
+
     def to_dict(self) -> dict:
         """JSON-able form with the same shape as the TOML file (money as strings)."""
         d: dict[str, Any] = {
@@ -212,8 +210,8 @@ def parse_rule(text: str, source_name: str = "rule.toml") -> Rule:
     return _build_rule(data, source_name)
 
 
-class _Ctx:
-    """Formats one-line errors: ``file: criterion 'x': field 'y': message``."""
+class ErrorContext:
+    """Formats one-line errors: ``file: criterion 'x': field 'y': message`` (also for the catalog checks)."""
 
     def __init__(self, source_name: str, criterion: Optional[str] = None, index: int = 0):
         self.source_name = source_name
@@ -232,13 +230,13 @@ class _Ctx:
         return InvalidInput(": ".join(parts))
 
 
-def _check_keys(ctx: _Ctx, data: Mapping, allowed: tuple[str, ...]) -> None:
+def _check_keys(ctx: ErrorContext, data: Mapping, allowed: tuple[str, ...]) -> None:
     for key in data:
         if key not in allowed:
             raise ctx.error(str(key), f"unknown key (allowed: {', '.join(allowed)})")
 
 
-def _req_str(ctx: _Ctx, data: Mapping, key: str, pattern: Optional[re.Pattern] = None,
+def _req_str(ctx: ErrorContext, data: Mapping, key: str, pattern: Optional[re.Pattern] = None,
              what: str = "", required: bool = True) -> Optional[str]:
     if key not in data:
         if required:
@@ -268,7 +266,7 @@ def _type_name(v: object) -> str:
     return type(v).__name__
 
 
-def _column(ctx: _Ctx, data: Mapping, key: str, required: bool) -> Optional[str]:
+def _column(ctx: ErrorContext, data: Mapping, key: str, required: bool) -> Optional[str]:
     v = _req_str(ctx, data, key, required=required)
     if v is not None and not is_column_name(v):
         raise ctx.error(key, "invalid column name (letters, digits and _, not starting with a digit)")
@@ -276,7 +274,7 @@ def _column(ctx: _Ctx, data: Mapping, key: str, required: bool) -> Optional[str]
 
 
 def _build_rule(data: object, source_name: str) -> Rule:
-    ctx = _Ctx(source_name)
+    ctx = ErrorContext(source_name)
     if not isinstance(data, dict):
         raise ctx.error(None, "a rule must be a table")
     _check_keys(ctx, data, _RULE_KEYS)
@@ -309,7 +307,7 @@ def _build_rule(data: object, source_name: str) -> Rule:
     for i, raw in enumerate(raw_criteria, start=1):
         c = _build_criterion(source_name, raw, i)
         if c.name in seen:
-            raise _Ctx(source_name, c.name).error("name", "duplicate criterion name")
+            raise ErrorContext(source_name, c.name).error("name", "duplicate criterion name")
         seen.add(c.name)
         criteria.append(c)
     return Rule(
@@ -331,12 +329,12 @@ def _clip(s: str, n: int = 40) -> str:
 
 
 def _build_criterion(source_name: str, raw: object, index: int) -> Criterion:
-    ctx = _Ctx(source_name, index=index)
+    ctx = ErrorContext(source_name, index=index)
     if not isinstance(raw, dict):
         raise ctx.error(None, "must be a table")
     name = raw.get("name")
     if isinstance(name, str) and _NAME_RE.match(name):
-        ctx = _Ctx(source_name, name)
+        ctx = ErrorContext(source_name, name)
     _check_keys(ctx, raw, _CRITERION_KEYS)
     name = _req_str(ctx, raw, "name", _NAME_RE, "criterion name (lowercase letters, digits, _)")
     ctype = _req_str(ctx, raw, "type")
@@ -418,7 +416,7 @@ def _build_criterion(source_name: str, raw: object, index: int) -> Criterion:
     )
 
 
-def _check_ref(ctx: _Ctx, fieldname: str, ref: str, parts: int) -> None:
+def _check_ref(ctx: ErrorContext, fieldname: str, ref: str, parts: int) -> None:
     pieces = ref.split(".")
     shape = "agency.dataset" if parts == 2 else "agency.dataset.column"
     if len(pieces) != parts:
@@ -430,210 +428,19 @@ def _check_ref(ctx: _Ctx, fieldname: str, ref: str, parts: int) -> None:
         raise ctx.error(fieldname, "invalid column name")
 
 
-def _money(ctx: _Ctx, fieldname: str, v: object) -> Decimal:
-    """A non-negative amount with at most two decimal places.
+def _money(ctx: ErrorContext, fieldname: str, v: object) -> Decimal:
+    """A non-negative amount with at most two decimal places (:mod:`pc_common.money`).
 
     Accepts TOML integers, floats (``1100.00`` — read back through their shortest
     repr, so ``1100.00`` is exactly 1100) and strings (``"1100.00"``, exact).
     """
-    if isinstance(v, bool):
-        raise ctx.error(fieldname, "must be a number, not a boolean")
-    if isinstance(v, int):
-        d = Decimal(v)
-    elif isinstance(v, float):
-        if not math.isfinite(v):
-            raise ctx.error(fieldname, "must be a finite number")
-        d = Decimal(repr(v))
-    elif isinstance(v, str):
-        if not re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", v.strip()):
-            raise ctx.error(fieldname, "must be a decimal number like 1100.00")
-        try:
-            d = Decimal(v.strip())
-        except InvalidOperation:  # pragma: no cover - regex guards it
-            raise ctx.error(fieldname, "must be a decimal number like 1100.00") from None
-    else:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise ctx.error(fieldname, f"must be a number, not {_type_name(v)}")
-    if d < 0:
-        raise ctx.error(fieldname, "must not be negative")
-    if d > MAX_MONEY:
-        raise ctx.error(fieldname, f"must be at most {MAX_MONEY}")
-    if d != d.quantize(Decimal("0.01")):
-        raise ctx.error(fieldname, "at most two decimal places (amounts are whole cents)")
-    return d.quantize(Decimal("0.01"))
-
-
-# ---------------------------------------------------------------------------
-# Catalog validation
-# ---------------------------------------------------------------------------
-
-
-def validate_against_catalog(rule: Rule, catalog: Mapping[str, Mapping[str, Any]]) -> None:
-    """Check that every dataset, column and literal type in ``rule`` fits ``catalog``.
-
-    ``catalog`` is ``{"agency.dataset": {"key_column": str, "columns": {name: type}}}``
-    (see :func:`catalog_from_directory`). Raises :class:`InvalidInput`.
-    """
-    for c in rule.criteria:
-        ctx = _Ctx(rule.origin or f"rule '{rule.id}'", c.name)
-        fieldname = "sources" if c.type == "sum_below" else "source"
-        for ds, _cols in c.datasets().items():
-            entry = catalog.get(ds)
-            agency, dataset = ds.split(".")
-            if entry is None:
-                if any(k.split(".")[0] == agency for k in catalog):
-                    raise ctx.error(fieldname, f"agency '{agency}' has no dataset '{dataset}' in the catalog")
-                raise ctx.error(fieldname, f"unknown agency '{agency}' (not in the catalog)")
-            columns = entry.get("columns", {})
-            key_column = entry.get("key_column", "id_number")
-            if c.where is not None:
-                try:
-                    check_types(c.where, columns)
-                except InvalidInput as e:
-                    msg = str(e)
-                    msg = msg[len("where: "):] if msg.startswith("where: ") else msg
-                    raise ctx.error("where", f"in {ds}: {msg}") from None
-            if c.type == "sum_below":
-                for s in c.sources:
-                    a, d, col = s.split(".")
-                    if f"{a}.{d}" != ds:
-                        continue
-                    if col not in columns:
-                        raise ctx.error("sources", f"dataset '{ds}' has no column '{col}'")
-                    if col == key_column:
-                        raise ctx.error("sources", f"'{s}' is the key column and cannot be summed")
-                    if columns[col] not in NUMERIC_TYPES:
-                        raise ctx.error(
-                            "sources", f"column '{s}' is {columns[col]}; only integer or decimal columns can be summed"
-                        )
-
-
-# ---------------------------------------------------------------------------
-# Dataset metadata (<agency>/<dataset>.toml) and catalogs built from it
-# ---------------------------------------------------------------------------
-
-SHARING_CLASSES = ("open", "conditional", "closed")
-_META_KEYS = ("key_column", "description", "columns")
-_COLUMN_META_KEYS = ("type", "description", "sharing", "sensitivity", "unit")
-
-
-@dataclass(frozen=True)
-class ColumnMeta:
-    name: str
-    type: str
-    description: str = ""
-    sharing: str = "conditional"
-    sensitivity: int = 3
-    unit: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class DatasetMeta:
-    key_column: str
-    description: str
-    columns: dict[str, ColumnMeta]
-
-    def column_types(self) -> dict[str, str]:
-        return {n: c.type for n, c in self.columns.items()}
-
-    def catalog_entry(self) -> dict:
-        return {"key_column": self.key_column, "columns": self.column_types()}
-
-
-def parse_dataset_metadata(text: str, source_name: str = "dataset.toml") -> DatasetMeta:
-    """Parse a dataset metadata file (format: docs/rules.md, "Dataset metadata").
-
-    Stricter than the node importer in one way: every described column needs a
-    ``type``, since a catalog built offline has no values to infer it from.
-    """
-    ctx = _Ctx(source_name)
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidInput(f"{source_name}: not valid TOML: {e}") from None
-    _check_keys(ctx, data, _META_KEYS)
-    key_column = _column(ctx, data, "key_column", required=False) or "id_number"
-    description = _req_str(ctx, data, "description", required=False) or ""
-    raw_cols = data.get("columns")
-    if not isinstance(raw_cols, dict) or not raw_cols:
-        raise ctx.error("columns", "missing; describe each column in a [columns.<name>] table")
-    columns: dict[str, ColumnMeta] = {}
-    for name, spec in raw_cols.items():
-        cctx = _Ctx(source_name)
-        if not is_column_name(name):
-            raise cctx.error(f"columns.{_clip(name)}", "invalid column name")
-        if not isinstance(spec, dict):
-            raise cctx.error(f"columns.{name}", "must be a table")
-        for key in spec:
-            if key not in _COLUMN_META_KEYS:
-                raise cctx.error(f"columns.{name}.{key}", f"unknown key (allowed: {', '.join(_COLUMN_META_KEYS)})")
-        ctype = spec.get("type")
-        if ctype not in COLUMN_TYPES:
-            raise cctx.error(f"columns.{name}.type", f"must be one of {', '.join(COLUMN_TYPES)}")
-        desc = spec.get("description", "")
-        if not isinstance(desc, str):
-            raise cctx.error(f"columns.{name}.description", "must be a string")
-        sharing = spec.get("sharing", "conditional")
-        if sharing not in SHARING_CLASSES:
-            raise cctx.error(f"columns.{name}.sharing", f"must be one of {', '.join(SHARING_CLASSES)}")
-        sens = spec.get("sensitivity", 3)
-        if isinstance(sens, bool) or not isinstance(sens, int) or not 1 <= sens <= 4:
-            raise cctx.error(f"columns.{name}.sensitivity", "must be an integer from 1 to 4")
-        unit = spec.get("unit")
-        if unit is not None and not isinstance(unit, str):
-            raise cctx.error(f"columns.{name}.unit", "must be a string")
-        columns[name] = ColumnMeta(name, ctype, desc, sharing, sens, unit)
-    if key_column not in columns:
-        raise ctx.error("key_column", f"column '{key_column}' is not described under [columns]")
-    if columns[key_column].type != "text":
-        raise ctx.error("key_column", "the key column holds identity numbers and must have type 'text'")
-    return DatasetMeta(key_column, description, columns)
+        return money.amount(v, floats=True, negative=False, maximum=MAX_MONEY)
+    except money.BadAmount as e:
+        raise ctx.error(fieldname, e.reason) from None
 
 
-def load_dataset_metadata(path: str | Path) -> DatasetMeta:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        raise InvalidInput(f"{p.name}: cannot read the metadata file as UTF-8") from None
-    return parse_dataset_metadata(text, f"{p.parent.name}/{p.name}")
-
-
-def catalog_from_directory(directory: str | Path) -> dict[str, dict]:
-    """Build ``{"agency.dataset": {"key_column", "columns"}}`` from ``DIR/<agency>/<dataset>.toml``.
-
-    Only datasets that have both a CSV and a metadata file are listed; ``rules/``
-    and hidden folders are skipped.
-    """
-    root = Path(directory)
-    catalog: dict[str, dict] = {}
-    for agency_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if agency_dir.name.startswith(".") or agency_dir.name == "rules":
-            continue
-        for meta_path in sorted(agency_dir.glob("*.toml")):
-            if not meta_path.with_suffix(".csv").exists():
-                continue
-            meta = load_dataset_metadata(meta_path)
-            catalog[f"{agency_dir.name}.{meta_path.stem}"] = meta.catalog_entry()
-    return catalog
-
-
-def column_uses(rule: Rule, agency: str) -> dict[str, dict[str, str]]:
-    """What the rule asks of ``agency``'s datasets: ``{dataset: {column: use}}``.
-
-    Columns in a ``where`` are used as ``predicate`` (only pass/fail bits leave); summed
-    columns as ``aggregate``. The key column (``join_key``) is the caller's to add. Both the
-    provider's admission and the sandbox's grants derive from this one function.
-    """
-    out: dict[str, dict[str, str]] = {}
-    for c in rule.criteria:
-        where_cols = c.where.columns() if c.where is not None else set()
-        for ref, cols in c.datasets().items():
-            owner, dataset = ref.split(".")
-            if owner != agency:
-                continue
-            uses = out.setdefault(dataset, {})
-            for col in where_cols:
-                uses.setdefault(col, "predicate")
-            for col in cols - where_cols:
-                uses[col] = "aggregate"
-    return out
+# The catalog side of a rule, kept importable from here (callers use ``pc_rules.rules``).
+from pc_rules.catalog import column_uses, validate_against_catalog  # noqa: E402

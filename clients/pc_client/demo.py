@@ -7,11 +7,13 @@ prints verdicts, timing and the leakage report.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import pathlib
 import sys
 import time
 
+from pc_client.report import print_leakage
 from pc_client.sandbox import Sandbox
 
 
@@ -23,7 +25,6 @@ def _say(msg: str, quiet: bool) -> None:
 def run_demo(workdir: pathlib.Path, households: int = 10000, seed: int = 7, keep: bool = False,
              as_json: bool = False) -> int:
     from pc_devkit.synth_city import generate_city
-    from pc_client.cli import print_leakage, verdict_counts
     workdir = workdir.resolve()
     city = workdir / "city"
     sb = Sandbox(city)
@@ -50,19 +51,20 @@ def run_demo(workdir: pathlib.Path, households: int = 10000, seed: int = 7, keep
         with sb.federation("analyst@civil_affairs") as fed:
             res = fed.verify(rule, subjects, out=out)
         elapsed = time.perf_counter() - t2
-        with open(out, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        n_groups, eligible = verdict_counts(out)
+        # Counts from the requester node's job summary; the verdicts themselves are in the results file.
+        n_groups, eligible, n_subjects = res.summary["groups"], res.summary["eligible_groups"], res.rows
         doc = {"job_id": res.job_id, "households": n_groups, "eligible_households": eligible,
-               "subjects": len(rows), "seconds": round(elapsed, 2), "results_file": str(out),
+               "subjects": n_subjects, "seconds": round(elapsed, 2), "results_file": str(out),
                "summary": res.summary, "leakage": res.leakage}
         if as_json:
             print(json.dumps(doc, indent=2, ensure_ascii=False))
         else:
-            print(f"   {eligible} of {n_groups} households eligible ({len(rows)} applicants) "
+            print(f"   {eligible} of {n_groups} households eligible ({n_subjects} applicants) "
                   f"in {elapsed:.1f} s; job {res.job_id}")
             print("   First verdicts:")
-            for r in rows[:6]:
+            with open(out, newline="", encoding="utf-8") as fh:
+                first = list(itertools.islice(csv.DictReader(fh), 6))
+            for r in first:
                 masked = r["id_number"][:6] + "********" + r["id_number"][-4:]
                 print(f"     {masked}  household {r.get('household_id', '-'):>8}  eligible={r['eligible']}")
             print(f"4. Results file (one row per applicant, input order): {out}")

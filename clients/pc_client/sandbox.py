@@ -4,7 +4,11 @@ DIR holds one folder per agency with ``<dataset>.csv`` files (and optional
 ``<dataset>.toml`` column metadata) and optionally ``rules/*.toml``. ``up`` creates under
 DIR/.sandbox a CA and certificates, configs, data directories and logs, imports every CSV,
 grants each rule's requester what its rules need, and starts a coordinator and one node
-per agency in the background on loopback ports chosen by the system.
+per agency in the background on loopback ports chosen by the system. Imports and grants go
+through the node's operator API (``pc_node.admin``), as an agency operator's would.
+
+    with connect("city", "analyst@civil_affairs") as fed:    # a pc_client.sdk.Federation
+        fed.verify("city/rules/dibao.toml", "city/civil_affairs/applicants.csv", out="verdicts.csv")
 """
 from __future__ import annotations
 
@@ -22,9 +26,9 @@ from pc_common import certs
 from pc_common.config import NodeConfig
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import NAME_RE
+from pc_client.sdk import Federation
+from pc_node import admin
 from pc_rules.rules import column_uses, load_rule
-from pc_node.importer import detect_key_column, import_file, load_metadata
-from pc_node.runtime import open_store
 
 STATE = "sandbox.json"
 SANDBOX_PURPOSE_PSI = "data_matching"
@@ -78,8 +82,8 @@ class Sandbox:
             return False
         return any(_alive(p) for p in st.get("pids", {}).values())
 
-    def federation(self, user: str | None = None):
-        from pc_client.sdk import Federation
+    def federation(self, user: str | None = None) -> Federation:
+        """A client of the running sandbox: the platform operator by default, or ``USER@AGENCY``."""
         st = self.state()
         if user is None or user == "operator":
             files = certs.client_files(self.certs, "platform", "operator")
@@ -125,7 +129,7 @@ class Sandbox:
                     log(w)
                 log(f"imported {len(keys[a])} dataset(s) for {a}")
         for a in agencies:
-            self._write_policy(a, agencies, rules, keys)
+            self.write_policy(a, agencies, rules, keys)
         pids = {}
         coordinator_dir = self.root / "coordinator"
         (coordinator_dir / "address").unlink(missing_ok=True)
@@ -220,35 +224,26 @@ class Sandbox:
             f'sm2_key = {_toml_str(str(nd / "sm2.key"))}\nx25519_key = {_toml_str(str(nd / "x25519.key"))}\n')
         return path
 
-    def _write_policy(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> None:
+    def grants(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> list[admin.Grant]:
         """Sandbox grants: PSI on every dataset between sandbox agencies, and what each rule needs."""
-        lines = ["# Written by 'pc sandbox up': grants for trying the sandbox out.\n"]
         datasets = sorted(p.stem for p in (self.dir / agency).glob("*.csv"))
-        key_of = {ds: (keys or {}).get(agency, {}).get(ds) or
-                  load_metadata((self.dir / agency / ds).with_suffix(".toml")).get("key_column", "id_number")
+        key_of = {ds: (keys or {}).get(agency, {}).get(ds) or admin.key_column_of(self.dir / agency / f"{ds}.csv")
                   for ds in datasets}
-        for ds in datasets:
-            for other in agencies:
-                if other == agency:
-                    continue
-                lines.append(f'[[grants]]\ndataset = "{ds}"\nrequester = "{other}"\n'
-                             f'purposes = ["{SANDBOX_PURPOSE_PSI}"]\napproval = "auto"\n'
-                             f'[grants.columns]\n{key_of[ds]} = "join_key"\n')
+        out = [admin.Grant(ds, other, (SANDBOX_PURPOSE_PSI,), {key_of[ds]: "join_key"}, approval="auto")
+               for ds in datasets for other in agencies if other != agency]
         for rule in rules:
-            uses = column_uses(rule, agency)
-            for ds, cols in sorted(uses.items()):
-                lines.append(f'[[grants]]\ndataset = "{ds}"\nrequester = "{rule.requester}"\n'
-                             f'purposes = [{_toml_str(rule.purpose)}]\napproval = "auto"\nreveal = "{rule.reveal}"\n'
-                             f'[grants.columns]\n{key_of.get(ds, "id_number")} = "join_key"\n'
-                             + "".join(f'{col} = "{use}"\n' for col, use in sorted(cols.items())))
-        (self.root / agency / "policy.toml").write_text("\n".join(lines))
+            for ds, cols in sorted(column_uses(rule, agency).items()):
+                columns = {key_of.get(ds, admin.DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
+                out.append(admin.Grant(ds, rule.requester, (rule.purpose,), columns, approval="auto",
+                                       reveal=rule.reveal))
+        return out
 
-    def _import(self, agency: str, log=print) -> dict[str, str]:
-        keys, warnings = _import_agency(str(self.dir), str(self.root), agency)
-        for w in warnings:
-            log(w)
-        return keys
+    def write_policy(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> pathlib.Path:
+        """Write ``grants(...)`` as the agency node's policy file under this sandbox's root."""
+        return admin.write_grants(self.root / agency / "policy.toml", self.grants(agency, agencies, rules, keys),
+                                  comment="Written by 'pc sandbox up': grants for trying the sandbox out.")
 
+    _write_policy = write_policy   # the old name, still used by tests/fedkit.py
 
     # ----- down -------------------------------------------------------------------------------
     def down(self, quiet: bool = False, timeout: float = 15) -> int:
@@ -279,42 +274,37 @@ class Sandbox:
 
 
 def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, str], list[str]]:
-    """Import every CSV of the agency folder; returns {dataset: key column}.
+    """Import every CSV of the agency folder; returns ({dataset: key column}, warnings).
 
     A sandbox is for trying things out, so it is lenient where a production import is
     strict: invalid rows are skipped (and written to .sandbox/AGENCY/DATASET.rejects.csv),
     and a CSV without metadata and without an ``id_number`` column uses the column that
-    holds identity numbers.
+    holds identity numbers. A CSV unchanged since the last ``up`` is not imported again.
     """
     dir_, root_ = pathlib.Path(directory), pathlib.Path(root)
-    cfg = NodeConfig.load(root_ / agency / "node.toml")
-    store = open_store(cfg)
     keys, warnings = {}, []
-    try:
+    with admin.NodeAdmin(NodeConfig.load(root_ / agency / "node.toml")) as node:
         for csv_path in sorted((dir_ / agency).glob("*.csv")):
-            rejects = root_ / agency / f"{csv_path.stem}.rejects.csv"
-            st = csv_path.stat()
-            meta_path = csv_path.with_suffix(".toml")
-            source = json.dumps([st.st_size, st.st_mtime_ns,
-                                 meta_path.stat().st_mtime_ns if meta_path.exists() else 0]).encode()
-            if store.has_blob("importsource", csv_path.stem) and \
-                    store.get_blob("importsource", csv_path.stem) == source:
-                keys[csv_path.stem] = store.dataset(csv_path.stem).key_column   # unchanged since the last up
+            if node.imported_unchanged(csv_path):
+                keys[csv_path.stem] = node.dataset(csv_path.stem).key_column
                 continue
+            rejects = root_ / agency / f"{csv_path.stem}.rejects.csv"
             rejects.unlink(missing_ok=True)
             try:
-                key = None if load_metadata(csv_path.with_suffix(".toml")).get("key_column") else \
-                    detect_key_column(csv_path)
                 # Row numbers and reasons only: no identifier lands in a node's folder.
-                rep = import_file(store, csv_path, replace=True, skip_invalid=True, rejects=rejects,
-                                  key_column=key, rejects_with_values=False)
+                rep = node.import_dataset(csv_path, replace=True, skip_invalid=True, rejects=rejects,
+                                          key_column=admin.key_column_of(csv_path, detect=True),
+                                          rejects_with_values=False)
             except PcError as exc:
                 raise type(exc)(f"{agency}/{csv_path.name}: {exc}") from None
             if rep.rejected:
                 warnings.append(f"warning: {agency}/{csv_path.name}: {rep.rejected} invalid row(s) skipped,"
                                 f" see {rejects}")
-            keys[rep.dataset] = store.dataset(rep.dataset).key_column
-            store.put_blob("importsource", csv_path.stem, source)
-        return keys, warnings
-    finally:
-        store.close()
+            keys[rep.dataset] = node.dataset(rep.dataset).key_column
+    return keys, warnings
+
+
+def connect(directory, user: str | None = None) -> Federation:
+    """A client (``pc_client.sdk.Federation``) of the sandbox running in ``directory``: the
+    platform operator by default, or ``USER@AGENCY`` (e.g. ``analyst@civil_affairs``)."""
+    return Sandbox(directory).federation(user)

@@ -1,6 +1,7 @@
 """Python client SDK: what the `pc` command line does, in a few calls.
 
-    fed = Federation.from_sandbox("city")            # or Federation(coordinator=..., tls=..., node=...)
+    fed = Federation("127.0.0.1:7000", certs.client_files("certs", "civil_affairs", "analyst"),
+                     node="127.0.0.1:7001")        # a local sandbox: pc_client.sandbox.connect(dir, user)
     print(fed.catalog())
     result = fed.verify("rules/dibao.toml", "city/civil_affairs/applicants.csv", out="verdicts.csv")
     print(result.summary, result.leakage)
@@ -55,12 +56,6 @@ class Federation:
         self.coordinator = coordinator_pb2_grpc.CoordinatorStub(self._coordinator_channel)
         self.node_address = node
         self._node = None
-
-    @classmethod
-    def from_sandbox(cls, directory, user: str | None = None) -> "Federation":
-        from pc_client.sandbox import Sandbox
-        sb = Sandbox(directory)
-        return sb.federation(user)
 
     def close(self) -> None:
         self._coordinator_channel.close()

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from pc_common.pb import common_pb2 as pc_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10pc/v1/node.proto\x12\x05pc.v1\x1a\x12pc/v1/common.proto\">\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x03 \x01(\x04\"^\n\rSubjectsChunk\x12\x16\n\x0esubject_column\x18\x01 \x01(\t\x12\x14\n\x0cgroup_column\x18\x02 \x01(\t\x12\x1f\n\x04rows\x18\x03 \x03(\x0b\x32\x11.pc.v1.SubjectRow\",\n\nSubjectRow\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\"H\n\x0fSubjectsReceipt\x12\x13\n\x0bsubject_set\x18\x01 \x01(\t\x12\x10\n\x08subjects\x18\x02 \x01(\x04\x12\x0e\n\x06groups\x18\x03 \x01(\x04\"F\n\x11PrepareJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06params\x18\x02 \x01(\x0c\x12\x13\n\x0bsubject_set\x18\x03 \x01(\t\"@\n\rSignedJobSpec\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06signer\x18\x03 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x0bResultChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\x12\x14\n\x0csummary_json\x18\x03 \x01(\t\"\xbd\x01\n\nStepHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\"\n\x04spec\x18\x03 \x01(\x0b\x32\x14.pc.v1.SignedJobSpec\x12-\n\x06params\x18\x04 \x03(\x0b\x32\x1d.pc.v1.StepHeader.ParamsEntry\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x08StepDone\x12-\n\x07summary\x18\x01 \x03(\x0b\x32\x1c.pc.v1.StepDone.SummaryEntry\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x01\n\x0bStepMessage\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x11.pc.v1.StepHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.pc.v1.DataChunkH\x00\x12\x1f\n\x04\x64one\x18\x03 \x01(\x0b\x32\x0f.pc.v1.StepDoneH\x00\x12#\n\x08progress\x18\x04 \x01(\x0b\x32\x0f.pc.v1.ProgressH\x00\x42\x06\n\x04kind\"\x83\x01\n\x08\x41pproval\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x04 \x03(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\t\"2\n\x0c\x41pprovalList\x12\"\n\tapprovals\x18\x01 \x03(\x0b\x32\x0f.pc.v1.Approval\"C\n\x10\x41pprovalDecision\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xb7\x03\n\x04Node\x12(\n\x07GetInfo\x12\x0c.pc.v1.Empty\x1a\x0f.pc.v1.NodeInfo\x12,\n\x0cListDatasets\x12\x0c.pc.v1.Empty\x1a\x0e.pc.v1.Catalog\x12@\n\x0eUploadSubjects\x12\x14.pc.v1.SubjectsChunk\x1a\x16.pc.v1.SubjectsReceipt(\x01\x12<\n\nPrepareJob\x12\x18.pc.v1.PrepareJobRequest\x1a\x14.pc.v1.SignedJobSpec\x12\x33\n\x0c\x46\x65tchResults\x12\r.pc.v1.JobRef\x1a\x12.pc.v1.ResultChunk0\x01\x12\x32\n\rListApprovals\x12\x0c.pc.v1.Empty\x1a\x13.pc.v1.ApprovalList\x12:\n\x0e\x44\x65\x63ideApproval\x12\x17.pc.v1.ApprovalDecision\x1a\x0f.pc.v1.Approval\x12\x32\n\x04Step\x12\x12.pc.v1.StepMessage\x1a\x12.pc.v1.StepMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10pc/v1/node.proto\x12\x05pc.v1\x1a\x12pc/v1/common.proto\">\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x03 \x01(\x04\"^\n\rSubjectsChunk\x12\x16\n\x0esubject_column\x18\x01 \x01(\t\x12\x14\n\x0cgroup_column\x18\x02 \x01(\t\x12\x1f\n\x04rows\x18\x03 \x03(\x0b\x32\x11.pc.v1.SubjectRow\",\n\nSubjectRow\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\"H\n\x0fSubjectsReceipt\x12\x13\n\x0bsubject_set\x18\x01 \x01(\t\x12\x10\n\x08subjects\x18\x02 \x01(\x04\x12\x0e\n\x06groups\x18\x03 \x01(\x04\"F\n\x11PrepareJobRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06params\x18\x02 \x01(\x0c\x12\x13\n\x0bsubject_set\x18\x03 \x01(\t\"@\n\rSignedJobSpec\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06signer\x18\x03 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x0bResultChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\x12\x14\n\x0csummary_json\x18\x03 \x01(\t\"\xc1\x01\n\nStepHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\"\n\x04spec\x18\x03 \x01(\x0b\x32\x14.pc.v1.SignedJobSpec\x12-\n\x06params\x18\x04 \x03(\x0b\x32\x1d.pc.v1.StepHeader.ParamsEntry\x12\x13\n\x07payload\x18\x05 \x01(\x0c\x42\x02\x18\x01\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"~\n\x08StepDone\x12-\n\x07summary\x18\x01 \x03(\x0b\x32\x1c.pc.v1.StepDone.SummaryEntry\x12\x13\n\x07payload\x18\x02 \x01(\x0c\x42\x02\x18\x01\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa3\x01\n\x0bStepMessage\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x11.pc.v1.StepHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.pc.v1.DataChunkH\x00\x12\x1f\n\x04\x64one\x18\x03 \x01(\x0b\x32\x0f.pc.v1.StepDoneH\x00\x12#\n\x08progress\x18\x04 \x01(\x0b\x32\x0f.pc.v1.ProgressH\x00\x42\x06\n\x04kind\"\x83\x01\n\x08\x41pproval\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\trequester\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x04 \x03(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\t\"2\n\x0c\x41pprovalList\x12\"\n\tapprovals\x18\x01 \x03(\x0b\x32\x0f.pc.v1.Approval\"C\n\x10\x41pprovalDecision\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t2\xb7\x03\n\x04Node\x12(\n\x07GetInfo\x12\x0c.pc.v1.Empty\x1a\x0f.pc.v1.NodeInfo\x12,\n\x0cListDatasets\x12\x0c.pc.v1.Empty\x1a\x0e.pc.v1.Catalog\x12@\n\x0eUploadSubjects\x12\x14.pc.v1.SubjectsChunk\x1a\x16.pc.v1.SubjectsReceipt(\x01\x12<\n\nPrepareJob\x12\x18.pc.v1.PrepareJobRequest\x1a\x14.pc.v1.SignedJobSpec\x12\x33\n\x0c\x46\x65tchResults\x12\r.pc.v1.JobRef\x1a\x12.pc.v1.ResultChunk0\x01\x12\x32\n\rListApprovals\x12\x0c.pc.v1.Empty\x1a\x13.pc.v1.ApprovalList\x12:\n\x0e\x44\x65\x63ideApproval\x12\x17.pc.v1.ApprovalDecision\x1a\x0f.pc.v1.Approval\x12\x32\n\x04Step\x12\x12.pc.v1.StepMessage\x1a\x12.pc.v1.StepMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STEPHEADER_PARAMSENTRY']._loaded_options = None
   _globals['_STEPHEADER_PARAMSENTRY']._serialized_options = b'8\001'
+  _globals['_STEPHEADER'].fields_by_name['payload']._loaded_options = None
+  _globals['_STEPHEADER'].fields_by_name['payload']._serialized_options = b'\030\001'
   _globals['_STEPDONE_SUMMARYENTRY']._loaded_options = None
   _globals['_STEPDONE_SUMMARYENTRY']._serialized_options = b'8\001'
+  _globals['_STEPDONE'].fields_by_name['payload']._loaded_options = None
+  _globals['_STEPDONE'].fields_by_name['payload']._serialized_options = b'\030\001'
   _globals['_NODEINFO']._serialized_start=47
   _globals['_NODEINFO']._serialized_end=109
   _globals['_SUBJECTSCHUNK']._serialized_start=111
@@ -54,21 +58,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULTCHUNK']._serialized_start=491
   _globals['_RESULTCHUNK']._serialized_end=554
   _globals['_STEPHEADER']._serialized_start=557
-  _globals['_STEPHEADER']._serialized_end=746
-  _globals['_STEPHEADER_PARAMSENTRY']._serialized_start=701
-  _globals['_STEPHEADER_PARAMSENTRY']._serialized_end=746
-  _globals['_STEPDONE']._serialized_start=748
-  _globals['_STEPDONE']._serialized_end=870
-  _globals['_STEPDONE_SUMMARYENTRY']._serialized_start=824
-  _globals['_STEPDONE_SUMMARYENTRY']._serialized_end=870
-  _globals['_STEPMESSAGE']._serialized_start=873
-  _globals['_STEPMESSAGE']._serialized_end=1036
-  _globals['_APPROVAL']._serialized_start=1039
-  _globals['_APPROVAL']._serialized_end=1170
-  _globals['_APPROVALLIST']._serialized_start=1172
-  _globals['_APPROVALLIST']._serialized_end=1222
-  _globals['_APPROVALDECISION']._serialized_start=1224
-  _globals['_APPROVALDECISION']._serialized_end=1291
-  _globals['_NODE']._serialized_start=1294
-  _globals['_NODE']._serialized_end=1733
+  _globals['_STEPHEADER']._serialized_end=750
+  _globals['_STEPHEADER_PARAMSENTRY']._serialized_start=705
+  _globals['_STEPHEADER_PARAMSENTRY']._serialized_end=750
+  _globals['_STEPDONE']._serialized_start=752
+  _globals['_STEPDONE']._serialized_end=878
+  _globals['_STEPDONE_SUMMARYENTRY']._serialized_start=832
+  _globals['_STEPDONE_SUMMARYENTRY']._serialized_end=878
+  _globals['_STEPMESSAGE']._serialized_start=881
+  _globals['_STEPMESSAGE']._serialized_end=1044
+  _globals['_APPROVAL']._serialized_start=1047
+  _globals['_APPROVAL']._serialized_end=1178
+  _globals['_APPROVALLIST']._serialized_start=1180
+  _globals['_APPROVALLIST']._serialized_end=1230
+  _globals['_APPROVALDECISION']._serialized_start=1232
+  _globals['_APPROVALDECISION']._serialized_end=1299
+  _globals['_NODE']._serialized_start=1302
+  _globals['_NODE']._serialized_end=1741
 # @@protoc_insertion_point(module_scope)

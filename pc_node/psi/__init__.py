@@ -3,7 +3,8 @@
 Public API (protocol cores are transport-free; every message is ``bytes``):
 
 * :class:`RequesterSession`, :class:`ProviderSession` — two-party PSI / PSI-CA
-* :class:`Combiner`, :func:`run_multiparty` — k-party PSI (see :mod:`.multiparty`)
+* :func:`run_multiparty` — k-party PSI (see :mod:`.multiparty`); its keyless :class:`Combiner` and
+  :func:`provider_chain_order` live in :mod:`pc_common.psi_plan`, shared with the coordinator
 * :class:`LookupProvider`, :class:`LookupRequester` — unbalanced OPRF lookup (匿踪查询)
 * :func:`intersect`, :func:`intersect_many`, :func:`lookup` — in-process drivers
 * :func:`best_backend`, :func:`get_backend`, :class:`EcBackend` — the EC backends

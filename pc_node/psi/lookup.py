@@ -30,7 +30,6 @@ Identifiers can be guessed by querying many of them; the caller enforces quotas.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -53,7 +52,6 @@ from .encoding import (
     normalise_ids,
     split_chunks,
 )
-from .lookup_cache import FilterCache
 from .lookup_format import (
     BUILD_BATCH,
     DELTA_MAGIC,
@@ -90,7 +88,7 @@ __all__ = [
 class LookupProvider:
     """The data holder's side: OPRF key, filter, deltas and blind evaluation.
 
-    Build with :meth:`build` (offline; cached in ``cache_dir`` when given). Ship
+    Build with :meth:`build` (offline, once per epoch; the caller keeps the provider). Ship
     :meth:`snapshot` to requesters once per epoch and the bytes returned by
     :meth:`apply_changes` afterwards. Answer online queries with :meth:`evaluate`.
     """
@@ -118,38 +116,26 @@ class LookupProvider:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, ids: Iterable[str] = (), *, epoch: str, labels: Mapping[str, bytes] | None = None,
-              label_size: int | None = None, key: bytes | None = None, cache_dir: str | os.PathLike | None = None,
+              label_size: int | None = None, key: bytes | None = None,
               dataset_version: str = "", domain: bytes = LOOKUP_DOMAIN, tag_bytes: int = 8,
               backend: EcBackend | str | None = None, rng: Rng | None = None,
               progress: Callable[[int, int], None] | None = None) -> LookupProvider:
-        """Evaluate F on every identifier (and encrypt labels), or load the epoch's cache.
+        """Evaluate F on every identifier (and encrypt labels) under ``key`` (fresh if not given).
 
-        ``cache_dir`` keeps the filter and, when ``key`` is not given, the epoch key (file mode
-        0600); the cache is reused when epoch, parameters, key and ``dataset_version`` match.
-        The cache is as sensitive as the key column: keep it on the node's protected disk.
+        ``progress(done, total)`` is called after each batch of identifiers.
         """
         if labels is not None and label_size is None:
             label_size = max((len(v) for v in labels.values()), default=0) or 1
         label_size = label_size or 0
         if labels is not None and not label_size:
             raise InvalidInput("label_size must be positive for a labelled filter")
-        cache = FilterCache(cache_dir, epoch) if cache_dir is not None else None
-        if key is None and cache is not None:
-            key = cache.load_key()
         self = cls(epoch=epoch, key=key, domain=domain, tag_bytes=tag_bytes, label_size=label_size,
                    backend=backend, rng=rng)
-        if cache is not None:
-            if key is None:
-                cache.store_key(self._key)
-            if cache.load_into(self, dataset_version):
-                return self
         all_ids = normalise_ids(list(ids) + (list(labels) if labels else []))
         norm_labels = {normalise_id(k): v for k, v in labels.items()} if labels else None
         d16, recs = self._evaluate_rows(all_ids, norm_labels, progress)
         self._d16, self._labels = self._sorted(d16, recs)
         self.dataset_version = dataset_version
-        if cache is not None:
-            cache.save(self)
         return self
 
     def _f_values(self, ids: list[str]) -> np.ndarray:
@@ -211,7 +197,7 @@ class LookupProvider:
         return self._deltas[version - first:]
 
     def apply_changes(self, added: Iterable[str] | Mapping[str, bytes] = (), removed: Iterable[str] = (), *,
-                      dataset_version: str | None = None, cache_dir: str | os.PathLike | None = None) -> bytes:
+                      dataset_version: str | None = None) -> bytes:
         """Update the filter for rows added/removed from the key column; returns the delta.
 
         ``added`` may map identifiers to new labels; adding an identifier that is present
@@ -275,8 +261,6 @@ class LookupProvider:
         if new_delta:
             self.version += 1
             self._deltas.append(delta)
-        if cache_dir is not None:
-            FilterCache(cache_dir, self.epoch).save(self)
         return delta
 
     @staticmethod

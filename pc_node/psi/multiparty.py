@@ -10,8 +10,9 @@ party to party through the coordinator, which relays and (by default) combines:
 2. **Provider chains** — each Pi sends ``H(y)^bi`` (``own_chunks``, Pi-shuffled); every other
    provider Pj applies ``hop(shuffle=True)`` (re-encrypt *and* re-shuffle the whole set).
    The result ``E(y) = H(y)^(b1…bm)`` goes to the combiner as set *i*.
-3. **Combiner** (:class:`Combiner`; the coordinator, or any party that is not R) keeps the
-   rows present in all m provider sets and sends them to R, shuffled.
+3. **Combiner** (:class:`~pc_common.psi_plan.Combiner`, keyless, shared with the coordinator
+   that runs it; or any party that is not R) keeps the rows present in all m provider sets
+   and sends them to R, shuffled.
 4. R raises the combined set to ``a`` (``accept_provider``) and intersects:
    ``finish()`` → the k-way intersection, ``cardinality()`` → its size.
 
@@ -28,16 +29,13 @@ and the sizes of intersections among providers' sets (it can compare E(Yi) with 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
-import numpy as np
+from pc_common.errors import InvalidInput
+from pc_common.psi_plan import Combiner, provider_chain_order
 
-from pc_common.errors import FailedPrecondition, InvalidInput
-
-from .encoding import POINT_LEN, check_chunk_size, decode_points, split_chunks
-from .membership import intersect_rows
 from .protocol import DEFAULT_CHUNK, ProviderSession, RequesterSession
-from .randomness import Rng, random_permutation, system_rng
+from .randomness import Rng
 
 __all__ = ["Combiner", "MultiPartyProvider", "MultiPartyRequester", "provider_chain_order"]
 
@@ -45,62 +43,6 @@ __all__ = ["Combiner", "MultiPartyProvider", "MultiPartyRequester", "provider_ch
 MultiPartyRequester = RequesterSession
 #: Providers use ``own_chunks`` and ``hop(shuffle=…)`` of the two-party provider core.
 MultiPartyProvider = ProviderSession
-
-
-def provider_chain_order(owner: int, n_providers: int) -> list[int]:
-    """Which providers (0-based) raise provider ``owner``'s set, in relay order."""
-    if not 0 <= owner < n_providers:
-        raise InvalidInput("provider index out of range")
-    return [(owner + k) % n_providers for k in range(1, n_providers)]
-
-
-class Combiner:
-    """Intersects the m fully re-encrypted provider sets and hands R the result, shuffled.
-
-    Curve-agnostic (rows of 32 bytes); holds no key. Feed chunks with ``accept(i, chunk)``;
-    call ``close(i)`` when set *i* is complete (or rely on ``result_chunks`` closing all).
-    """
-
-    def __init__(self, n_sets: int, rng: Rng | None = None) -> None:
-        if not isinstance(n_sets, int) or n_sets < 1:
-            raise InvalidInput("the combiner needs at least one set")
-        self._parts: list[list[np.ndarray]] = [[] for _ in range(n_sets)]
-        self._sizes = [0] * n_sets
-        self._rng = rng or system_rng
-        self._result: np.ndarray | None = None
-
-    @property
-    def n_sets(self) -> int:
-        return len(self._parts)
-
-    def accept(self, set_index: int, chunk: bytes, count: int | None = None) -> None:
-        if self._result is not None:
-            raise FailedPrecondition("the combiner has already produced its result")
-        if not isinstance(set_index, int) or not 0 <= set_index < self.n_sets:
-            raise InvalidInput("set index out of range")
-        pts = np.array(decode_points(chunk, count))
-        self._parts[set_index].append(pts)
-        self._sizes[set_index] += len(pts)
-
-    def set_sizes(self) -> list[int]:
-        """Rows received per set (the combiner learns these)."""
-        return list(self._sizes)
-
-    def _combine(self) -> np.ndarray:
-        if self._result is None:
-            sets = [np.concatenate(p) if p else np.empty((0, POINT_LEN), dtype=np.uint8)
-                    for p in self._parts]
-            common = intersect_rows(sets)
-            self._result = common[random_permutation(len(common), self._rng)]
-            self._parts = [[] for _ in self._parts]
-        return self._result
-
-    def result_size(self) -> int:
-        return len(self._combine())
-
-    def result_chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
-        check_chunk_size(chunk_size)
-        return split_chunks(self._combine(), chunk_size)
 
 
 def run_multiparty(requester: RequesterSession, providers: Sequence[ProviderSession], *,

@@ -1,4 +1,4 @@
-"""Homomorphic aggregation: backends (Paillier, BFV), encoding, blinding, interpretation.
+"""Homomorphic aggregation: backends (Paillier, BFV) and blinding.
 
 Typical flow (eligibility verification)::
 
@@ -9,7 +9,7 @@ Typical flow (eligibility verification)::
     rows = [be.encrypt(pub_p, row) for row in rows_of_values]      # provider
     s = group_sum(pub_c, rows_from_all_providers)       # coordinator
     blinded = less_than(pub_c, s, thresholds, value_bound)
-    verdict = decrypt_comparisons(secret, blinded)      # requester node
+    verdict = be.decrypt(secret, blinded) > 0           # requester node: positive <=> S < T
 
 Submodules ``paillier_keys``/``bfv_keys`` (key generation, decryption) are loaded
 lazily and only on the key holder's side.
@@ -36,17 +36,6 @@ from .blinding import (
     shuffled,
     zero_test,
 )
-from .encoding import amounts_to_cents, check_inputs, check_no_overflow, from_cents, to_cents
-from .interpret import (
-    centre,
-    check_sums,
-    decrypt,
-    decrypt_comparisons,
-    decrypt_sums,
-    decrypt_zero_tests,
-    is_positive,
-    is_zero,
-)
 
 __all__ = [
     "CipherVector",
@@ -54,30 +43,17 @@ __all__ = [
     "HeBackend",
     "PublicContext",
     "SecretContext",
-    "amounts_to_cents",
     "available_backends",
     "backend_for",
     "blur_window_bits",
-    "centre",
-    "check_inputs",
-    "check_no_overflow",
-    "check_sums",
-    "decrypt",
-    "decrypt_comparisons",
-    "decrypt_sums",
-    "decrypt_zero_tests",
     "fold_zero_tests",
-    "from_cents",
     "get_backend",
     "greater_than",
     "group_sum",
-    "is_positive",
-    "is_zero",
     "less_than",
     "random_permutation",
     "rho_bits",
     "shuffle_comparisons",
     "shuffled",
-    "to_cents",
     "zero_test",
 ]

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pc_common.errors import CryptoError, InvalidInput, OverflowDetected
+from pc_common.errors import CryptoError, FailedPrecondition, InvalidInput, OverflowDetected
 
 IntVector = Sequence[int] | np.ndarray
 
@@ -100,6 +100,9 @@ class HeBackend(ABC):
     name: ClassVar[str]
     # Plaintext bound when it does not depend on the key (BFV); None for Paillier.
     fixed_plaintext_bound: ClassVar[int | None] = None
+    #: Whether ``group_sum`` works with public material only (Paillier: one ciphertext per
+    #: value). Batched schemes (BFV) would need rotation keys, which we never ship.
+    supports_group_sum: ClassVar[bool] = False
 
     # --- key holder side (lazily imports the *_keys module) -------------------
     @abstractmethod
@@ -142,6 +145,16 @@ class HeBackend(ABC):
     @abstractmethod
     def load_ciphertext(self, pub: PublicContext, data: bytes) -> CipherVector:
         """Parse bytes from ``CipherVector.serialize``; ``CryptoError`` on wrong key or damage."""
+
+    def group_sum(self, cv: CipherVector, layout: IntVector, n_groups: int) -> CipherVector:
+        """Enc(per-group sums) of a per-slot vector: entry g is the sum of ``cv[i]`` over the
+        slots i with ``layout[i] == g``. No key needed where ``supports_group_sum``.
+
+        (Not to be confused with ``blinding.group_sum``, which adds whole row vectors.)
+        Raises ``FailedPrecondition`` for schemes that cannot do it without the key holder;
+        callers ask ``supports_group_sum`` first.
+        """
+        raise FailedPrecondition(f"the {self.name} backend cannot sum per group without the key holder")
 
     def sum(self, vectors: Iterable[CipherVector]) -> CipherVector:
         """Sum of one or more vectors (backends may override with a faster loop)."""
@@ -194,6 +207,16 @@ def check_in_plaintext_space(values: list[int], bound: int) -> None:
     """OverflowDetected if some |v| exceeds the plaintext bound (it would wrap)."""
     if values and (max(values) > bound or min(values) < -bound):
         raise OverflowDetected("a value is outside the plaintext space of this key")
+
+
+def check_layout(layout: IntVector, length: int, n_groups: int) -> list[int]:
+    """A slot→group layout as Python ints: one entry per slot, each in [0, n_groups)."""
+    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 0:
+        raise InvalidInput("the number of groups must be a non-negative integer")
+    groups = as_int_list(layout, length)
+    if groups and (min(groups) < 0 or max(groups) >= n_groups):
+        raise InvalidInput("the layout names a group that does not exist")
+    return groups
 
 
 def check_same_key(a: CipherVector, b: CipherVector) -> None:

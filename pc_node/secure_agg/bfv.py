@@ -160,6 +160,9 @@ def _zero_chunk(pub: BfvPublicContext) -> Any:
 class BfvBackend(HeBackend):
     name = NAME
     fixed_plaintext_bound = (PLAIN_MODULUS - 1) // 2
+    # Summing slots of one batched ciphertext needs rotations (Galois keys), which we never
+    # generate or ship: ``group_sum`` raises, and per-group sums go through the key holder.
+    supports_group_sum = False
 
     # --- key holder side ------------------------------------------------------------
     def generate_keypair(self, **params: Any) -> tuple[BfvPublicContext, SecretContext]:

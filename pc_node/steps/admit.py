@@ -8,43 +8,25 @@ from __future__ import annotations
 
 import hashlib
 
-from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied
-from pc_rules.rules import Rule, column_uses
-from pc_node.steps import step
+from pc_common import job_kinds
+from pc_common.errors import FailedPrecondition, PermissionDenied
+from pc_common.steps_schema import Admission
 from pc_node.steps.common import done
 
 
 def needs(doc: dict, node_id: str, runtime) -> list[tuple[str, dict, str]]:
     """(dataset, {column: use}, reveal) for every dataset of this node the job touches."""
-    params = doc["params"]
-    out: dict[str, dict] = {}
-    reveal = "verdict"
-    if doc["kind"] == "verify":
-        rule = Rule.from_dict(params.get("rule"))
-        reveal = rule.reveal
-        out = column_uses(rule, node_id)
-    elif doc["kind"] in ("psi", "lookup"):
-        for ref in params.get("datasets", []):
-            agency, _, dataset = str(ref).partition(".")
-            if agency == node_id:
-                out.setdefault(dataset, {})
-                for col in params.get("labels", []) if doc["kind"] == "lookup" else []:
-                    out[dataset][col] = "masked" if params.get("masked") else "plaintext"
-    else:
-        raise InvalidInput("unknown job kind")
+    from pc_node.steps import KINDS   # the node's table of job kinds (it imports this module)
+    uses, reveal = KINDS[doc["kind"]].admission(job_kinds.params_of(doc), node_id)
     result = []
-    for dataset, uses in out.items():
+    for dataset, cols in uses.items():
         meta = runtime.store.dataset(dataset)
-        uses = {meta.key_column: "join_key", **uses}
-        result.append((dataset, uses, reveal))
+        result.append((dataset, {meta.key_column: "join_key", **cols}, reveal))
     return result
 
 
 def subject_count(doc: dict) -> int:
-    n = doc["params"].get("subjects", 0)
-    if not isinstance(n, int) or n < 0:
-        raise InvalidInput("job spec has an invalid subject count")
-    return n
+    return job_kinds.params_of(doc).subjects
 
 
 def checked_spec(runtime, header) -> dict:
@@ -63,41 +45,38 @@ def authorise(runtime, doc: dict) -> list:
     return grants
 
 
-@step("job.admit")
 def admit(runtime, header, inbound):
+    """``job.admit``: signature, policy, quota and (manual) approval at a provider."""
     doc = checked_spec(runtime, header)
     if doc["requester"] == runtime.node_id:
-        yield done({"admitted": "yes", "role": "requester"})
+        yield done(Admission(admitted="yes", role="requester"))
         return
     grants = authorise(runtime, doc)
     if not grants:
         raise PermissionDenied("this node holds none of the job's datasets")
     datasets = sorted({g.dataset for g in grants})
-    first_time = not runtime.governance.spec_seen(doc["job_id"] + "#charged", b"1")
-    if first_time:
-        try:
-            runtime.governance.charge(doc["requester"], subject_count(doc),
-                                      {k: min(g.quota[k] for g in grants) for k in grants[0].quota})
-        except Exception as exc:
-            runtime.audit.append("alert.quota", job=doc["job_id"], requester=doc["requester"],
-                                 purpose=doc["purpose"], detail=str(exc)[:200], outcome="refused")
-            raise
-        runtime.governance.remember_spec(doc["job_id"] + "#charged", b"1", doc["expires_at"])
+    try:   # at most once per job, however many admissions race (first_time: this one charged it)
+        first_time = runtime.governance.charge(doc["job_id"] + "#charged", doc["requester"], subject_count(doc),
+                                               {k: min(g.quota[k] for g in grants) for k in grants[0].quota},
+                                               doc["expires_at"])
+    except Exception as exc:
+        runtime.audit.append("alert.quota", job=doc["job_id"], requester=doc["requester"],
+                             purpose=doc["purpose"], detail=str(exc)[:200], outcome="refused")
+        raise
     if any(g.approval == "manual" for g in grants):
         state = runtime.governance.approval_state(doc["job_id"], doc["requester"], doc["purpose"], datasets)
         if state == "pending":
             if first_time:
                 runtime.audit.append("approval.requested", job=doc["job_id"], requester=doc["requester"],
                                      purpose=doc["purpose"], dataset=",".join(datasets))
-            yield done({"admitted": "pending"})
+            yield done(Admission(admitted="pending"))
             return
         if state != "approved":
             raise PermissionDenied(f"the job was {state} by the data officer of '{runtime.node_id}'")
-    if not runtime.governance.spec_seen(doc["job_id"] + "#admitted", b"1"):
-        runtime.governance.remember_spec(doc["job_id"] + "#admitted", b"1", doc["expires_at"])
+    if runtime.governance.mark_once(doc["job_id"] + "#admitted", doc["expires_at"]):
         runtime.audit.append("job.admit", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                              dataset=",".join(datasets), counts={"subjects": subject_count(doc)})
-    yield done({"admitted": "yes"})
+    yield done(Admission(admitted="yes"))
 
 
 def spec_digest(header) -> bytes:
@@ -109,17 +88,16 @@ def require_admitted(runtime, doc: dict) -> None:
     grants still hold now (the policy may have changed since admission)."""
     if doc["requester"] == runtime.node_id:
         raise PermissionDenied("this step is a provider's; the requester does not run it")
-    if not runtime.governance.spec_seen(doc["job_id"] + "#admitted", b"1"):
+    if not runtime.governance.is_marked(doc["job_id"] + "#admitted"):
         raise FailedPrecondition("job was not admitted at this node")
     authorise(runtime, doc)
 
 
 def use_once(runtime, doc: dict, what: str, limit: int = 1) -> None:
     """Refuse to repeat a provider step for the same job beyond ``limit`` times, so a
-    coordinator cannot turn a provider into an oracle by replaying steps."""
+    coordinator cannot turn a provider into an oracle by replaying steps. Each use takes one
+    marker atomically, so racing replays cannot both pass."""
     for i in range(limit):
-        marker = f"{doc['job_id']}#{what}#{i}"
-        if not runtime.governance.spec_seen(marker, b"1"):
-            runtime.governance.remember_spec(marker, b"1", doc["expires_at"])
+        if runtime.governance.mark_once(f"{doc['job_id']}#{what}#{i}", doc["expires_at"]):
             return
     raise PermissionDenied(f"step '{what}' was already run for this job")

@@ -17,19 +17,18 @@ import io
 import json
 import secrets
 import struct
-import threading
 
+from pc_common import job_kinds
 from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied
+from pc_common.steps_schema import (BlindParams, Evaluated, FilterSent, FilterState, LookupBlinded, Queried,
+                                    decode_params)
 from pc_node.masking import mask
-from pc_common.pb import common_pb2, node_pb2
 from pc_node.psi import LookupProvider, LookupRequester
-from pc_node.steps import step
 from pc_node.steps.admit import checked_spec, require_admitted, use_once
-from pc_node.steps.common import blob_chunks, done, progress, read_blob, read_stream, store_results
-from pc_node.steps.psi import _sessions
+from pc_node.steps.common import ChunkWriter, blob_chunks, done, progress, read_blob, read_stream, store_results
+from pc_node.steps.psi import prepare_over_datasets
 
 CHUNK_POINTS = 16384
-_build_lock = threading.Lock()
 
 
 def _frame(parts: list[bytes]) -> bytes:
@@ -49,13 +48,18 @@ def _unframe(data: bytes) -> list[bytes]:
     return out
 
 
+def prepare_job(runtime, params: dict, subject_set: str = "") -> tuple[dict, str]:
+    """Complete a lookup spec (``PrepareJob``): the spec's params and purpose."""
+    return prepare_over_datasets(runtime, params, job_kinds.LookupParams.from_params(params))
+
+
+def _params(doc: dict) -> job_kinds.LookupParams:
+    return job_kinds.params_of(doc, "lookup")
+
+
 def _refs(doc: dict) -> tuple[tuple[str, str], tuple[str, str]]:
-    refs = doc["params"].get("datasets") or []
-    if len(refs) != 2:
-        raise InvalidInput("a lookup names your dataset and one provider dataset")
-    own = tuple(str(refs[0]).split(".", 1))
-    other = tuple(str(refs[1]).split(".", 1))
-    return own, other  # type: ignore[return-value]
+    own, other = _params(doc).datasets
+    return own, other
 
 
 def _labels(runtime, dataset: str, columns: list[str], masked: bool, keys: list[str]) -> dict[str, bytes] | None:
@@ -79,9 +83,9 @@ def _labels(runtime, dataset: str, columns: list[str], masked: bool, keys: list[
 def provider_for(runtime, dataset: str, columns: list[str], masked: bool) -> LookupProvider:
     """The filter for (dataset, label columns), rebuilt or updated by delta when data change."""
     meta = runtime.store.dataset(dataset)
-    cache = runtime.__dict__.setdefault("lookup_providers", {})
+    cache = runtime.lookup_providers
     cache_key = (dataset, tuple(columns), masked)
-    with _build_lock:
+    with runtime.lookup_lock:
         entry = cache.get(cache_key)
         keys = runtime.store.keys(dataset)
         stamp = (meta.version, meta.updated_at)
@@ -123,11 +127,10 @@ def _provider_dataset(runtime, doc: dict) -> str:
 
 
 def _label_columns(doc: dict) -> tuple[list[str], bool]:
-    cols = [str(c) for c in doc["params"].get("labels", [])]
-    return cols, bool(doc["params"].get("masked"))
+    p = _params(doc)
+    return list(p.labels), p.masked
 
 
-@step("lookup.status")
 def status(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     if doc["requester"] != runtime.node_id:
@@ -139,37 +142,36 @@ def status(runtime, header, inbound):
         req = LookupRequester(parts[0])
         for d in parts[1:]:
             req.apply_delta(d)
-        yield done({"epoch": req.epoch, "version": req.version})
+        yield done(FilterState(epoch=req.epoch, version=req.version))
     else:
-        yield done({"epoch": "", "version": -1})
+        yield done(FilterState())
 
 
-@step("lookup.filter")
 def filter_(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     ds = _provider_dataset(runtime, doc)
     cols, masked = _label_columns(doc)
     provider = provider_for(runtime, ds, cols, masked)
-    have_epoch, have_version = header.params.get("epoch", ""), int(header.params.get("version", "-1"))
-    if have_epoch == provider.epoch and 0 <= have_version <= provider.version:
+    have: FilterState = decode_params(header)
+    if have.epoch == provider.epoch and 0 <= have.version <= provider.version:
         try:
-            yield from blob_chunks("deltas", _frame(provider.deltas_since(have_version)))
-            yield done({"epoch": provider.epoch, "version": provider.version, "kind": "deltas"})
+            yield from blob_chunks("deltas", _frame(provider.deltas_since(have.version)))
+            yield done(FilterSent(epoch=provider.epoch, version=provider.version, kind="deltas"))
             return
         except FailedPrecondition:
             pass
     yield from blob_chunks("snapshot", provider.snapshot())
-    yield done({"epoch": provider.epoch, "version": provider.version, "kind": "snapshot"})
+    yield done(FilterSent(epoch=provider.epoch, version=provider.version, kind="snapshot"))
 
 
-@step("lookup.blind")
 def blind(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     if doc["requester"] != runtime.node_id:
         raise PermissionDenied("only the requester blinds its own identifiers")
     (_, own_ds), (agency, ds) = _refs(doc)
     name = f"{agency}.{ds}"
-    kind = header.params.get("kind", "snapshot")
+    p: BlindParams = decode_params(header)
+    kind = p.kind
     data = read_blob(inbound, kind, 1 << 31)
     if kind == "snapshot":
         parts = [data]
@@ -180,38 +182,32 @@ def blind(runtime, header, inbound):
         req.apply_delta(d)
     runtime.store.put_blob("lookupfilter", name, _frame(parts))
     query = req.query(runtime.store.keys(own_ds))
-    _sessions(runtime)[doc["job_id"]] = query
-    seq = 0
+    runtime.sessions[doc["job_id"]] = query
+    out = ChunkWriter("blinded")
     for chunk in query.blinded_chunks(CHUNK_POINTS):
-        yield node_pb2.StepMessage(chunk=common_pb2.DataChunk(stream="blinded", seq=seq, count=len(chunk) // 32,
-                                                              data=chunk))
-        seq += 1
-    yield node_pb2.StepMessage(chunk=common_pb2.DataChunk(stream="blinded", seq=seq, count=0, data=b"", last=True))
-    yield done({"queried": query.count, "filter_rows": req.count})
+        yield out.chunk(chunk)
+    yield out.end()
+    yield done(LookupBlinded(queried=query.count, filter_rows=req.count))
 
 
-@step("lookup.evaluate")
 def evaluate(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     ds = _provider_dataset(runtime, doc)
     use_once(runtime, doc, "lookup.evaluate")
     cols, masked = _label_columns(doc)
     provider = provider_for(runtime, ds, cols, masked)
-    seq, n = 0, 0
+    out, n = ChunkWriter("out"), 0
     for c in read_stream(inbound, "in"):
         if c.count or c.data:   # data under a zero count is malformed, never skipped
-            out = provider.evaluate(c.data, c.count)
+            yield out.chunk(provider.evaluate(c.data, c.count))
             n += c.count
-            yield node_pb2.StepMessage(chunk=common_pb2.DataChunk(stream="out", seq=seq, count=c.count, data=out))
-            seq += 1
             yield progress("evaluate", runtime.node_id, n, 0)
-    yield node_pb2.StepMessage(chunk=common_pb2.DataChunk(stream="out", seq=seq, count=0, data=b"", last=True))
+    yield out.end()
     runtime.audit.append("lookup.evaluate", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                          dataset=ds, counts={"queried": n})
-    yield done({"evaluated": n})
+    yield done(Evaluated(evaluated=n))
 
 
-@step("lookup.finish")
 def finish(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     if doc["requester"] != runtime.node_id:
@@ -220,7 +216,7 @@ def finish(runtime, header, inbound):
     # The answers exist only once lookup.blind has run (it runs while we wait for them),
     # so the query is looked up after the first chunk arrives.
     for c in read_stream(inbound, "answers"):
-        query = query or _sessions(runtime).get(doc["job_id"])
+        query = query or runtime.sessions.get(doc["job_id"])
         if query is None:
             raise FailedPrecondition("no lookup in progress for this job at this node")
         if c.count or c.data:   # data under a zero count is malformed, never skipped
@@ -243,4 +239,4 @@ def finish(runtime, header, inbound):
                   {"queried": query.count, "found": len(members), "labels": cols})
     runtime.audit.append("lookup.finish", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"queried": query.count})
-    yield done({"queried": query.count})
+    yield done(Queried(queried=query.count))

@@ -25,13 +25,12 @@ import struct
 
 import numpy as np
 
-from pc_common import gm
+from pc_common import gm, job_kinds, money
+from pc_common import steps_schema as schema
 from pc_node import envelope
 from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
-from pc_rules.rules import Rule
-from pc_node.importer import decimal_cents
+from pc_rules.rules import Rule, column_uses
 from pc_node.secure_agg import get_backend
-from pc_node.steps import step
 from pc_node.steps.admit import checked_spec, require_admitted, use_once
 from pc_common.wire import MAX_GROUP, MAX_VALUE_CENTS
 from pc_node.steps.common import blob_chunks, done, hours_from_now, progress, read_blob, store_results
@@ -41,8 +40,28 @@ WORKING_DATA_HOURS = 24           # keys and working data of a job never outlive
 _rng = random.SystemRandom()
 
 
+def _params(doc: dict) -> job_kinds.VerifyParams:
+    return job_kinds.params_of(doc, "verify")
+
+
 def _rule(doc: dict) -> Rule:
-    return Rule.from_dict(doc["params"]["rule"], "job spec")
+    return Rule.from_dict(_params(doc).rule, "job spec")
+
+
+def prepare_job(runtime, params: dict, subject_set: str) -> tuple[dict, str]:
+    """Complete a verification spec (``PrepareJob``): the subject set and its sizes."""
+    rule = Rule.from_dict(job_kinds.VerifyParams.from_params(params).rule, "job spec")
+    if rule.requester != runtime.node_id:
+        raise PermissionDenied(f"the rule's requester is '{rule.requester}', not this node")
+    subjects = json.loads(runtime.store.get_blob("subjects", subject_set))
+    return {**params, "subject_set": subject_set, "subjects": len(subjects["subjects"]),
+            "groups": len(set(subjects["groups"]))}, rule.purpose
+
+
+def admission(p: job_kinds.VerifyParams, node_id: str) -> tuple[dict, str]:
+    """What a verification asks of this node's datasets (see ``admit.needs``)."""
+    rule = Rule.from_dict(p.rule, "job spec")
+    return column_uses(rule, node_id), rule.reveal
 
 
 def _aad(job_id: str, provider: str) -> bytes:
@@ -68,17 +87,16 @@ def _open_list(runtime, blob: bytes, aad: bytes) -> list[tuple[int, str]]:
     return [(slot, ident.decode("ascii")) for slot, ident in SLOT_ITEM.iter_unpack(raw)]
 
 
-@step("verify.prepare")
 def prepare(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     if doc["requester"] != runtime.node_id:
         raise PermissionDenied("only the requester node prepares its verification")
     rule = _rule(doc)
-    params = doc["params"]
-    subjects = json.loads(runtime.store.get_blob("subjects", params["subject_set"]))
+    params = _params(doc)
+    subjects = json.loads(runtime.store.get_blob("subjects", params.subject_set))
     ids, groups = subjects["subjects"], subjects["groups"]
     n = len(ids)
-    backend = get_backend(params.get("he", "bfv"))
+    backend = get_backend(params.he)
     pub, secret = backend.generate_keypair()
     # Group numbers in random order, subjects in random slots: the layout tells the
     # coordinator household sizes, nothing about who or which input rows.
@@ -104,14 +122,14 @@ def prepare(runtime, header, inbound):
         items = [(slots[i], ids[i]) for i in range(n)]
         _rng.shuffle(items)
         sealed = _sealed_list(items, runtime.peer_keys(provider).x25519_public, _aad(doc["job_id"], provider))
-        yield from blob_chunks(f"sealed:{provider}", sealed)
+        yield from blob_chunks(schema.sealed_stream(provider), sealed)
         # Bind key and list to this job and provider under our SM2 signature: the coordinator
         # cannot swap in its own key or its own identifiers.
-        yield from blob_chunks(f"binding:{provider}", runtime.sm2.sign(_binding(doc["job_id"], provider, pubctx,
-                                                                                 sealed)))
+        yield from blob_chunks(schema.binding_stream(provider),
+                               runtime.sm2.sign(_binding(doc["job_id"], provider, pubctx, sealed)))
     runtime.audit.append("verify.prepare", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"subjects": n, "groups": len(distinct)}, detail=backend.name)
-    yield done({"slots": n, "groups": len(distinct), "he": backend.name})
+    yield done(schema.VerifyPrepared(slots=n, groups=len(distinct), he=backend.name))
 
 
 def _typed_rows(meta, rows: list[list[str]]) -> list[dict]:
@@ -141,7 +159,7 @@ def evaluate_criteria(runtime, rule: Rule, items: list[tuple[int, str]], n_slots
                 if c.where is not None:
                     rows = [r for r in rows if c.where.evaluate(r)]
                 if c.type == "sum_below":
-                    v = sum(decimal_cents(r[col]) for r in rows for col in sum_cols)
+                    v = sum(money.cell_cents(r[col]) for r in rows for col in sum_cols)
                 else:
                     v = len(rows)
                 # Clamp rather than fail: an error here would tell the coordinator and the other
@@ -152,12 +170,11 @@ def evaluate_criteria(runtime, rule: Rule, items: list[tuple[int, str]], n_slots
     return out
 
 
-@step("verify.evaluate")
 def evaluate(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     require_admitted(runtime, doc)
     rule = _rule(doc)
-    backend = get_backend(doc["params"].get("he", "bfv"))
+    backend = get_backend(_params(doc).he)
     pubctx = read_blob(inbound, "pubctx", 64 << 20)
     sealed = read_blob(inbound, "sealed", 1 << 30)
     signature = read_blob(inbound, "binding", 1024)
@@ -169,7 +186,7 @@ def evaluate(runtime, header, inbound):
     use_once(runtime, doc, "verify.evaluate")
     pub = backend.load_public(pubctx)
     items = _open_list(runtime, sealed, _aad(doc["job_id"], runtime.node_id))
-    n = int(doc["params"]["subjects"])
+    n = _params(doc).subjects
     if len(items) != n or any(not (0 <= s < n) for s, _ in items) or len({s for s, _ in items}) != n:
         raise InvalidInput("sealed subject list does not match the job's slots")
     yield progress("evaluate", runtime.node_id, 0, n)
@@ -177,10 +194,10 @@ def evaluate(runtime, header, inbound):
     yield progress("evaluate", runtime.node_id, n, n)
     for name, vec in values.items():
         cv = backend.encrypt(pub, [int(v) for v in vec])
-        yield from blob_chunks(f"ct:{name}", cv.serialize())
+        yield from blob_chunks(schema.ciphertext_stream(name), cv.serialize())
     runtime.audit.append("verify.evaluate", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                          counts={"subjects": n, "criteria": len(values)})
-    yield done({"subjects": n, "criteria": ",".join(values)})
+    yield done(schema.VerifyEvaluated(subjects=n, criteria=tuple(values)))
 
 
 def _working(runtime, job_id: str):
@@ -190,20 +207,19 @@ def _working(runtime, job_id: str):
     return working, backend, secret
 
 
-@step("verify.regroup")
 def regroup(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     if doc["requester"] != runtime.node_id:
         raise PermissionDenied("only the requester node regroups its own job")
     working, backend, secret = _working(runtime, doc["job_id"])
-    names = json.loads(header.payload or b"[]")
+    names = schema.decode_params(header).criteria
     m = secret.public.plaintext_modulus
     n_groups = working["groups"]
     slot_group = np.zeros(len(working["slots"]), dtype=np.int64)
     for i, slot in enumerate(working["slots"]):
         slot_group[slot] = working["group_no"][i]
     for name in names:
-        cv = backend.load_ciphertext(secret.public, read_blob(inbound, f"masked:{name}", 1 << 31))
+        cv = backend.load_ciphertext(secret.public, read_blob(inbound, schema.masked_stream(name), 1 << 31))
         masked = backend.decrypt(secret, cv)
         sums = [0] * n_groups
         for slot, v in enumerate(masked.tolist()):
@@ -211,31 +227,30 @@ def regroup(runtime, header, inbound):
             sums[g] = (sums[g] + int(v)) % m
         half = m // 2
         grouped = backend.encrypt(secret.public, [s - m if s > half else s for s in sums])
-        yield from blob_chunks(f"grouped:{name}", grouped.serialize())
-    yield done({"groups": n_groups})
+        yield from blob_chunks(schema.grouped_stream(name), grouped.serialize())
+    yield done(schema.Groups(groups=n_groups))
 
 
-@step("verify.finish")
 def finish(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     if doc["requester"] != runtime.node_id:
         raise PermissionDenied("only the requester node finishes its own job")
     rule = _rule(doc)
     working, backend, secret = _working(runtime, doc["job_id"])
-    outputs = json.loads(header.payload)
+    outputs: schema.FinishParams = schema.decode_params(header)
     n_groups = working["groups"]
     passed = np.ones(n_groups, dtype=bool)
     failed: list[list[str]] = [[] for _ in range(n_groups)]
-    for i, out in enumerate(outputs):
-        cv = backend.load_ciphertext(secret.public, read_blob(inbound, f"out:{i}", 1 << 31))
+    for i, (test, criterion) in enumerate(zip(outputs.tests, outputs.criteria)):
+        cv = backend.load_ciphertext(secret.public, read_blob(inbound, schema.output_stream(i), 1 << 31))
         vals = backend.decrypt(secret, cv)[:n_groups]
-        ok = np.array([int(v) == 0 for v in vals]) if out["test"] == "zero" else \
-            np.array([int(v) > 0 for v in vals])
+        ok = np.array([int(v) == 0 for v in vals]) if test == "zero" else np.array([int(v) > 0 for v in vals])
         passed &= ok
-        if out.get("criterion"):
+        if criterion:
             for g in np.nonzero(~ok)[0]:
-                failed[g].append(out["criterion"])
-    subjects = json.loads(runtime.store.get_blob("subjects", doc["params"]["subject_set"]))
+                failed[g].append(criterion)
+    subject_set = _params(doc).subject_set
+    subjects = json.loads(runtime.store.get_blob("subjects", subject_set))
     originals = subjects.get("original", subjects["subjects"])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -253,11 +268,11 @@ def finish(runtime, header, inbound):
     summary = {"subjects": len(originals), "groups": n_groups, "eligible_groups": int(passed.sum()),
                "reveal": rule.reveal, "rule": rule.id}
     store_results(runtime, doc["job_id"], buf.getvalue(), len(originals), summary)
-    wipe(runtime, doc["job_id"], doc["params"].get("subject_set"))
+    wipe(runtime, doc["job_id"], subject_set)
     runtime.audit.append("verify.finish", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"subjects": len(originals), "groups": n_groups})
     # Only sizes go back to the coordinator: verdicts stay at this node.
-    yield done({"rows": len(originals)})
+    yield done(schema.Rows(rows=len(originals)))
 
 
 def wipe(runtime, job_id: str, subject_set: str | None = None) -> int:
@@ -269,12 +284,13 @@ def wipe(runtime, job_id: str, subject_set: str | None = None) -> int:
     return n
 
 
-@step("job.cleanup")
 def cleanup(runtime, header, inbound):
+    """``job.cleanup`` (every kind): wipe the job's keys, working data and sessions here."""
     doc = checked_spec(runtime, header)
-    n = wipe(runtime, doc["job_id"], doc["params"].get("subject_set") if doc["requester"] == runtime.node_id else None)
+    own_subjects = doc["kind"] == "verify" and doc["requester"] == runtime.node_id
+    n = wipe(runtime, doc["job_id"], _params(doc).subject_set if own_subjects else None)
     from pc_node.steps.psi import drop_session
     n += int(drop_session(runtime, doc["job_id"]))
     if n:
         runtime.audit.append("retention.wipe", job=doc["job_id"], counts={"items": n})
-    yield done({"wiped": n})
+    yield done(schema.Wiped(wiped=n))

@@ -114,6 +114,48 @@ def test_node_import_errors_are_one_line(node_config, tmp_path, capsys):
     assert [(d["name"], d["rows"]) for d in listed] == [("wages", 2)]
 
 
+def test_policy_check_and_unsuspend(node_config, capsys):
+    from pc_common.config import NodeConfig
+    from pc_node import admin
+    cfg = str(node_config)
+    capsys.readouterr()
+    assert main(["policy", "check", "--config", cfg, "--requester", "civil_affairs"]) == 0
+    assert "may do nothing at node 'tax' (default deny)" in capsys.readouterr().out
+    admin.write_grants(NodeConfig.load(node_config), [
+        admin.Grant("wages", "civil_affairs", ("social_assistance.eligibility",),
+                    {"id_number": "join_key", "monthly_income": "predicate"}, reveal="reasons"),
+        admin.Grant("wages", "housing", ("data_matching",), {"id_number": "join_key"})])
+    assert main(["policy", "check", "--config", cfg, "--requester", "civil_affairs", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(g["dataset"], g["columns"], g["reveal"]) for g in doc] == \
+        [("wages", {"id_number": "join_key", "monthly_income": "predicate"}, "reasons")]
+    assert main(["policy", "unsuspend", "--config", cfg, "--requester", "civil_affairs"]) == 0
+    assert "was not suspended" in capsys.readouterr().out
+    NodeConfig.load(node_config).policy.write_text("[[grants]\n")   # not TOML
+    assert main(["policy", "check", "--config", cfg, "--requester", "civil_affairs"]) == 2
+    _one_line_error(capsys.readouterr())
+
+
+def test_node_admin_knows_an_unchanged_import(node_config, tmp_path):
+    from pc_common.config import NodeConfig
+    from pc_node import admin
+    wages = _write_csv(tmp_path / "in" / "wages.csv", ["id_number", "monthly_income"], [[k, "1.00"] for k in _ids(2)])
+    with admin.NodeAdmin(NodeConfig.load(node_config)) as node:
+        assert not node.imported_unchanged(wages)
+        assert node.import_dataset(wages).imported == 2
+        assert node.imported_unchanged(wages)
+        _write_csv(wages, ["id_number", "monthly_income"], [[k, "2.00"] for k in _ids(3)])
+        assert not node.imported_unchanged(wages)
+
+
+def test_the_sdk_knows_no_sandbox_or_server():
+    import subprocess
+    import sys
+    code = ("import sys, pc_client.sdk; print(sorted(m for m in sys.modules if m.split('.')[0] in"
+            " ('pc_node', 'pc_coordinator', 'pc_devkit') or m.startswith(('pc_client.sandbox', 'pc_client.cli'))))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 # ----- the sandbox ------------------------------------------------------------------------------------
 RULE = """
 id = "nocar"

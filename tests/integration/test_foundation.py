@@ -23,7 +23,7 @@ from pc_node.importer import import_file
 from pc_node.runtime import open_cipher
 from pc_node.store import NodeStore
 
-from tests.integration.conftest import REQUESTER, subset_subjects
+from tests.conftest import REQUESTER, subset_subjects, write_csv
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -37,14 +37,6 @@ def ids(n: int, start: int = 1) -> list[str]:
 def bad_check_digit(ident: str) -> str:
     wrong = next(c for c in "0123456789X" if c != ident[17])
     return ident[:17] + wrong
-
-
-def write_csv(path: pathlib.Path, header: list[str], rows: list[list[str]]) -> pathlib.Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def snapshot(store: NodeStore) -> list[tuple]:

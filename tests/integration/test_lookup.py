@@ -17,19 +17,14 @@ import grpc
 import pytest
 
 from pc_client.sdk import Federation
-from pc_common import certs, tls
 from pc_node import idnum
 from pc_node.masking import mask
-from pc_common.pb import common_pb2, node_pb2, node_pb2_grpc
+from pc_common.pb import common_pb2, node_pb2
 
-from tests.fedkit import LocalFederation
+from tests.conftest import norm, write_csv
 
 REQ = "civil_affairs"
 PS = "public_security"
-
-
-def norm(value: str) -> str:
-    return "".join(value.split()).upper()
 
 
 def _pool(n: int = 200) -> list[str]:
@@ -79,38 +74,26 @@ id_number = "join_key"
 """
 
 
-def write_csv(path: pathlib.Path, header: list[str], rows: list[list[str]]) -> pathlib.Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
+@pytest.fixture(scope="module")
+def env(new_federation):
+    fed = new_federation("lookup", [REQ, PS])
+    root = fed.root.parent
+    data = root / "data"
+    fed.import_csv(REQ, write_csv(data / "queries.csv", ["id_number", "note"],
+                                  [[i, f"q{n}"] for n, i in enumerate(QUERIES)]), dataset="queries")
+    fed.import_csv(PS, write_csv(data / "vehicles.csv", ["id_number", "plate", "vehicle_type"], vehicle_rows()),
+                   dataset="vehicles")
+    fed.import_csv(PS, write_csv(data / "roster.csv", ["id_number", "unit"],
+                                 [[i, f"u{n}"] for n, i in enumerate(ROSTER)]), dataset="roster")
+    fed.write_policy(PS, VEHICLES_POLICY)
+    fed.write_policy(REQ, "")
+    return {"fed": fed, "root": root, "data": data}
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lookup")
-    data = root / "data"
-    fed = LocalFederation(root / "fed", [REQ, PS]).start()
-    try:
-        fed.import_csv(REQ, write_csv(data / "queries.csv", ["id_number", "note"],
-                                      [[i, f"q{n}"] for n, i in enumerate(QUERIES)]), dataset="queries")
-        fed.import_csv(PS, write_csv(data / "vehicles.csv", ["id_number", "plate", "vehicle_type"], vehicle_rows()),
-                       dataset="vehicles")
-        fed.import_csv(PS, write_csv(data / "roster.csv", ["id_number", "unit"],
-                                     [[i, f"u{n}"] for n, i in enumerate(ROSTER)]), dataset="roster")
-        fed.write_policy(PS, VEHICLES_POLICY)
-        fed.write_policy(REQ, "")
-        yield {"fed": fed, "root": root, "data": data}
-    finally:
-        fed.stop()
-
-
-@pytest.fixture
-def analyst(env):
-    with env["fed"].client(f"analyst@{REQ}") as c:
-        yield c
+def fed(env):
+    """This module's own federation (the conftest's ``analyst`` is a client of it)."""
+    return env["fed"]
 
 
 def read_result(path: pathlib.Path) -> list[dict]:
@@ -263,10 +246,8 @@ def test_provider_audit_records_counts_never_identifiers(env, analyst, tmp_path)
 
 
 # ----- a malformed peer ---------------------------------------------------------------------------------------
-def test_malformed_blinded_points_are_refused(env, analyst, tmp_path):
-    fed = env["fed"]
-    stub = node_pb2_grpc.NodeStub(tls.secure_channel(f"127.0.0.1:{fed.nodes[PS][2]}",
-                                                     certs.coordinator_files(fed.certs), PS))
+def test_malformed_blinded_points_are_refused(env, analyst, as_coordinator, tmp_path):
+    stub = as_coordinator(env["fed"], PS)
 
     def admitted_job():
         """A fresh signed and admitted job: the provider evaluates once per job."""

@@ -19,20 +19,16 @@ import pytest
 
 from pc_client.cli import main as cli_main
 from pc_client.sdk import Federation
-from pc_common import certs, gm, jobspec, tls
+from pc_common import certs, gm, jobspec
 from pc_node import idnum
-from pc_common.pb import common_pb2, node_pb2, node_pb2_grpc
+from pc_common.pb import common_pb2, node_pb2
 
-from tests.fedkit import LocalFederation
+from tests.conftest import norm
 
 REQ = "civil_affairs"
 PS = "public_security"
 HOUSING = "housing"
 AGENCIES = [REQ, HOUSING, PS]
-
-
-def norm(value: str) -> str:
-    return "".join(value.split()).upper()
 
 
 def _pool(n: int = 400) -> list[str]:
@@ -74,33 +70,30 @@ def _write(path: pathlib.Path, ids: list[str]) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("psi")
-    data = root / "data"
+def env(new_federation):
     assert len(X_IDS) >= 2, "the pool must hold identifiers with an X check character"
-    fed = LocalFederation(root / "fed", AGENCIES).start()
-    try:
-        messy = [f"  {i[:-1]}x " if i.endswith("X") else f" {i}  " for i in MESSY_IDS]
-        files = {
-            (REQ, "people"): A, (REQ, "people_dup"): PEOPLE_DUP,
-            (PS, "vehicles"): VEHICLES, (PS, "messy"): messy, (PS, "dups"): DUPS,
-            (PS, "disjoint"): DISJOINT, (PS, "same"): list(reversed(A)), (PS, "secret"): SECRET,
-            (HOUSING, "properties"): PROPERTIES,
-        }
-        for (agency, name), ids in files.items():
-            fed.import_csv(agency, _write(data / agency / f"{name}.csv", ids), dataset=name)
-        fed.write_policy(PS, _grants(GRANTED))
-        fed.write_policy(HOUSING, _grants(["properties"]))
-        fed.write_policy(REQ, "")
-        yield {"fed": fed, "root": root}
-    finally:
-        fed.stop()
+    fed = new_federation("psi", AGENCIES)
+    root = fed.root.parent
+    data = root / "data"
+    messy = [f"  {i[:-1]}x " if i.endswith("X") else f" {i}  " for i in MESSY_IDS]
+    files = {
+        (REQ, "people"): A, (REQ, "people_dup"): PEOPLE_DUP,
+        (PS, "vehicles"): VEHICLES, (PS, "messy"): messy, (PS, "dups"): DUPS,
+        (PS, "disjoint"): DISJOINT, (PS, "same"): list(reversed(A)), (PS, "secret"): SECRET,
+        (HOUSING, "properties"): PROPERTIES,
+    }
+    for (agency, name), ids in files.items():
+        fed.import_csv(agency, _write(data / agency / f"{name}.csv", ids), dataset=name)
+    fed.write_policy(PS, _grants(GRANTED))
+    fed.write_policy(HOUSING, _grants(["properties"]))
+    fed.write_policy(REQ, "")
+    return {"fed": fed, "root": root}
 
 
-@pytest.fixture
-def analyst(env):
-    with env["fed"].client(f"analyst@{REQ}") as c:
-        yield c
+@pytest.fixture(scope="module")
+def fed(env):
+    """This module's own federation (the conftest's ``analyst`` is a client of it)."""
+    return env["fed"]
 
 
 def result_ids(path: pathlib.Path) -> list[str]:
@@ -283,7 +276,7 @@ def test_provider_without_grant_is_refused_naming_the_dataset(analyst):
     assert {j.job_id for j in analyst.jobs()} == before
 
 
-def test_provider_refuses_itself_when_the_coordinator_skips_the_check(env, analyst):
+def test_provider_refuses_itself_when_the_coordinator_skips_the_check(env, analyst, as_coordinator):
     fed = env["fed"]
     signed = prepare(analyst, [f"{REQ}.people", f"{PS}.secret"])
     with pytest.raises(grpc.RpcError) as err:
@@ -360,11 +353,6 @@ def prepare(c: Federation, datasets: list[str]) -> node_pb2.SignedJobSpec:
     return node_pb2.SignedJobSpec(spec=signed.spec, signature=signed.signature, signer=REQ)
 
 
-def as_coordinator(fed: LocalFederation, agency: str) -> node_pb2_grpc.NodeStub:
-    return node_pb2_grpc.NodeStub(tls.secure_channel(f"127.0.0.1:{fed.nodes[agency][2]}",
-                                                     certs.coordinator_files(fed.certs), agency))
-
-
 def header(signed: node_pb2.SignedJobSpec, step: str, params: dict | None = None) -> node_pb2.StepMessage:
     job_id = json.loads(signed.spec)["job_id"]
     return node_pb2.StepMessage(header=node_pb2.StepHeader(job_id=job_id, step=step, spec=signed,
@@ -396,7 +384,7 @@ def _admitted_hop(stub, analyst):
     return signed, header(signed, "psi.hop", {"shuffle": "0", "label": "test"})
 
 
-def test_malformed_streams_are_refused_and_the_node_keeps_serving(env, analyst, tmp_path):
+def test_malformed_streams_are_refused_and_the_node_keeps_serving(env, analyst, as_coordinator, tmp_path):
     fed = env["fed"]
     stub = as_coordinator(fed, PS)
     signed, hop = _admitted_hop(stub, analyst)
@@ -442,7 +430,7 @@ def test_malformed_streams_are_refused_and_the_node_keeps_serving(env, analyst, 
     assert set(result_ids(tmp_path / "after.csv")) == truth(A, VEHICLES)
 
 
-def test_unadmitted_job_cannot_use_the_provider(env, analyst):
+def test_unadmitted_job_cannot_use_the_provider(env, analyst, as_coordinator):
     """A hop for a job the provider never admitted is refused before any point is touched."""
     signed = prepare(analyst, [f"{REQ}.people", f"{PS}.vehicles"])
     with pytest.raises(grpc.RpcError) as err:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import time
+from concurrent import futures
 
 import grpc
 import pytest
@@ -12,7 +14,7 @@ from pc_devkit import ground_truth
 from pc_common.errors import InvalidInput
 from pc_rules.rules import load_rule
 
-from tests.integration.conftest import REQUESTER, read_csv, subset_subjects
+from tests.conftest import REQUESTER, read_csv, subset_subjects
 
 RULES = ["dibao", "tekun", "linshi", "gaoling"]
 
@@ -150,38 +152,118 @@ def test_unknown_jobs_are_not_found(fed, results, tmp_path):
         assert c.job(res.job_id).state == "succeeded"          # a provider of gaoling
 
 
-def test_stopped_provider_fails_the_job_and_writes_nothing(fed, city, tmp_path):
+def _new_job(c, before: set[str]):
+    jobs = [j for j in c.jobs() if j.job_id not in before]
+    assert len(jobs) <= 1, jobs
+    return jobs[0] if jobs else None
+
+
+def _assert_nothing_written(fed, c, job_id: str, out):
+    with pytest.raises(grpc.RpcError) as err:
+        c.results(job_id, out)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not fed.runtime(REQUESTER).store.has_blob("results", job_id)
+    # The job's working data at the requester is wiped.
+    assert not fed.runtime(REQUESTER).store.has_blob("jobkeys", job_id)
+    assert not out.exists() and not out.with_name(out.name + ".part").exists()
+
+
+def _verify_again(fed, city_dir, subjects, out):
+    with fed.client("analyst@" + REQUESTER) as c:
+        res = c.verify(city_dir / "rules" / "dibao.toml", subjects, out=out)
+    assert res.rows == len(read_csv(subjects)[1])
+
+
+def test_stopped_provider_is_refused_at_submission(fed, city, tmp_path):
+    """SubmitJob runs a first admission round before it answers. A provider that stopped a
+    moment ago is still listed online (it has not missed its heartbeats yet), so that round
+    reaches for it and fails: SubmitJob answers UNAVAILABLE naming the provider, the job is
+    recorded as failed, and nothing is written."""
     city_dir, _ = city
     subjects = tmp_path / "subjects.csv"
     subset_subjects(city_dir / "civil_affairs" / "applicants.csv", subjects, 3)
-    rule = load_rule(city_dir / "rules" / "dibao.toml")
     out = tmp_path / "never.csv"
     fed.stop_node("tax")
     try:
         with fed.client("analyst@" + REQUESTER) as c:
-            receipt = c.upload_subjects(subjects, rule)
-            try:
-                job_id = c.submit("verify", {"rule": rule.to_dict(), "he": "bfv"}, receipt.subject_set)
-            except grpc.RpcError as exc:        # refused up front: the node is known to be offline
-                assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE,
-                                      grpc.StatusCode.FAILED_PRECONDITION)
-                assert "'tax'" in exc.details()
-                job_id = None
-            if job_id is not None:
-                job = c.watch(job_id, timeout=60)
-                assert job.state == "failed"
-                assert "'tax'" in job.reason
-                with pytest.raises(JobFailed, match="tax"):
-                    c._finish(job, out)
-                with pytest.raises(grpc.RpcError) as err:
-                    c.results(job_id, out)
-                assert err.value.code() == grpc.StatusCode.NOT_FOUND
-                assert not fed.runtime(REQUESTER).store.has_blob("results", job_id)
-                # The job's working data at the requester is wiped.
-                assert not fed.runtime(REQUESTER).store.has_blob("jobkeys", job_id)
-        assert not out.exists() and not out.with_name(out.name + ".part").exists()
+            assert {n.node_id: n.online for n in c.nodes()}["tax"], "the directory has not noticed yet"
+            before = {j.job_id for j in c.jobs()}
+            with pytest.raises(grpc.RpcError) as err:
+                c.verify(city_dir / "rules" / "dibao.toml", subjects, out=out)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+            assert "node 'tax' failed in this step: UNAVAILABLE" in err.value.details()
+            job = _new_job(c, before)
+            assert job.state == "failed" and job.reason == err.value.details()
+            _assert_nothing_written(fed, c, job.job_id, out)
     finally:
         fed.start_node("tax")
-    with fed.client("analyst@" + REQUESTER) as c:
-        res = c.verify(city_dir / "rules" / "dibao.toml", subjects, out=out)
-    assert res.rows == len(read_csv(subjects)[1])
+    _verify_again(fed, city_dir, subjects, out)
+
+
+def test_provider_known_offline_is_refused_before_a_job_exists(fed, city, tmp_path):
+    """Once the directory marks the provider offline, validation refuses the job outright,
+    before any job is created."""
+    city_dir, _ = city
+    subjects = tmp_path / "subjects.csv"
+    subset_subjects(city_dir / "civil_affairs" / "applicants.csv", subjects, 3)
+    out = tmp_path / "never.csv"
+    directory = fed.coordinator[1].directory
+    directory.offline_after = 3          # other nodes heartbeat every second: they stay online
+    fed.stop_node("tax")
+    try:
+        with fed.client("analyst@" + REQUESTER) as c:
+            deadline = time.time() + 15
+            while {n.node_id: n.online for n in c.nodes()}["tax"] and time.time() < deadline:
+                time.sleep(0.2)
+            assert not {n.node_id: n.online for n in c.nodes()}["tax"]
+            before = {j.job_id for j in c.jobs()}
+            with pytest.raises(grpc.RpcError) as err:
+                c.verify(city_dir / "rules" / "dibao.toml", subjects, out=out)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            assert "node 'tax' is offline" in err.value.details()
+            assert _new_job(c, before) is None
+        assert not out.exists()
+    finally:
+        directory.offline_after = fed.coordinator_config.offline_after_seconds
+        fed.start_node("tax")
+
+
+def test_provider_dying_mid_job_fails_the_job_and_writes_nothing(fed, city, tmp_path):
+    """A provider admits the job and then stops while the job waits for another provider's data
+    officer; once approved, the job runs, cannot reach it, fails naming it, and the requester
+    keeps nothing of the job."""
+    city_dir, _ = city
+    subjects = tmp_path / "subjects.csv"
+    subset_subjects(city_dir / "civil_affairs" / "applicants.csv", subjects, 3)
+    out = tmp_path / "never.csv"
+    policy = (fed.root / "public_security" / "policy.toml").read_text()
+    assert 'approval = "auto"' in policy
+    fed.write_policy("public_security", policy.replace('approval = "auto"', 'approval = "manual"'))
+    try:
+        with fed.client("analyst@" + REQUESTER) as c, fed.client("officer@public_security") as officer, \
+                fed.client("analyst@" + REQUESTER) as watcher, futures.ThreadPoolExecutor(1) as pool:
+            before = {j.job_id for j in watcher.jobs()}
+            running = pool.submit(c.verify, city_dir / "rules" / "dibao.toml", subjects, out=out)
+            job = None
+            try:
+                deadline = time.time() + 30
+                while (job is None or job.state != "pending_approval") and time.time() < deadline:
+                    assert not running.done(), running.exception()
+                    time.sleep(0.1)
+                    job = _new_job(watcher, before)
+                assert job is not None and job.state == "pending_approval", job
+                fed.stop_node("tax")                      # admitted, and gone before its evaluation
+                assert officer.decide(job.job_id, True, "checked").state == "approved"
+                with pytest.raises(JobFailed, match="tax"):
+                    running.result(timeout=90)
+            finally:
+                if job is not None and not running.done():
+                    watcher.cancel(job.job_id)            # do not leave the client waiting on a failed test
+            job = watcher.job(job.job_id)
+            assert job.state == "failed" and "node 'tax' failed in this step: UNAVAILABLE" in job.reason
+            _assert_nothing_written(fed, watcher, job.job_id, out)
+    finally:
+        fed.write_policy("public_security", policy)
+        if "tax" not in fed.nodes:
+            fed.start_node("tax")
+    _verify_again(fed, city_dir, subjects, out)

@@ -8,12 +8,10 @@ import json
 import grpc
 import pytest
 
-from pc_common import certs, tls
-from pc_common.pb import node_pb2, node_pb2_grpc
+from pc_common.pb import node_pb2
 from pc_rules.rules import parse_rule
 from pc_node.secure_agg import get_backend
-from pc_node.steps.common import blob_chunks
-from tests.fedkit import LocalFederation
+from pc_common.wire import blob_chunks
 
 RULE = """
 id = "nocar"
@@ -40,19 +38,13 @@ IDS = ["11010519491231002X", "110101199003071233"]
 
 
 @pytest.fixture(scope="module")
-def fed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("binding")
-    f = LocalFederation(root / "fed", ["civil_affairs", "public_security"]).start()
-    (root / "vehicles.csv").write_text("id_number,plate\n11010519491231002X,A1\n")
-    f.import_csv("public_security", root / "vehicles.csv")
+def fed(new_federation):
+    f = new_federation("binding", ["civil_affairs", "public_security"])
+    vehicles = f.root.parent / "vehicles.csv"
+    vehicles.write_text("id_number,plate\n11010519491231002X,A1\n")
+    f.import_csv("public_security", vehicles)
     f.write_policy("public_security", GRANT)
-    yield f
-    f.stop()
-
-
-def _stub(fed, agency):
-    return node_pb2_grpc.NodeStub(tls.secure_channel(f"127.0.0.1:{fed.nodes[agency][2]}",
-                                                     certs.coordinator_files(fed.certs), agency))
+    return f
 
 
 def _blobs(messages):
@@ -64,8 +56,7 @@ def _blobs(messages):
     return out
 
 
-def test_swapped_key_and_replayed_step_are_refused(fed):
-    analyst = fed.client("analyst@civil_affairs")
+def test_swapped_key_and_replayed_step_are_refused(fed, analyst, as_coordinator):
     rule = parse_rule(RULE, "nocar.toml")
     receipt = analyst.node.UploadSubjects(iter([node_pb2.SubjectsChunk(
         subject_column="id_number", rows=[node_pb2.SubjectRow(subject=s) for s in IDS])]), timeout=10)
@@ -78,7 +69,7 @@ def test_swapped_key_and_replayed_step_are_refused(fed):
     def head(step):
         return node_pb2.StepMessage(header=node_pb2.StepHeader(job_id=job_id, step=step, spec=signed))
 
-    provider, requester = _stub(fed, "public_security"), _stub(fed, "civil_affairs")
+    provider, requester = as_coordinator(fed, "public_security"), as_coordinator(fed, "civil_affairs")
     assert list(provider.Step(iter([head("job.admit")]), timeout=10))[-1].done.summary["admitted"] == "yes"
     prepared = _blobs(requester.Step(iter([head("verify.prepare")]), timeout=30))
     sealed, binding = prepared["sealed:public_security"], prepared["binding:public_security"]
@@ -105,4 +96,3 @@ def test_swapped_key_and_replayed_step_are_refused(fed):
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     for stub in (provider, requester):
         list(stub.Step(iter([head("job.cleanup")]), timeout=10))
-    analyst.close()

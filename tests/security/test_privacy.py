@@ -20,8 +20,6 @@ from pc_rules.rules import load_rule
 from pc_coordinator.jobs import JobStore
 from pc_coordinator.runner import JobContext
 
-from tests.integration.conftest import make_city, start_federation
-
 REQ = "civil_affairs"
 RULES = ("dibao", "linshi")
 
@@ -126,11 +124,10 @@ def _rows(path: pathlib.Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("privacy")
-    city = root / "city"
-    make_city(city, households=30, seed=21)
-    fed = start_federation(root / "fed", city)
+def recorded(small_city, new_federation):
+    city, _ = small_city(30, 21)
+    fed = new_federation("privacy", city=city)
+    root = fed.root.parent
     transcript: list[tuple[str, str, bytes]] = []      # (node, "to_node" | "from_node", message bytes)
     specs: list[bytes] = []
     mp = pytest.MonkeyPatch()
@@ -180,7 +177,6 @@ def recorded(tmp_path_factory):
                "secrets": secrets, "all_ids": {i[:17] for i in all_ids}, "subject_ids": subject_ids}
     finally:
         mp.undo()
-        fed.stop()
 
 
 def test_detectors_find_what_they_look_for(recorded):

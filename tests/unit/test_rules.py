@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 from pc_common.errors import InvalidInput
+from pc_rules.metadata import load_metadata, parse_metadata
 from pc_rules.rules import (
     Criterion,
     Rule,
-    catalog_from_directory,
     load_rule,
-    parse_dataset_metadata,
     parse_rule,
     validate_against_catalog,
 )
@@ -75,13 +74,24 @@ def test_dibao_is_the_design_example():
     }
 
 
+def catalog_entry(meta) -> dict:
+    """What the node publishes for a dataset, as rule validation reads it (``catalog_view``)."""
+    return {"key_column": meta.key_column, "columns": {c.name: c.type for c in meta.all_columns()}}
+
+
+def catalog_of_city(root: Path) -> dict:
+    """The catalog a federation importing ``root/<agency>/<dataset>.csv`` publishes, from the metadata."""
+    return {f"{p.parent.name}.{p.stem}": catalog_entry(load_metadata(p))
+            for p in sorted(root.glob("*/*.toml")) if p.with_suffix(".csv").exists()}
+
+
 def test_catalog_of_generated_city_matches(tmp_path):
     from pc_devkit.synth_city import generate_city
 
     generate_city(tmp_path, households=30, seed=5)
-    assert catalog_from_directory(tmp_path) == catalog()
+    assert catalog_of_city(tmp_path) == catalog()
     for path in SHIPPED:
-        validate_against_catalog(load_rule(tmp_path / "rules" / path.name), catalog_from_directory(tmp_path))
+        validate_against_catalog(load_rule(tmp_path / "rules" / path.name), catalog_of_city(tmp_path))
 
 
 # ---------------------------------------------------------------------------
@@ -335,10 +345,10 @@ def test_catalog_error_without_file_name_names_rule():
 
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 def test_generated_metadata_parses(dataset):
-    meta = parse_dataset_metadata(metadata_toml(dataset), f"{dataset}.toml")
+    meta = parse_metadata(metadata_toml(dataset), f"{dataset}.toml")
     assert meta.key_column == "id_number"
-    assert meta.catalog_entry() == catalog()[dataset]
-    assert all(1 <= c.sensitivity <= 4 for c in meta.columns.values())
+    assert catalog_entry(meta) == catalog()[dataset]
+    assert all(1 <= c.sensitivity <= 4 for c in meta.all_columns())
 
 
 META = """
@@ -355,31 +365,41 @@ unit = "t"
 
 
 def test_metadata_defaults():
-    meta = parse_dataset_metadata(META, "v.toml")
-    w = meta.columns["weight"]
+    meta = parse_metadata(META, "v.toml")
+    w = {c.name: c for c in meta.all_columns()}["weight"]
     assert (w.type, w.sharing, w.sensitivity, w.unit, w.description) == ("decimal", "conditional", 3, "t", "")
+    assert meta.key_meta.name == "id_number" and [c.name for c in meta.columns] == ["weight"]
+    # What the importer infers is left open: no key column named, no type, no columns at all.
+    bare = parse_metadata('[columns.weight]\nunit = "t"\n', "v.toml", default_key="owner")
+    assert bare.key_column == "owner" and bare.key_meta is None and bare.columns[0].type == ""
+    assert parse_metadata('key_column = "pid"\n', "v.toml").key_column == "pid"
+    with pytest.raises(InvalidInput, match="v.toml: 'columns' must be tables"):
+        parse_metadata("columns = 5\n", "v.toml")
 
 
 @pytest.mark.parametrize(
     "old, new, expected",
     [
-        ('description = "Vehicles"', 'description = "Vehicles"\nowner = "x"', "v.toml: field 'owner': unknown key"),
-        ('type = "decimal"', 'type = "float"', "field 'columns.weight.type': must be one of integer, decimal, text, date"),
-        ("sensitivity = 3", "sensitivity = 5", "field 'columns.id_number.sensitivity': must be an integer from 1 to 4"),
-        ('sharing = "conditional"', 'sharing = "public"', "field 'columns.id_number.sharing': must be one of open"),
-        ('unit = "t"', 'unit = "t"\ncolour = 1', "field 'columns.weight.colour': unknown key"),
-        ('description = "Vehicles"', 'description = "Vehicles"\nkey_column = "plate"',
-         "field 'key_column': column 'plate' is not described"),
-        ("[columns.weight]", "[columns.\"bad name\"]", "field 'columns.bad name': invalid column name"),
+        ('description = "Vehicles"', 'description = "Vehicles"\nowner = "x"', "v.toml: unknown key 'owner'"),
+        ('type = "decimal"', 'type = "float"', "column 'weight': type must be one of integer, decimal, text, date"),
+        ("sensitivity = 3", "sensitivity = 5", "column 'id_number': sensitivity must be an integer from 1 to 4"),
+        ('sharing = "conditional"', 'sharing = "public"', "column 'id_number': sharing must be one of open"),
+        ('unit = "t"', 'unit = "t"\ncolour = 1', "column 'weight': unknown key 'colour'"),
+        ('description = "Vehicles"', 'description = "Vehicles"\nkey_column = "bad-name"',
+         "v.toml: key_column must be a column name"),
+        ('description = "Vehicles"', 'description = 7', "v.toml: description must be a string"),
+        ('unit = "t"', 'unit = 1', "column 'weight': unit must be a string"),
+        ("sensitivity = 3", "sensitivity = true", "column 'id_number': sensitivity must be an integer"),
+        ("[columns.weight]", "[columns.\"bad name\"]", "column 'bad name': invalid column name"),
     ],
 )
 def test_metadata_errors(old, new, expected):
     with pytest.raises(InvalidInput) as exc:
-        parse_dataset_metadata(META.replace(old, new, 1), "v.toml")
+        parse_metadata(META.replace(old, new, 1), "v.toml")
     assert expected in str(exc.value)
 
 
 def test_metadata_key_column_must_be_text():
     text = META.replace('description = "Vehicles"', 'description = "Vehicles"\nkey_column = "weight"')
     with pytest.raises(InvalidInput, match="must have type 'text'"):
-        parse_dataset_metadata(text, "v.toml")
+        parse_metadata(text, "v.toml")

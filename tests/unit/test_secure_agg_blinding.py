@@ -15,10 +15,8 @@ from hypothesis import strategies as st
 from pc_common.errors import CryptoError, InvalidInput, OverflowDetected
 from pc_node.secure_agg import (
     Comparison,
+    backend_for,
     blur_window_bits,
-    decrypt,
-    decrypt_comparisons,
-    decrypt_zero_tests,
     fold_zero_tests,
     get_backend,
     greater_than,
@@ -33,6 +31,20 @@ from pc_node.secure_agg import (
 from pc_node.secure_agg.blinding import MIN_RHO_BITS
 
 FAST = settings(max_examples=15, deadline=None)
+
+
+def decrypt(sec, cv) -> np.ndarray:
+    return backend_for(sec).decrypt(sec, cv)
+
+
+def decrypt_zero_tests(sec, cv) -> np.ndarray:
+    """As the requester reads a zero test (verify.finish): true where the value is zero."""
+    return np.array([int(v) == 0 for v in decrypt(sec, cv)], dtype=bool)
+
+
+def decrypt_comparisons(sec, cv) -> np.ndarray:
+    """As the requester reads a comparison (verify.finish): true where the value is positive."""
+    return np.array([int(v) > 0 for v in decrypt(sec, cv)], dtype=bool)
 
 
 @pytest.fixture(scope="module", params=["bfv", "paillier"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pc_node import idnum
-from pc_rules.rules import catalog_from_directory, load_dataset_metadata
+from pc_rules.metadata import load_metadata
 from pc_devkit.synth_city import DATASETS, REFERENCE_DATE, catalog, generate_city, id_check_char
 
 REF = dt.date.fromisoformat(REFERENCE_DATE)
@@ -51,12 +51,17 @@ def test_layout_and_metadata(city):
     for dataset in DATASETS:
         agency, name = dataset.split(".")
         assert (out / agency / f"{name}.csv").is_file()
-        meta = load_dataset_metadata(out / agency / f"{name}.toml")
+        meta = load_metadata(out / agency / f"{name}.toml")
         with open(out / agency / f"{name}.csv", encoding="utf-8") as f:
             header = f.readline().rstrip("\n").split(",")
-        assert header == list(meta.columns), dataset
+        assert header == [c.name for c in meta.all_columns()], dataset
+        assert all(c.type for c in meta.all_columns()), dataset   # every type declared, none left to infer
         assert summary.rows[dataset] == len(_rows(out, dataset))
-    assert catalog_from_directory(out) == catalog()
+    published = {f"{p.parent.name}.{p.stem}": {"key_column": m.key_column,
+                                                "columns": {c.name: c.type for c in m.all_columns()}}
+                 for p in sorted(out.glob("*/*.toml")) if p.with_suffix(".csv").exists()
+                 for m in [load_metadata(p)]}
+    assert published == catalog()
     assert {p.name for p in (out / "rules").glob("*.toml")} >= {"dibao.toml", "tekun.toml", "linshi.toml"}
 
 

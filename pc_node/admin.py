@@ -1,0 +1,173 @@
+"""The node's public API for its operator: datasets, grants and suspensions, on the node's
+data directory (the node need not be running; a running one sees the changes: it reads the
+store per request and re-reads the policy file when it changes).
+
+The `pc node …` / `pc policy …` commands and the sandbox use this module and nothing below
+it (store, importer, policy, governance), so the node's internals can change behind it::
+
+    with NodeAdmin(NodeConfig.load(path)) as node:
+        if not node.imported_unchanged(csv):
+            node.import_dataset(csv, replace=True)
+    write_grants(config, [Grant("vehicles", "civil_affairs", ("data_matching",), {"id_number": "join_key"})])
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+
+from pc_common.config import NodeConfig
+from pc_common.errors import NotFound
+from pc_node.governance import Governance
+from pc_node.importer import ImportReport, detect_key_column, import_file
+from pc_node.policy import DEFAULT_QUOTA, Grant, Policy, parse_policy
+from pc_node.runtime import open_store
+from pc_rules.metadata import ColumnMeta, DatasetMeta, load_metadata
+
+__all__ = ["NodeAdmin", "Grant", "ImportReport", "DatasetMeta", "ColumnMeta", "import_dataset", "datasets",
+           "key_column_of", "source_fingerprint", "grants_toml", "write_grants", "grants_for", "unsuspend"]
+
+SOURCE_KIND = "importsource"     # store blob kind: the fingerprint of the file a dataset came from
+DEFAULT_KEY_COLUMN = "id_number"
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _metadata_path(path: pathlib.Path, metadata) -> pathlib.Path:
+    return pathlib.Path(metadata) if metadata else path.with_suffix(".toml")
+
+
+def source_fingerprint(path, metadata=None) -> bytes:
+    """Size and modification times of a data file and its metadata file: what "unchanged" means."""
+    path = pathlib.Path(path)
+    st = path.stat()
+    meta = _metadata_path(path, metadata)
+    return json.dumps([st.st_size, st.st_mtime_ns, meta.stat().st_mtime_ns if meta.exists() else 0]).encode()
+
+
+def key_column_of(path, metadata=None, detect: bool = False) -> str:
+    """The key column an import of ``path`` uses: the metadata's ``key_column``, else (with
+    ``detect``) the column holding identity numbers, else ``id_number``."""
+    path = pathlib.Path(path)
+    declared = load_metadata(_metadata_path(path, metadata), default_key="").key_column
+    if declared:
+        return declared
+    return (detect_key_column(path) if detect else None) or DEFAULT_KEY_COLUMN
+
+
+class NodeAdmin:
+    """Operator access to one node's datasets (opens its encrypted store; close it after)."""
+
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self._store = open_store(config)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> "NodeAdmin":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----- datasets ----------------------------------------------------------------------------
+    def datasets(self) -> list[DatasetMeta]:
+        return self._store.datasets()
+
+    def dataset(self, name: str) -> DatasetMeta:
+        return self._store.dataset(name)
+
+    def import_dataset(self, path, dataset: str | None = None, metadata=None, skip_invalid: bool = False,
+                       rejects=None, replace: bool = False, key_column: str | None = None,
+                       rejects_with_values: bool = True) -> ImportReport:
+        """Import a CSV or Parquet file (all-or-nothing unless ``skip_invalid``; see ``importer``)
+        and remember the file's fingerprint for :meth:`imported_unchanged`."""
+        path = pathlib.Path(path)
+        source = source_fingerprint(path, metadata) if path.exists() else None   # before reading it
+        rep = import_file(self._store, path, dataset=dataset,
+                          metadata=pathlib.Path(metadata) if metadata else None, skip_invalid=skip_invalid,
+                          rejects=pathlib.Path(rejects) if rejects else None, replace=replace,
+                          key_column=key_column, rejects_with_values=rejects_with_values)
+        if source is not None:
+            self._store.put_blob(SOURCE_KIND, rep.dataset, source)
+        return rep
+
+    def imported_unchanged(self, path, dataset: str | None = None, metadata=None) -> bool:
+        """Whether dataset ``dataset`` (default: the file name) was imported from ``path`` as it is now."""
+        path = pathlib.Path(path)
+        name = dataset or path.stem
+        if not self._store.has_blob(SOURCE_KIND, name):
+            return False
+        try:
+            self._store.dataset(name)
+        except NotFound:
+            return False
+        return self._store.get_blob(SOURCE_KIND, name) == source_fingerprint(path, metadata)
+
+
+def import_dataset(config: NodeConfig, path, **options) -> ImportReport:
+    """One import into the node of ``config``; ``options`` as for :meth:`NodeAdmin.import_dataset`."""
+    with NodeAdmin(config) as node:
+        return node.import_dataset(path, **options)
+
+
+def datasets(config: NodeConfig) -> list[DatasetMeta]:
+    with NodeAdmin(config) as node:
+        return node.datasets()
+
+
+# ----- grants (policy.toml) ------------------------------------------------------------------------
+def _toml_key(k: str) -> str:
+    return k if _BARE_KEY.match(k) else json.dumps(k, ensure_ascii=False)
+
+
+def _toml_str(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def grants_toml(grants: list[Grant], comment: str = "") -> str:
+    """Grants as a policy file (quotas only where they differ from the defaults)."""
+    parts = [f"# {line}\n" for line in comment.splitlines()] if comment else []
+    for g in grants:
+        text = (f"[[grants]]\ndataset = {_toml_str(g.dataset)}\nrequester = {_toml_str(g.requester)}\n"
+                f"purposes = [{', '.join(_toml_str(p) for p in g.purposes)}]\n"
+                f"approval = {_toml_str(g.approval)}\nreveal = {_toml_str(g.reveal)}\n[grants.columns]\n"
+                + "".join(f"{_toml_key(c)} = {_toml_str(u)}\n" for c, u in g.columns.items()))
+        quota = {k: v for k, v in g.quota.items() if DEFAULT_QUOTA.get(k) != v}
+        if quota:
+            text += "[grants.quota]\n" + "".join(f"{_toml_key(k)} = {int(v)}\n" for k, v in quota.items())
+        parts.append(text)
+    return "\n".join(parts)
+
+
+def write_grants(target: NodeConfig | str | os.PathLike, grants: list[Grant], comment: str = "") -> pathlib.Path:
+    """Replace the node's policy file (``target``: its config, or the file) with ``grants``.
+
+    The text is checked with the node's own parser before it replaces the file, atomically:
+    a running node never reads a half-written or invalid policy."""
+    path = pathlib.Path(target.policy if isinstance(target, NodeConfig) else target)
+    text = grants_toml(grants, comment)
+    parse_policy(text, path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def grants_for(config: NodeConfig, requester: str) -> list[Grant]:
+    """What ``requester`` may do at this node; a broken policy file raises (the operator should know)."""
+    return [g for g in Policy(config.policy).reload() if g.requester == requester]
+
+
+def unsuspend(config: NodeConfig, requester: str) -> bool:
+    """Lift a quota suspension; False when ``requester`` was not suspended."""
+    path = config.data_dir / "governance.db"
+    if not path.exists():
+        return False      # a node that never ran has suspended no one
+    gov = Governance(path, config.approval_ttl_hours)
+    try:
+        return gov.unsuspend(requester)
+    finally:
+        gov.close()

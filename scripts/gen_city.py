@@ -4,7 +4,7 @@
     python scripts/gen_city.py OUT --households 10000 --seed 1
 
 Writes OUT/<agency>/<dataset>.csv with a <dataset>.toml metadata file beside each,
-and copies rules/*.toml to OUT/rules. See pc_common/synth_city.py.
+and copies rules/*.toml to OUT/rules. See pc_devkit/synth_city.py.
 """
 from __future__ import annotations
 

@@ -125,6 +125,6 @@ def sandbox_policy_for_rules(city: pathlib.Path, fed: LocalFederation) -> None:
     sb.root = fed.root / "_policies"
     for a in fed.agencies:
         (sb.root / a).mkdir(parents=True, exist_ok=True)
-        sb._write_policy(a, fed.agencies, rules)
+        sb.write_policy(a, fed.agencies, rules)
         shutil.copy(sb.root / a / "policy.toml", fed.root / a / "policy.toml")
         fed.publish(a)

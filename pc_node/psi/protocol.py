@@ -38,7 +38,7 @@ from .encoding import (
     normalise_ids,
     split_chunks,
 )
-from .membership import SortedPoints
+from pc_common.point_sets import SortedPoints
 from .randomness import Rng, random_permutation, system_rng
 
 __all__ = [

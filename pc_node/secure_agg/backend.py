@@ -105,17 +105,24 @@ class HeBackend(ABC):
     supports_group_sum: ClassVar[bool] = False
 
     # --- key holder side (lazily imports the *_keys module) -------------------
-    @abstractmethod
+    #: Module with the key holder's functions (generate_keypair, load_secret, decrypt). It is
+    #: imported only when the key holder calls them, so the coordinator never loads it.
+    keys_module: ClassVar[str]
+
+    def _keys(self):
+        return importlib.import_module(self.keys_module)
+
     def generate_keypair(self, **params: Any) -> tuple[PublicContext, SecretContext]:
         """Fresh key pair for one job."""
+        return self._keys().generate_keypair(**params)
 
-    @abstractmethod
     def load_secret(self, data: bytes) -> SecretContext:
         """Inverse of ``SecretContext.serialize_secret``."""
+        return self._keys().load_secret(data)
 
-    @abstractmethod
     def decrypt(self, secret: SecretContext, cv: CipherVector) -> np.ndarray:
         """Signed values centred in (-m/2, m/2]."""
+        return self._keys().decrypt(secret, cv)
 
     # --- anyone -----------------------------------------------------------------
     @abstractmethod

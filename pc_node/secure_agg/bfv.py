@@ -164,21 +164,7 @@ class BfvBackend(HeBackend):
     # generate or ship: ``group_sum`` raises, and per-group sums go through the key holder.
     supports_group_sum = False
 
-    # --- key holder side ------------------------------------------------------------
-    def generate_keypair(self, **params: Any) -> tuple[BfvPublicContext, SecretContext]:
-        from . import bfv_keys
-
-        return bfv_keys.generate_keypair(**params)
-
-    def load_secret(self, data: bytes) -> SecretContext:
-        from . import bfv_keys
-
-        return bfv_keys.load_secret(data)
-
-    def decrypt(self, secret: SecretContext, cv: CipherVector) -> np.ndarray:
-        from . import bfv_keys
-
-        return bfv_keys.decrypt(secret, cv)
+    keys_module = "pc_node.secure_agg.bfv_keys"
 
     # --- anyone -------------------------------------------------------------------
     def load_public(self, data: bytes, **_options: Any) -> BfvPublicContext:

@@ -260,21 +260,7 @@ class PaillierBackend(HeBackend):
     name = NAME
     supports_group_sum = True
 
-    # --- key holder side ------------------------------------------------------------
-    def generate_keypair(self, **params: Any) -> tuple[PaillierPublicContext, SecretContext]:
-        from . import paillier_keys
-
-        return paillier_keys.generate_keypair(**params)
-
-    def load_secret(self, data: bytes) -> SecretContext:
-        from . import paillier_keys
-
-        return paillier_keys.load_secret(data)
-
-    def decrypt(self, secret: SecretContext, cv: CipherVector) -> np.ndarray:
-        from . import paillier_keys
-
-        return paillier_keys.decrypt(secret, cv)
+    keys_module = "pc_node.secure_agg.paillier_keys"
 
     # --- anyone -------------------------------------------------------------------
     def load_public(self, data: bytes, *, min_key_bits: int = DEFAULT_KEY_BITS) -> PaillierPublicContext:

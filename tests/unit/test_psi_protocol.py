@@ -265,7 +265,7 @@ def test_provider_chain_order_and_combiner_checks():
 
 
 def test_membership_handles_prefix_collisions():
-    from pc_node.psi.membership import intersect_rows, member_mask
+    from pc_common.point_sets import intersect_rows, member_mask
 
     rng = np.random.default_rng(0)
     hay = rng.integers(0, 256, (50, 32), dtype=np.uint8)

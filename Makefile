@@ -25,7 +25,6 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_psi.py --n 100000
-	$(PY) scripts/bench_agg.py --subjects 100000 --providers 4 --backend bfv
 	$(PY) scripts/bench_verify.py --households 10000
 
 clean:

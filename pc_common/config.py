@@ -67,6 +67,10 @@ class NodeConfig:
     master_key_file: pathlib.Path | None = None
     results_ttl_hours: int = 24 * 30
     approval_ttl_hours: int = 72
+    #: How long a job may wait for admission (approvals) and run: ``admission_until`` of its spec.
+    job_lifetime_hours: int = 7 * 24
+    lookup_epoch_days: float = 7                  # lookup OPRF keys rotate this often (per requester)
+    lookup_points_per_epoch: int = 1_000_000      # most points one requester may have evaluated per key epoch
 
     @classmethod
     def load(cls, path: pathlib.Path) -> "NodeConfig":
@@ -86,7 +90,10 @@ class NodeConfig:
                    policy=_path(base, doc.get("policy", "policy.toml")),
                    master_key_file=_path(base, mk) if mk else None,
                    results_ttl_hours=int(doc.get("results_ttl_hours", 24 * 30)),
-                   approval_ttl_hours=int(doc.get("approval_ttl_hours", 72)))
+                   approval_ttl_hours=int(doc.get("approval_ttl_hours", 72)),
+                   job_lifetime_hours=int(doc.get("job_lifetime_hours", 7 * 24)),
+                   lookup_epoch_days=float(doc.get("lookup_epoch_days", 7)),
+                   lookup_points_per_epoch=int(doc.get("lookup_points_per_epoch", 1_000_000)))
 
 
 def write_address(data_dir: pathlib.Path, listen: str, port: int) -> None:

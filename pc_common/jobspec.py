@@ -5,6 +5,11 @@ its own client; the coordinator relays it and every provider verifies it against
 SM2 key bound to the requester's CA-signed certificate. A coordinator that invents or
 alters a query therefore cannot produce a valid signature. Nonce (the job id) and expiry
 stop replays.
+
+Two lifetimes: ``expires_at`` is the transport expiry (the spec must be submitted, and first
+seen by every party, by then: 15 minutes), ``admission_until`` the job's lifetime (approvals
+may come days later; default 7 days). A party that already saw the spec in time checks the
+job's lifetime on every later admission poll and step (``verify(..., first_seen=...)``).
 """
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
 from pc_common.identity import identity_of, node_keys_of
 
 KINDS = tuple(job_kinds.KINDS)      # the one table of job kinds; their params: job_kinds.params_of
-DEFAULT_TTL_SECONDS = 15 * 60
+DEFAULT_TTL_SECONDS = 15 * 60                 # transport: submit (and first admission) by then
+DEFAULT_LIFETIME_SECONDS = 7 * 86400          # the job: admission, approval and every step by then
+MAX_LIFETIME_SECONDS = 31 * 86400
 MAX_SPEC_BYTES = 256 * 1024
 
 
@@ -40,14 +47,24 @@ def canonical(doc: dict) -> bytes:
 
 
 def build(kind: str, requester: str, params: dict, purpose: str, ttl: int = DEFAULT_TTL_SECONDS,
-          now: float | None = None, job_id: str | None = None) -> bytes:
+          now: float | None = None, job_id: str | None = None,
+          lifetime: int = DEFAULT_LIFETIME_SECONDS) -> bytes:
+    """A canonical spec: submit it within ``ttl`` seconds; the job may live ``lifetime`` seconds."""
     job_kinds.kind(kind)
+    if not 0 < lifetime <= MAX_LIFETIME_SECONDS:
+        raise InvalidInput(f"a job's lifetime must be between 1 second and {MAX_LIFETIME_SECONDS // 86400} days")
     now = time.time() if now is None else now
     return canonical({
         "v": 1, "kind": kind, "job_id": job_id or new_job_id(), "requester": requester,
         "purpose": purpose, "params": params, "nonce": secrets.token_hex(16),
-        "issued_at": int(now), "expires_at": int(now + ttl),
+        "issued_at": int(now), "expires_at": int(now + min(ttl, lifetime)),
+        "admission_until": int(now + lifetime),
     })
+
+
+def lifetime_end(doc: dict) -> int:
+    """When the job's lifetime ends (its node-side records may be forgotten a while after)."""
+    return doc.get("admission_until", doc["expires_at"])
 
 
 def sign(spec: bytes, key: gm.Sm2PrivateKey) -> bytes:
@@ -70,17 +87,25 @@ def parse(spec: bytes) -> dict:
         raise InvalidInput("job spec has a malformed job id")
     if not isinstance(doc.get("params"), dict) or not isinstance(doc.get("expires_at"), int):
         raise InvalidInput("job spec lacks params or expiry")
+    if not isinstance(doc.get("issued_at"), int):
+        raise InvalidInput("job spec lacks its issue time")
+    if "admission_until" in doc:
+        until = doc["admission_until"]
+        if not isinstance(until, int) or until < doc["expires_at"] or until > doc["issued_at"] + MAX_LIFETIME_SECONDS:
+            raise InvalidInput("job spec has a malformed lifetime (admission_until)")
     if canonical(doc) != spec:
         raise InvalidInput("job spec is not in canonical form")
     return doc
 
 
 def verify(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_pem: bytes,
-           now: float | None = None) -> dict:
-    """Check signature, signer identity and expiry; return the parsed spec.
+           now: float | None = None, first_seen: float | None = None) -> dict:
+    """Check signature, signer identity and lifetimes; return the parsed spec.
 
     Raises PermissionDenied for anything that is not a valid, current spec signed by the
-    requester node it names. The signer certificate must chain to our CA.
+    requester node it names. The signer certificate must chain to our CA. ``first_seen`` is
+    when this party first accepted this very spec (None: now, a first sight): it must have
+    been before the transport expiry, and ``now`` must be within the job's lifetime.
     """
     doc = parse(spec)
     try:
@@ -97,11 +122,17 @@ def verify(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_pem: bytes,
     except (IntegrityError, InvalidInput, ValueError):
         raise PermissionDenied("job spec signature is invalid") from None
     now = time.time() if now is None else now
-    if now > doc["expires_at"]:
-        raise PermissionDenied("job spec has expired")
+    if (now if first_seen is None else first_seen) > doc["expires_at"]:
+        raise PermissionDenied(f"job spec has expired: it had to be submitted by {_iso(doc['expires_at'])}")
+    if now > lifetime_end(doc):
+        raise PermissionDenied(f"the job's lifetime ended at {_iso(lifetime_end(doc))}")
     if doc["issued_at"] > now + 300:
         raise PermissionDenied("job spec is issued in the future")
     return doc
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def expires_iso(doc: dict) -> str:

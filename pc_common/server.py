@@ -5,6 +5,12 @@ service and reflection, binds it (port 0 picks a free port) and returns it **uns
 with the bound port, as in the gRPC examples — the caller starts it when it is ready.
 ``serve_until_signal`` records the bound address, blocks until SIGTERM/SIGINT and stops
 the server cleanly.
+
+Every method of every service registered here (ours, health, reflection) gets a request
+deserializer that never raises: grpcio answers INTERNAL "Exception deserializing request"
+when one does, so bytes that are not a valid message become a marker instead, and the
+handler answers INVALID_ARGUMENT "request is not a valid <message>" — for a unary request
+before the servicer runs, for a stream at the first bad message (:func:`guard_handler`).
 """
 from __future__ import annotations
 
@@ -27,6 +33,116 @@ from pc_common.errors import InvalidInput
 ServicerAndAdder = tuple[Any, Callable[[Any, grpc.Server], None]]
 
 
+# ----- requests that do not parse ---------------------------------------------------------------
+class Malformed:
+    """What the guarded deserializer returns for bytes that are not a valid ``message``."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+    @property
+    def detail(self) -> str:
+        return f"request is not a valid {self.message}"
+
+
+def _message_name(deserialize: Callable) -> str:
+    cls = getattr(deserialize, "__self__", None)      # generated code passes Message.FromString
+    descriptor = getattr(cls, "DESCRIPTOR", None)
+    return getattr(descriptor, "full_name", None) or "message"
+
+
+def _never_raises(deserialize: Callable, name: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception:  # noqa: BLE001 - any parse failure is the peer's malformed input
+            return Malformed(name)
+    return parse
+
+
+def guard_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    """The same method with a deserializer that never raises and INVALID_ARGUMENT for bad bytes."""
+    if handler is None or handler.request_deserializer is None:
+        return handler
+    name = _message_name(handler.request_deserializer)
+    detail = f"request is not a valid {name}"
+    deserialize = _never_raises(handler.request_deserializer, name)
+    serialize = handler.response_serializer
+
+    if not handler.request_streaming:
+        behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
+
+        def unary_request(request, context):
+            if isinstance(request, Malformed):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
+            return behaviour(request, context)
+        make = grpc.unary_stream_rpc_method_handler if handler.response_streaming else grpc.unary_unary_rpc_method_handler
+        return make(unary_request, request_deserializer=deserialize, response_serializer=serialize)
+
+    behaviour = handler.stream_stream if handler.response_streaming else handler.stream_unary
+
+    def checked(requests, seen: list):
+        for item in requests:
+            if isinstance(item, Malformed):
+                seen.append(item)
+                raise InvalidInput(detail)      # a servicer under @rpc answers it as INVALID_ARGUMENT
+            yield item
+
+    if handler.response_streaming:
+        def stream_stream(requests, context):
+            seen: list = []
+            try:
+                yield from behaviour(checked(requests, seen), context)
+            except Exception:
+                if seen:        # whatever the servicer made of it (or a servicer not under @rpc)
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
+                raise
+        return grpc.stream_stream_rpc_method_handler(stream_stream, request_deserializer=deserialize,
+                                                     response_serializer=serialize)
+
+    def stream_unary(requests, context):
+        seen: list = []
+        try:
+            return behaviour(checked(requests, seen), context)
+        except Exception:
+            if seen:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
+            raise
+    return grpc.stream_unary_rpc_method_handler(stream_unary, request_deserializer=deserialize,
+                                                response_serializer=serialize)
+
+
+class _GuardedGeneric(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler):
+        self._inner = inner
+        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        if method not in self._cache:
+            self._cache[method] = guard_handler(self._inner.service(handler_call_details))
+        return self._cache[method]
+
+
+class _GuardedRegistrar:
+    """Stands in for the server while generated ``add_*_to_server`` functions register handlers."""
+
+    def __init__(self, server: grpc.Server):
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h) for h in handlers))
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
+        self._server.add_registered_method_handlers(
+            service_name, {m: guard_handler(h) for m, h in method_handlers.items()})
+
+    def __getattr__(self, name: str):
+        return getattr(self._server, name)
+
+
 def create_server(servicers_and_adders: Iterable[ServicerAndAdder], address: str, tls_files: PartyFiles, *,
                   service_names: Iterable[str] = (), max_workers: int = 32) -> tuple[grpc.Server, int]:
     """A bound, unstarted server and its port; ``InvalidInput`` if ``address`` is unusable.
@@ -35,12 +151,13 @@ def create_server(servicers_and_adders: Iterable[ServicerAndAdder], address: str
     service and listed by reflection.
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=tls.SERVER_OPTIONS)
+    registrar = _GuardedRegistrar(server)
     for servicer, add in servicers_and_adders:
-        add(servicer, server)
+        add(servicer, registrar)
     names = tuple(service_names)
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(names + (health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
+    reflection.enable_server_reflection(names + (health.SERVICE_NAME, reflection.SERVICE_NAME), registrar)
     try:
         port = server.add_secure_port(address, tls.server_credentials(tls_files))
     except RuntimeError:

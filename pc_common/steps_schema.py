@@ -146,27 +146,11 @@ class VerifyEvaluated(Record):
 
 
 @dataclass(frozen=True)
-class RegroupParams(Record):
-    criteria: tuple[str, ...]               # one masked stream per criterion, in this order
+class CompareParams(Record):
+    """verify.compare: what the requester checks against its own job state and the signed rule."""
 
-
-@dataclass(frozen=True)
-class Groups(Record):
-    groups: int
-
-
-@dataclass(frozen=True)
-class FinishParams(Record):
-    """One entry per blinded output ``out:<i>``: its test and (reasons mode) its criterion."""
-
-    tests: tuple[str, ...]                  # "zero" (passes iff 0) | "positive" (passes iff > 0)
-    criteria: tuple[str, ...]               # criterion name, or "" for folded outputs
-
-    def __post_init__(self) -> None:
-        if len(self.tests) != len(self.criteria):
-            raise ValueError("tests and criteria differ in length")
-        if any(t not in ("zero", "positive") for t in self.tests):
-            raise ValueError("a test is neither 'zero' nor 'positive'")
+    groups: int                             # households (N) in the comparison
+    criteria: tuple[str, ...]               # one masked stream per criterion, in rule order
 
 
 @dataclass(frozen=True)
@@ -178,6 +162,7 @@ class Rows(Record):
 class HopParams(Record):
     shuffle: bool = False                   # re-shuffle the whole set (else stream in order)
     label: str = "hop"                      # progress label
+    chain: str = ""                         # which chain of the job's plan ("": the requester's)
 
 
 @dataclass(frozen=True)
@@ -235,13 +220,15 @@ STEPS: dict[str, Step] = {
     "verify.prepare": Step(NoParams, VerifyPrepared,
                            "requester: → pubctx, layout, sealed:<provider>, binding:<provider>"),
     "verify.evaluate": Step(NoParams, VerifyEvaluated, "provider: pubctx, sealed, binding → ct:<criterion>"),
-    "verify.regroup": Step(RegroupParams, Groups, "requester (BFV): masked:<criterion> → grouped:<criterion>"),
-    "verify.finish": Step(FinishParams, Rows, "requester: out:<i> → results kept at the node"),
-    "psi.blind": Step(NoParams, Count, "requester: → a"),
-    "psi.hop": Step(HopParams, Count, "provider: in → out"),
-    "psi.own": Step(NoParams, Count, "provider: → own"),
-    "psi.finish": Step(NoParams, PsiFinished, "requester: double, provider → (result to all) indices"),
-    "psi.learn": Step(NoParams, NoResult, "provider (result to all): indices → results kept at the node"),
+    "verify.compare": Step(CompareParams, Rows,
+                           "requester (bidirectional): masked:<criterion>, gc2, gc4 → gc1, gc3; results kept"
+                           " at the node"),
+    "psi.blind": Step(NoParams, Count, "requester: → out, binding (its SM2 signature of count and digest)"),
+    "psi.hop": Step(HopParams, Count, "provider: in, binding → out, binding | sealed (last hop of a chain)"),
+    "psi.own": Step(NoParams, Count, "provider: → out, binding (k-party) | sealed (two-party, to the requester)"),
+    "psi.combine": Step(NoParams, Count, "combining provider (k-party): set:<provider> (sealed) → sealed"),
+    "psi.finish": Step(NoParams, PsiFinished, "requester: double, provider (sealed) → (result to all) sealed"),
+    "psi.learn": Step(NoParams, NoResult, "provider (result to all): indices (sealed) → results kept at the node"),
     "lookup.status": Step(NoParams, FilterState, "requester: which filter it holds"),
     "lookup.filter": Step(FilterState, FilterSent, "provider: → snapshot | deltas"),
     "lookup.blind": Step(BlindParams, LookupBlinded, "requester: snapshot | deltas → blinded"),
@@ -293,15 +280,11 @@ def ciphertext_stream(criterion: str) -> str:
 
 
 def masked_stream(criterion: str) -> str:
-    """verify.regroup in: per-slot sums under one-time masks."""
+    """verify.compare in: a criterion's masked values (BFV per slot, Paillier per group)."""
     return f"masked:{criterion}"
 
 
-def grouped_stream(criterion: str) -> str:
-    """verify.regroup out: the masked per-group sums, re-encrypted."""
-    return f"grouped:{criterion}"
-
-
-def output_stream(i: int) -> str:
-    """verify.finish in: the i-th blinded test (see ``FinishParams``)."""
-    return f"out:{i}"
+def gc_stream(round_no: int) -> str:
+    """verify.compare: the garbled-circuit comparison's message of round 1..4 (odd: from the
+    requester, even: from the coordinator)."""
+    return f"gc{round_no}"

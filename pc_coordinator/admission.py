@@ -1,8 +1,10 @@
 """Admission of a job at every provider before any data moves (shared by all job kinds).
 
 Providers answer ``admitted`` or ``pending`` (a data officer must approve). While any is
-pending the job waits in ``pending_approval`` and the coordinator asks again; a rejection,
-an expiry or a policy refusal from a provider fails the job with that provider's reason.
+pending the job waits in ``pending_approval`` and the coordinator asks again (every second
+for the first minute, then every ``SLOW_POLL_SECONDS``) until the job's signed lifetime
+(``admission_until``, days) ends; a rejection, an expiry or a policy refusal from a provider
+fails the job with that provider's reason.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from pc_common.steps_schema import decode_result
 from pc_coordinator.runner import JobContext
 
 POLL_SECONDS = 1.0
+FAST_POLL_FOR_SECONDS = 60.0
+SLOW_POLL_SECONDS = 10.0
 
 
 def admit_once(ctx: JobContext, parties: list[str]) -> list[str]:
@@ -39,16 +43,21 @@ def admit_once(ctx: JobContext, parties: list[str]) -> list[str]:
 
 
 def admit_all(ctx: JobContext, parties: list[str], max_wait: float | None = None) -> None:
-    """Admission at every provider, waiting in ``pending_approval`` while officers decide."""
-    deadline = time.time() + (max_wait if max_wait is not None else ctx.timeout)
+    """Admission at every provider, waiting in ``pending_approval`` while officers decide.
+
+    The wait ends with the job's lifetime (or after ``max_wait`` seconds, when given)."""
+    deadline = ctx.lifetime_end if max_wait is None else min(ctx.lifetime_end, ctx.now() + max_wait)
     still = admit_once(ctx, parties)
     if not still:
         return
     ctx.jobs.transition(ctx.job_id, "pending_approval",
                         "waiting for approval by the data officer of " + ", ".join(still))
+    started = time.monotonic()
     while still:
-        if time.time() > deadline:
-            raise FailedPrecondition("approval did not arrive in time from " + ", ".join(still))
-        time.sleep(POLL_SECONDS)
+        if ctx.now() > deadline:
+            raise FailedPrecondition("approval did not arrive within the job's lifetime from " + ", ".join(still))
+        fast = time.monotonic() - started < FAST_POLL_FOR_SECONDS
+        if ctx.cancelled.wait(POLL_SECONDS if fast else SLOW_POLL_SECONDS):
+            ctx.check_cancelled()
         still = admit_once(ctx, still)
     ctx.jobs.transition(ctx.job_id, "running", "")

@@ -144,14 +144,10 @@ class JobStore:
                               time.time(), job_id))
             self.changed.notify_all()
 
-    def fail_interrupted(self) -> int:
-        """After a restart, jobs that were mid-flight cannot be resumed safely."""
+    def unfinished(self) -> list[dict]:
+        """Jobs that were not over when the coordinator stopped, oldest first (resumed or failed at start)."""
         with self._lock:
-            cur = self._db.execute("UPDATE jobs SET state = 'failed', reason = 'coordinator restarted while the job"
-                                   " was running', updated_at = ? WHERE state IN ('created', 'running')",
-                                   (time.time(),))
-            return cur.rowcount
-
-    def pending_approval(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT job_id FROM jobs WHERE state = 'pending_approval'")]
+            rows = self._db.execute("SELECT job_id, state, requester, providers, created_at FROM jobs"
+                                    " WHERE state NOT IN (?, ?, ?) ORDER BY created_at", TERMINAL).fetchall()
+        return [{"job_id": r[0], "state": r[1], "requester": r[2], "providers": json.loads(r[3]),
+                 "created_at": r[4]} for r in rows]

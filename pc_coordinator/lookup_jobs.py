@@ -1,8 +1,11 @@
 """Query-private lookups (匿踪查询) at the coordinator: validate, ship the filter, relay.
 
 The provider's OPRF filter goes to the requester (a snapshot, or deltas since the version the
-requester holds); the requester's blinded identifiers go to the provider and its answers back,
-chunk by chunk. The coordinator sees sizes, a filter of keyed hashes and blinded points.
+requester holds), sealed to the requester node; the requester's blinded identifiers, with its
+SM2 binding of their count and digests to the job, go to the provider, and the answers come
+back sealed to the requester, chunk by chunk. The coordinator sees sizes, envelopes it cannot
+open and blinded points it cannot add to: the provider evaluates only what the requester signed,
+once per job.
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ def run(ctx: JobContext, doc: dict) -> None:
         t_online = time.perf_counter()
         blind_src = ctx.step(requester, send_blobs(
             [ctx.header("lookup.blind", requester, schema.BlindParams(kind=filter_kind))], {filter_kind: filter_bytes}))
-        to_provider = Relay(ctx, requester, blind_src, {"blinded": "in"})
+        to_provider = Relay(ctx, requester, blind_src, {"binding": "binding", "blinded": "in"})
         answers = Relay(ctx, provider, ctx.step(provider, itertools.chain(
             [ctx.header("lookup.evaluate", requester)], to_provider)), {"out": "answers"})
         relays += [to_provider, answers]
@@ -58,16 +61,17 @@ def run(ctx: JobContext, doc: dict) -> None:
         except PcError as exc:
             raise_first(relays, exc)
         online = time.perf_counter() - t_online
+        queried = answers.count         # points in the answers the requester accepted (sealed chunks)
         ctx.jobs.record(ctx.job_id, summary={
-            "queried": to_provider.count, "filter": filter_kind, "filter_bytes": len(filter_bytes),
+            "queried": queried, "filter": filter_kind, "filter_bytes": len(filter_bytes),
             "filter_s": round(t_online - t_filter, 3), "online_s": round(online, 3),
             "total_s": round(time.perf_counter() - t0, 3)},
             leakage={
                 requester: ["for each of its own identifiers whether it is in the provider's dataset"
                             + (" and the granted label columns of matches" if params.labels else ""),
                             "the provider dataset's size and, through deltas, how many rows changed"],
-                provider: [f"how many identifiers were asked ({to_provider.count}) and when; never which"],
-                "coordinator": [f"sizes only: {to_provider.count} blinded points and a {len(filter_bytes)}-byte filter"
-                                " of keyed hashes it cannot invert"]})
+                provider: [f"how many identifiers were asked ({queried}) and when; never which"],
+                "coordinator": [f"sizes only: {queried} blinded points, a {len(filter_bytes)}-byte sealed filter"
+                                f" ({filter_kind}) and {queried} sealed answers, which it cannot open"]})
     finally:
         ctx.cleanup([requester, provider])

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 from typing import Callable, Iterable, Iterator
 
 import grpc
 
-from pc_common import tls
+from pc_common import jobspec, tls
 from pc_common.certs import PartyFiles
 from pc_common.errors import PcError, Unavailable  # noqa: F401 (Unavailable re-exported)
 from pc_common.pb import node_pb2, node_pb2_grpc
@@ -57,6 +58,14 @@ class JobContext:
     def jobs(self) -> JobStore:
         return self.runner.jobs
 
+    @property
+    def lifetime_end(self) -> float:
+        """When the job's signed lifetime ends: admission (approvals) must be over by then."""
+        return jobspec.lifetime_end(jobspec.parse(self.signed.spec))
+
+    def now(self) -> float:
+        return self.runner.clock()
+
     def check_cancelled(self) -> None:
         if self.cancelled.is_set():
             raise Cancelled("job was cancelled")
@@ -71,8 +80,13 @@ class JobContext:
             job_id=self.job_id, step=step, spec=spec, params=encode_params(step, params)))
 
     def cleanup(self, parties: list[str]) -> None:
-        """Wipe the job's working data at every party, whatever happened to the job."""
+        """Wipe the job's working data at every party, whatever happened to the job.
+
+        Not while the coordinator shuts down: the job is resumed (or failed and cleaned up)
+        at the next start, and a job waiting for approval still needs its data."""
         for p in dict.fromkeys(parties):
+            if self.runner.stopping:
+                return
             try:
                 for _ in self.step(p, [self.header("job.cleanup", self.requester)]):
                     pass
@@ -95,14 +109,20 @@ class JobContext:
             raise NodeRefused(node_id, code, detail) from None
 
 
+RESTARTED = "the coordinator restarted while the job was running"
+
+
 class JobRunner:
-    def __init__(self, jobs: JobStore, directory: Directory, tls_files: PartyFiles, job_timeout: int):
+    def __init__(self, jobs: JobStore, directory: Directory, tls_files: PartyFiles, job_timeout: int,
+                 clock: Callable[[], float] = time.time):
         self.jobs, self.directory, self.tls_files = jobs, directory, tls_files
         self.job_timeout = job_timeout
+        self.clock = clock          # spec lifetimes and admission deadlines; tests replace it
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="job")
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._contexts: dict[str, JobContext] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     def node_stub(self, node_id: str) -> node_pb2_grpc.NodeStub:
         node = self.directory.node(node_id)
@@ -116,12 +136,35 @@ class JobRunner:
                 self._channels[key] = ch
         return node_pb2_grpc.NodeStub(ch)
 
-    def start(self, job_id: str, orchestrate: Orchestrator, doc: dict) -> None:
+    def start(self, job_id: str, orchestrate: Orchestrator, doc: dict, wait_for: list[str] | None = None) -> None:
+        """Run a job's orchestrator in the pool; ``wait_for``: parties to give a short while to
+        come online first (a job resumed after a restart, before the nodes' next heartbeat)."""
         spec, signature = self.jobs.spec(job_id)
         ctx = JobContext(self, job_id, spec, signature, doc["requester"])
         with self._lock:
             self._contexts[job_id] = ctx
-        self._pool.submit(self._run, ctx, orchestrate, doc)
+        self._pool.submit(self._run, ctx, orchestrate, doc, wait_for or [])
+
+    def cleanup_later(self, job_id: str, requester: str, parties: list[str]) -> None:
+        """Send ``job.cleanup`` to a job's parties in the background (a job failed at start)."""
+        spec, signature = self.jobs.spec(job_id)
+        ctx = JobContext(self, job_id, spec, signature, requester)
+
+        def run():
+            self._wait_online(ctx, parties)
+            ctx.cleanup(parties)
+        self._pool.submit(run)
+
+    def _wait_online(self, ctx: JobContext, parties: list[str], grace: float | None = None) -> None:
+        grace = self.directory.offline_after if grace is None else grace
+        deadline = time.monotonic() + grace
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            try:
+                if all(self.directory.node(p)["online"] for p in parties):
+                    return
+            except PcError:
+                return
+            self._stopping.wait(0.2)
 
     def cancel(self, job_id: str) -> None:
         with self._lock:
@@ -129,24 +172,36 @@ class JobRunner:
         if ctx is not None:
             ctx.cancelled.set()
 
-    def _run(self, ctx: JobContext, orchestrate: Orchestrator, doc: dict) -> None:
+    def _run(self, ctx: JobContext, orchestrate: Orchestrator, doc: dict, wait_for: list[str]) -> None:
         try:
-            if not self.jobs.transition(ctx.job_id, "running"):
+            if wait_for:
+                self._wait_online(ctx, wait_for)
+            if self._stopping.is_set() or not self.jobs.transition(ctx.job_id, "running"):
                 return
             orchestrate(ctx, doc)
             self.jobs.transition(ctx.job_id, "succeeded")
-        except Cancelled:
-            self.jobs.transition(ctx.job_id, "cancelled", "cancelled by the requester")
-        except PcError as exc:
-            self.jobs.transition(ctx.job_id, "failed", str(exc))
-        except Exception:  # noqa: BLE001 - a job failure must never take the server down
-            log.exception("job failed unexpectedly")
-            self.jobs.transition(ctx.job_id, "failed", "internal error in the coordinator")
+        except Exception as exc:  # noqa: BLE001 - a job failure must never take the server down
+            if self._stopping.is_set():
+                # Shutting down: leave the job's state as it was; the next start resumes it
+                # (admission) or fails it with RESTARTED and cleans up.
+                return
+            if isinstance(exc, Cancelled):
+                self.jobs.transition(ctx.job_id, "cancelled", "cancelled by the requester")
+            elif isinstance(exc, PcError):
+                self.jobs.transition(ctx.job_id, "failed", str(exc))
+            else:
+                log.exception("job failed unexpectedly")
+                self.jobs.transition(ctx.job_id, "failed", "internal error in the coordinator")
         finally:
             with self._lock:
                 self._contexts.pop(ctx.job_id, None)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def shutdown(self) -> None:
+        self._stopping.set()
         with self._lock:
             for ctx in self._contexts.values():
                 ctx.cancelled.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 
 from pc_common import gm, jobspec, server as grpc_server, tls
 from pc_common.audit import AuditLog
@@ -21,7 +22,8 @@ from pc_coordinator import kinds
 from pc_coordinator.directory import Directory
 from pc_coordinator.jobs import TERMINAL, JobStore
 from pc_coordinator.admission import admit_once
-from pc_coordinator.runner import JobContext, JobRunner
+from pc_coordinator.limits import SERVER_THREADS, StreamSlots
+from pc_coordinator.runner import RESTARTED, JobContext, JobRunner
 
 log = logging.getLogger("pc.coordinator")
 VERSION = "0.1.0"
@@ -29,7 +31,7 @@ CLIENTS = ("client", "officer", "operator")
 
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, config: CoordinatorConfig):
+    def __init__(self, config: CoordinatorConfig, clock=time.time):
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -38,14 +40,50 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         self._db.execute("PRAGMA journal_mode=WAL")
         self.directory = Directory(self._db, self._lock, config.offline_after_seconds)
         self.jobs = JobStore(self._db, self._lock)
-        interrupted = self.jobs.fail_interrupted()
+        self.watches = StreamSlots()
         self.ca_pem = config.tls.ca.read_bytes()
         key_file = config.tls.cert.parent / "sm2.key"
         signer = gm.Sm2PrivateKey.from_hex(key_file.read_text().strip()) if key_file.exists() else None
         self.audit = AuditLog(config.data_dir / "audit.db", "coordinator", signer)
-        if interrupted:
-            self.audit.append("jobs.interrupted", counts={"jobs": interrupted}, outcome="failed")
-        self.runner = JobRunner(self.jobs, self.directory, config.tls, config.job_timeout_seconds)
+        self.runner = JobRunner(self.jobs, self.directory, config.tls, config.job_timeout_seconds, clock)
+        self.resume_jobs()
+
+    @property
+    def clock(self):
+        return self.runner.clock
+
+    def resume_jobs(self) -> None:
+        """At start, every job that was not over: one waiting for admission (``created``,
+        ``pending_approval``) resumes its admission polling, since admission is idempotent at the
+        nodes; one that was ``running`` had started single-use steps, so it fails with the reason
+        and its parties are told to wipe its working data."""
+        resumed = failed = 0
+        for j in self.jobs.unfinished():
+            job_id, parties = j["job_id"], list(dict.fromkeys([j["requester"], *j["providers"]]))
+            if j["state"] == "running":
+                self.jobs.transition(job_id, "failed", RESTARTED)
+                self.runner.cleanup_later(job_id, j["requester"], parties)
+                self.audit.append("job.interrupted", job=job_id, requester=j["requester"], outcome="failed",
+                                  detail=RESTARTED)
+                failed += 1
+                continue
+            spec, signature = self.jobs.spec(job_id)
+            try:
+                doc = jobspec.verify(spec, signature, self.directory.certificate(j["requester"]), self.ca_pem,
+                                     now=self.clock(), first_seen=j["created_at"])
+                orchestrate = kinds.kind_of(doc).run
+            except PcError as exc:
+                self.jobs.transition(job_id, "failed", f"could not resume after a coordinator restart: {exc}")
+                self.runner.cleanup_later(job_id, j["requester"], parties)
+                self.audit.append("job.interrupted", job=job_id, requester=j["requester"], outcome="failed",
+                                  detail=str(exc)[:200])
+                failed += 1
+                continue
+            self.runner.start(job_id, orchestrate, doc, wait_for=parties)
+            self.audit.append("job.resume", job=job_id, requester=j["requester"], detail=j["state"])
+            resumed += 1
+        if resumed or failed:
+            log.info("after restart: %d job(s) resumed, %d failed", resumed, failed)
 
     def close(self) -> None:
         self.runner.shutdown()
@@ -103,7 +141,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         if doc["requester"] != caller.agency:
             raise PermissionDenied("a client may only submit jobs of its own agency")
         signer_pem = self.directory.certificate(doc["requester"])
-        doc = jobspec.verify(request.spec, request.signature, signer_pem, self.ca_pem)
+        doc = jobspec.verify(request.spec, request.signature, signer_pem, self.ca_pem, now=self.clock())
         providers = kinds.validate(doc, self.directory)
         self.jobs.create(doc["job_id"], doc["kind"], doc["requester"], request.spec, request.signature, providers)
         self.audit.append("job.submit", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
@@ -137,18 +175,31 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 
     @rpc(*CLIENTS)
     def WatchJob(self, request, context, caller: Identity):
+        """Updates of one job until it ends. Each open stream holds a server thread, so streams are
+        bounded per client identity and overall (``limits.StreamSlots``): RESOURCE_EXHAUSTED beyond."""
         job = self._visible(request.job_id, caller)
-        last = None
-        while context.is_active():
-            snapshot = job.SerializeToString()
-            if snapshot != last:
-                last = snapshot
-                yield job
-            if job.state in TERMINAL:
+        release = self.watches.acquire(caller.uri)
+
+        def ended() -> None:
+            release()
+            with self.jobs.changed:       # wake the loop now rather than at its next timeout
+                self.jobs.changed.notify_all()
+        try:
+            if not context.add_callback(ended):
                 return
-            with self.jobs.changed:
-                self.jobs.changed.wait(timeout=1.0)
-            job = self.jobs.get(request.job_id)
+            last = None
+            while context.is_active():
+                snapshot = job.SerializeToString()
+                if snapshot != last:
+                    last = snapshot
+                    yield job
+                if job.state in TERMINAL:
+                    return
+                with self.jobs.changed:
+                    self.jobs.changed.wait(timeout=1.0)
+                job = self.jobs.get(request.job_id)
+        finally:
+            release()
 
     @rpc("client", "operator")
     def CancelJob(self, request, context, caller: Identity):
@@ -162,9 +213,9 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
         return self.jobs.get(job.job_id)
 
 
-def create_server(config: CoordinatorConfig, max_workers: int = 32):
+def create_server(config: CoordinatorConfig, max_workers: int = SERVER_THREADS, clock=time.time):
     """The coordinator service and its started server: ``(server, port, service)``."""
-    service = CoordinatorService(config)
+    service = CoordinatorService(config, clock)
     try:
         server, port = grpc_server.create_server(
             [(service, coordinator_pb2_grpc.add_CoordinatorServicer_to_server)], config.listen, config.tls,

@@ -1,13 +1,14 @@
-"""Eligibility verification at the coordinator: validate, relay, aggregate, blind.
+"""Eligibility verification at the coordinator: validate, relay, aggregate, mask, garble.
 
 The coordinator handles only ciphertexts under the requester's per-job key, sealed
 envelopes it cannot open, and the slot→group layout (household sizes, no identifiers).
 It never holds a secret key: it uses only the public side of the HE engine, through the
-backend interface (``HeBackend``: sums, group sums where the scheme allows, blinding).
+backend interface (``HeBackend``: sums, group sums where the scheme allows, plaintext
+additions, re-randomisation), and the garbler's side of the comparison
+(``pc_coordinator.verify_compare``). It sees no verdict.
 """
 from __future__ import annotations
 
-import secrets
 import time
 from concurrent import futures
 
@@ -17,16 +18,16 @@ from pc_common import job_kinds
 from pc_common import steps_schema as schema
 from pc_common.catalog import catalog_view
 from pc_common.errors import InvalidInput, PermissionDenied
-from pc_common.wire import MAX_GROUP, MAX_VALUE_CENTS as MAX_SUBJECT_VALUE
+from pc_common.wire import MAX_GROUP
 from pc_rules.rules import Rule, validate_against_catalog
 from pc_coordinator.admission import admit_all
 from pc_coordinator.directory import Directory
+from pc_coordinator.limits import check_verification_size
 from pc_coordinator.runner import JobContext
 from pc_coordinator.streams import collect_blobs, send_blobs
-from pc_node.secure_agg import blinding
+from pc_coordinator.verify_compare import mask_all, run_compare
+from pc_node.secure_agg import verdict
 from pc_node.secure_agg.backend import HeBackend, get_backend
-
-_rng = secrets.SystemRandom()
 
 
 def published_grant_check(rule: Rule, directory: Directory) -> None:
@@ -48,9 +49,12 @@ def published_grant_check(rule: Rule, directory: Directory) -> None:
 def validate(doc: dict, directory: Directory) -> list[str]:
     """Check a verification against the catalog and published grants; its providers admit it."""
     rule = Rule.from_dict(job_kinds.params_of(doc, "verify").rule, "job spec")
+    check_verification_size(len(rule.criteria), job_kinds.params_of(doc, "verify").groups)
     if rule.requester != doc["requester"]:
         raise PermissionDenied("the rule's requester differs from the job's requester")
     validate_against_catalog(rule, catalog_view(directory.catalog()))
+    for c in rule.criteria:
+        verdict.check_criterion(c)
     published_grant_check(rule, directory)
     providers = rule.providers()
     if rule.requester in providers:
@@ -60,21 +64,6 @@ def validate(doc: dict, directory: Directory) -> list[str]:
         if not directory.node(p)["online"]:
             raise InvalidInput(f"node '{p}' is offline")
     return providers
-
-
-def _tests(rule: Rule, sizes: np.ndarray):
-    """Per criterion: ('zero', None) or ('lt'|'gt', thresholds per group)."""
-    out = []
-    for c in rule.criteria:
-        if c.type == "none_exists":
-            out.append((c.name, "zero", None))
-        elif c.type == "exists":
-            out.append((c.name, "gt", [0] * len(sizes)))
-        elif c.type == "count_at_most":
-            out.append((c.name, "lt", [c.max + 1] * len(sizes)))
-        else:
-            out.append((c.name, "lt", [c.threshold_cents(int(s)) for s in sizes]))
-    return out
 
 
 def run(ctx: JobContext, doc: dict) -> None:
@@ -116,7 +105,7 @@ def run(ctx: JobContext, doc: dict) -> None:
             results = dict(zip(providers, pool.map(evaluate, providers)))
         timings["evaluate_s"] = time.perf_counter() - t
 
-        # 3. per criterion: sum over providers, then per group.
+        # 3. per criterion: sum over providers (per slot).
         t = time.perf_counter()
         per_slot = {}
         for c in rule.criteria:
@@ -125,111 +114,68 @@ def run(ctx: JobContext, doc: dict) -> None:
             if not parts:
                 raise InvalidInput(f"no provider returned criterion '{c.name}'")
             per_slot[c.name] = backend.sum(parts)
-        if backend.supports_group_sum:
-            grouped = {name: backend.group_sum(cv, layout, n_groups) for name, cv in per_slot.items()}
-        else:   # batched values (BFV): regrouped by the key holder under one-time masks
-            grouped = _regroup_via_requester(ctx, backend, pub, per_slot, layout, n_groups, requester)
+        del results
         timings["aggregate_s"] = time.perf_counter() - t
+        if n_groups < 1:
+            raise InvalidInput("the job has no subjects")
 
-        # 4. blind, fold and shuffle per reveal mode.
+        # 4. mask: plaintext additions only (BFV per slot; Paillier per group, re-randomised).
         t = time.perf_counter()
-        # |T − S| <= |T| + |S|; S sums at most MAX_GROUP members, each bounded per criterion by providers.
-        max_t = max([c.threshold_cents(MAX_GROUP) for c in rule.criteria if c.type == "sum_below"]
-                    + [c.max + 1 for c in rule.criteria if c.type == "count_at_most"] + [0])
-        n_providers = max(1, max(len(c.agencies()) for c in rule.criteria))
-        value_bound = MAX_GROUP * MAX_SUBJECT_VALUE * n_providers + abs(max_t)
-        tests = _tests(rule, sizes)
-        outputs, meta = [], []     # meta: (test, criterion or "") per output, see FinishParams
-        if rule.reveal == "reasons":
-            for name, kind, thr in tests:
-                if kind == "zero":
-                    outputs.append(blinding.zero_test(pub, grouped[name], _rng))
-                    meta.append(("zero", name))
-                else:
-                    fn = blinding.less_than if kind == "lt" else blinding.greater_than
-                    outputs.append(fn(pub, grouped[name], thr, value_bound, _rng))
-                    meta.append(("positive", name))
-        else:
-            zeros = [grouped[n] for n, k, _ in tests if k == "zero"]
-            comps = [blinding.Comparison(grouped[n], thr, k) for n, k, thr in tests if k != "zero"]
-            if zeros:
-                outputs.append(blinding.fold_zero_tests(pub, zeros, MAX_GROUP * MAX_SUBJECT_VALUE, _rng))
-                meta.append(("zero", ""))
-            if comps:
-                for cv in blinding.shuffle_comparisons(pub, comps, value_bound, _rng):
-                    outputs.append(cv)
-                    meta.append(("positive", ""))
-        rho_k = blinding.rho_bits(pub, value_bound)
-        blur = blinding.blur_window_bits(pub, value_bound)
-        timings["blind_s"] = time.perf_counter() - t
+        plans, masked, g_inputs = mask_all(backend, rule, per_slot, layout, sizes, n_groups)
+        del per_slot
+        timings["mask_s"] = time.perf_counter() - t
 
-        # 5. requester decrypts and writes the verdicts.
+        # 5. the requester decrypts masked values, the garbled-circuit comparison gives it one bit
+        #    per household (or per criterion) and it writes the verdicts; we learn none of them.
         t = time.perf_counter()
-        finish = schema.FinishParams(tests=tuple(t for t, _ in meta), criteria=tuple(c for _, c in meta))
-        msgs = [ctx.header("verify.finish", requester, finish)]
-        collect_blobs(ctx, requester, send_blobs(msgs, {schema.output_stream(i): cv.serialize()
-                                                        for i, cv in enumerate(outputs)}))
-        timings["finish_s"] = time.perf_counter() - t
+        answer = run_compare(ctx, requester, rule, plans, masked, g_inputs, n_groups, timings)
+        if answer.rows != n_slots:
+            raise InvalidInput("the requester's results do not match the job")
+        timings["compare_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         ctx.progress("finish", requester, n_slots, n_slots)
         ctx.jobs.record(ctx.job_id, summary={
             "subjects": n_slots, "groups": n_groups, "providers": providers, "he": backend.name,
             "reveal": rule.reveal, "rule": rule.id, **{k: round(v, 3) for k, v in timings.items()}},
-            leakage=leakage_report(rule, providers, n_slots, n_groups, backend, rho_k, blur))
+            leakage=leakage_report(rule, providers, n_slots, n_groups, backend, plans))
     finally:
         ctx.cleanup([requester] + providers)
 
 
-def _regroup_via_requester(ctx, backend: HeBackend, pub, per_slot: dict, layout, n_groups: int,
-                           requester: str) -> dict:
-    """BFV group sums without rotations: mask per slot with uniform noise, let the requester
-    add up per group (it sees only v + r mod t, a one-time pad), remove the masks' sums."""
-    m = pub.plaintext_modulus
-    half = m // 2
-    masked, mask_sums = {}, {}
-    for name, cv in per_slot.items():
-        r = [_rng.randrange(0, m) for _ in range(len(layout))]
-        masked[name] = backend.add_plain(cv, [x - m if x > half else x for x in r]).serialize()
-        sums = [0] * n_groups
-        for slot, x in enumerate(r):
-            g = int(layout[slot])
-            sums[g] = (sums[g] + x) % m
-        mask_sums[name] = [(-s) % m for s in sums]
-    names = list(per_slot)
-    msgs = [ctx.header("verify.regroup", requester, schema.RegroupParams(criteria=tuple(names)))]
-    _, blobs = collect_blobs(ctx, requester, send_blobs(msgs, {schema.masked_stream(n): masked[n] for n in names}))
-    out = {}
-    for name in names:
-        cv = backend.load_ciphertext(pub, blobs[schema.grouped_stream(name)])
-        out[name] = backend.add_plain(cv, [x - m if x > half else x for x in mask_sums[name]])
-    return out
-
-
-def leakage_report(rule: Rule, providers: list[str], n: int, groups: int, backend: HeBackend, rho_k: int,
-                   blur: int) -> dict:
+def leakage_report(rule: Rule, providers: list[str], n: int, groups: int, backend: HeBackend,
+                   plans: list) -> dict:
+    """What each party decrypted or saw in this job, with its numbers."""
     he = backend.name
+    k = len(rule.criteria)
+    modes = ", ".join(f"{p.name}: {p.mode} l={p.bits}" for p in plans)
+    if rule.reveal == "reasons":
+        bits = f"{groups * k} output bits: per group ({groups}) and criterion ({k}) whether it passed (reasons mode)"
+    else:
+        bits = f"{groups} output bits: per group ({groups}) the verdict, eligible or not (verdict mode)"
+    if backend.supports_group_sum:
+        decrypted = (f"{groups * k} Paillier decryptions ({groups} groups × {k} criteria): each a group sum plus an "
+                     "offset and a mask r uniform in [0, 2^(l+40)) (statistical masking, κ = 40: within 2^−39 of a "
+                     "value independent of the sum), re-randomised by a fresh rⁿ")
+    else:
+        decrypted = (f"{n * k} BFV slot values ({n} slots × {k} criteria), each one-time-padded by a mask uniform "
+                     "mod t (their per-group sums are the masked group values); no ciphertext it decrypts was "
+                     "multiplied by another party's secret, and it encrypts nothing after prepare")
     report = {
         "coordinator": [
             f"sizes: {n} subjects in {groups} groups, and the household size of each opaque group number",
             f"which providers took part ({', '.join(providers)}) and how long each step took",
-            f"only ciphertexts under the requester's one-job {he.upper()} key and sealed envelopes it cannot open;"
-            " no identifier, value, count or verdict",
+            (f"only ciphertexts under the requester's one-job {he.upper()} key and sealed envelopes it cannot open;"
+             " no identifier, value, count or verdict"),
+            (f"its own masks and garbled circuit ({k} comparisons: {modes}) and the requester's OT messages,"
+             " which hide the requester's inputs; no output bit"),
         ],
         rule.requester: [
-            "per group the verdict (eligible or not)",
+            bits + "; nothing else",
+            decrypted,
+            ("garbled-circuit labels (one per wire, never both) and the tables of the comparison circuit, "
+             "which reveal only the output bits"),
         ],
     }
-    if rule.reveal == "reasons":
-        report[rule.requester].append("per group which criteria failed (reasons mode)")
-    else:
-        report[rule.requester].append(
-            "per group the number of failed comparison criteria, in shuffled order; a failed zero test "
-            "(none_exists) is folded into one bit")
-    report[rule.requester].append(
-        f"each comparison decrypts to ρ·(T−S)−ρ′ with ρ log-uniform in [2^7, 2^{rho_k}) and 1 ≤ ρ′ < ρ: "
-        f"its sign is the answer; its magnitude leaks log2|T−S| only to within a window of {blur} bits")
-    if not backend.supports_group_sum:
-        report[rule.requester].append("per-slot values masked by uniform noise mod t during regrouping (nothing)")
     for p in providers:
         crit = [c.name for c in rule.criteria if p in c.agencies()]
         report[p] = [

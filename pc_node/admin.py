@@ -21,7 +21,7 @@ from pc_common.config import NodeConfig
 from pc_common.errors import NotFound
 from pc_node.governance import Governance
 from pc_node.importer import ImportReport, detect_key_column, import_file
-from pc_node.policy import DEFAULT_QUOTA, Grant, Policy, parse_policy
+from pc_node.policy import DEFAULT_QUOTA, Grant, Policy, parse_policy, pins_toml
 from pc_node.runtime import open_store
 from pc_rules.metadata import ColumnMeta, DatasetMeta, load_metadata
 
@@ -132,7 +132,7 @@ def grants_toml(grants: list[Grant], comment: str = "") -> str:
     for g in grants:
         text = (f"[[grants]]\ndataset = {_toml_str(g.dataset)}\nrequester = {_toml_str(g.requester)}\n"
                 f"purposes = [{', '.join(_toml_str(p) for p in g.purposes)}]\n"
-                f"approval = {_toml_str(g.approval)}\nreveal = {_toml_str(g.reveal)}\n[grants.columns]\n"
+                f"approval = {_toml_str(g.approval)}\nreveal = {_toml_str(g.reveal)}\n{pins_toml(g)}[grants.columns]\n"
                 + "".join(f"{_toml_key(c)} = {_toml_str(u)}\n" for c, u in g.columns.items()))
         quota = {k: v for k, v in g.quota.items() if DEFAULT_QUOTA.get(k) != v}
         if quota:

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import pathlib
 import threading
+import time
 
 from cryptography import x509
 
@@ -19,6 +20,7 @@ from pc_node.keystore import FieldCipher, generate_data_key, load_master_key, un
 from pc_common.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2
 from pc_node.governance import Governance
 from pc_node.policy import Policy
+from pc_node.sessions import Sessions
 from pc_node.store import NodeStore
 
 log = logging.getLogger("pc.node")
@@ -81,13 +83,16 @@ class NodeRuntime:
         self._cert_cache: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self.address = ""
-        # In memory only, for the process's lifetime:
-        # per-job PSI sessions and lookup queries (EC keys), by job id; job.cleanup drops them.
-        self.sessions: dict[str, object] = {}
+        # In memory only: per-job PSI sessions and lookup queries (EC keys, identifiers), by job
+        # id; job.cleanup drops them, and they are wiped when their job's lifetime ends.
+        self.sessions = Sessions(self.governance.spec_lifetime, lambda: self.governance.clock(),
+                                 self._sessions_wiped)
         self.sessions_lock = threading.RLock()
         # Lookup filters by (dataset, label columns, masked), see pc_node.steps.lookup.provider_for.
         self.lookup_providers: dict[tuple, dict] = {}
         self.lookup_lock = threading.Lock()
+        # When lookup key epochs start and end (pc_node.steps.lookup_epochs); tests replace it.
+        self.lookup_clock = time.time
 
     def close(self) -> None:
         self.store.close()
@@ -125,10 +130,30 @@ class NodeRuntime:
         return node_keys_of(x509.load_pem_x509_certificate(self.peer_certificate(node_id)))
 
     def verify_spec(self, signed: node_pb2.SignedJobSpec) -> dict:
+        """A step's signed spec, checked: the transport expiry at first sight, the job's lifetime
+        on every later admission poll and step (an approval may come days after submission)."""
         doc = jobspec.parse(signed.spec)
-        doc = jobspec.verify(signed.spec, signed.signature, self.peer_certificate(doc["requester"]), self.ca_pem)
-        self.governance.remember_spec(doc["job_id"], hashlib.sha256(signed.spec).digest(), doc["expires_at"])
+        digest = hashlib.sha256(signed.spec).digest()
+        doc = jobspec.verify(signed.spec, signed.signature, self.peer_certificate(doc["requester"]), self.ca_pem,
+                             now=self.governance.clock(), first_seen=self.governance.first_seen(doc["job_id"], digest))
+        self.governance.remember_spec(doc["job_id"], digest, jobspec.lifetime_end(doc))
         return doc
+
+    def remember_own_spec(self, spec: bytes) -> None:
+        """The requester node sees its own spec first when it signs it."""
+        doc = jobspec.parse(spec)
+        self.governance.remember_spec(doc["job_id"], hashlib.sha256(spec).digest(), jobspec.lifetime_end(doc))
+
+    # ----- retention ------------------------------------------------------------------
+    def _sessions_wiped(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self.audit.append("retention.wipe", job=job_id, counts={"items": 1}, detail="session expired")
+
+    def expire(self) -> None:
+        """Wipe what has outlived its time: job sessions past their job's lifetime, expired blobs."""
+        self.sessions.expire()
+        for kind, name in self.store.expire_blobs():
+            self.audit.append("retention.expire", job=name if kind == "results" else None, detail=kind)
 
     # ----- catalog --------------------------------------------------------------------
     def catalog(self) -> common_pb2.Catalog:

@@ -14,7 +14,7 @@ import threading
 
 import grpc
 
-from pc_common import jobspec, server as grpc_server, wire
+from pc_common import clock, jobspec, server as grpc_server, wire
 from pc_node import idnum
 from pc_common.config import NodeConfig
 from pc_common.catalog import catalog_digest
@@ -71,6 +71,11 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 bad.append(f"row {i + 2}: {exc}")
         if bad:
             raise InvalidInput(f"{len(bad)} invalid subject identifier(s): " + "; ".join(bad[:5]))
+        first_row: dict[str, int] = {}
+        for i, s in enumerate(subjects):     # one person twice would be asked twice in one job
+            if first_row.setdefault(s, i) != i:
+                raise InvalidInput(f"row {i + 2}: the same subject as row {first_row[s] + 2}"
+                                   " (each subject may appear once in a verification)")
         if not header.group_column:
             groups = [str(i) for i in range(len(subjects))]
         elif any(g == "" for g in groups):
@@ -97,8 +102,12 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if kind is None:
             raise InvalidInput(f"unknown job kind '{request.kind[:32]}'")
         params, purpose = kind.prepare(self.rt, params, request.subject_set)
-        spec = jobspec.build(request.kind, self.rt.node_id, params, purpose)
+        spec = jobspec.build(request.kind, self.rt.node_id, params, purpose, now=self.rt.governance.clock(),
+                             lifetime=self.rt.config.job_lifetime_hours * 3600)
+        self.rt.remember_own_spec(spec)
         doc = jobspec.parse(spec)
+        if request.subject_set:     # the subjects wait with the job (approvals may take days)
+            self.rt.store.keep_blob("subjects", request.subject_set, clock.iso(jobspec.lifetime_end(doc)))
         self.rt.audit.append("job.prepare", job=doc["job_id"], requester=caller.user, purpose=purpose,
                              detail=request.kind)
         return node_pb2.SignedJobSpec(spec=spec, signature=jobspec.sign(spec, self.rt.sm2), signer=self.rt.node_id)
@@ -136,9 +145,13 @@ class NodeService(node_pb2_grpc.NodeServicer):
 
 def _approval_pb(a: dict) -> node_pb2.Approval:
     import datetime as dt
+    d = a.get("details") or {}
     return node_pb2.Approval(job_id=a["job_id"], requester=a["requester"], purpose=a["purpose"],
                              datasets=a["datasets"], state=a["state"], reason=a["reason"],
-                             created_at=dt.datetime.fromtimestamp(a["created_at"], dt.timezone.utc).isoformat())
+                             created_at=dt.datetime.fromtimestamp(a["created_at"], dt.timezone.utc).isoformat(),
+                             kind=d.get("kind", ""), subjects=d.get("subjects", 0), groups=d.get("groups", 0),
+                             rule_id=d.get("rule", ""), rule_title=d.get("title", ""), reveal=d.get("reveal", ""),
+                             criteria=[node_pb2.ApprovalCriterion(**c) for c in d.get("criteria", [])])
 
 
 def create_server(config: NodeConfig, max_workers: int = 32):
@@ -188,8 +201,7 @@ class Presence:
                         coordinator_pb2.HeartbeatRequest(catalog_digest=catalog_digest(catalog)), timeout=10)
                     if reply.send_catalog:
                         self.rt.coordinator.PublishCatalog(catalog, timeout=10)
-                for kind, name in self.rt.store.expire_blobs():
-                    self.rt.audit.append("retention.expire", job=name if kind == "results" else None, detail=kind)
+                self.rt.expire()     # sessions past their job's lifetime, expired blobs
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     self.registered.clear()

@@ -218,6 +218,13 @@ class NodeStore:
             return self._db.execute("SELECT 1 FROM blobs WHERE kind = ? AND name = ?",
                                     (kind, name)).fetchone() is not None
 
+    def keep_blob(self, kind: str, name: str, until: str) -> bool:
+        """Keep an expiring blob at least ``until`` (``clock.iso``); False if there is none."""
+        with self.transaction() as db:
+            db.execute("UPDATE blobs SET expires_at = ? WHERE kind = ? AND name = ? AND expires_at IS NOT NULL"
+                       " AND expires_at < ?", (until, kind, name, until))
+            return db.execute("SELECT 1 FROM blobs WHERE kind = ? AND name = ?", (kind, name)).fetchone() is not None
+
     def delete_blobs(self, kind: str, name: str | None = None) -> int:
         with self.transaction() as db:
             if name is None:

@@ -137,8 +137,10 @@ def main() -> int:
             res = fed.verify(rule_path, subjects, out=out, he=args.he)
         total = time.perf_counter() - t
         s = res.summary
-        for k in ("admit_s", "prepare_s", "evaluate_s", "aggregate_s", "blind_s", "finish_s", "total_s"):
+        for k in ("admit_s", "prepare_s", "evaluate_s", "aggregate_s", "mask_s", "compare_s", "garble_s", "total_s"):
             print(f"  coordinator {k:12} {s.get(k)}")
+        print("  (compare_s: the whole verify.compare step — masked values to the requester, its decryption,"
+              " OT, garbling (garble_s of it, at the coordinator), evaluation, results file)")
         print(f"  client wall clock (upload + job + results): {total:.2f} s")
         truth = ground_truth.evaluate(load_rule(rule_path), city, subjects)
         with open(out, newline="", encoding="utf-8") as fh:
@@ -146,7 +148,7 @@ def main() -> int:
         wrong = sum((r["eligible"] == "true") != g["eligible"] for r, g in zip(rows, truth))
         print(f"  verdicts checked against plaintext ground truth: {len(rows)} rows, {wrong} mismatches")
         print(f"verify households={args.households} subjects={s.get('subjects')} providers={len(s.get('providers', []))}"
-              f" total_s={total:.2f}")
+              f" mask_s={s.get('mask_s')} compare_s={s.get('compare_s')} total_s={total:.2f}")
         return 0 if wrong == 0 else 1
     finally:
         sb.down(quiet=True)

@@ -32,6 +32,9 @@ from pc_rules.rules import column_uses, load_rule
 
 STATE = "sandbox.json"
 SANDBOX_PURPOSE_PSI = "data_matching"
+# A sandbox is for trying rules out again and again on the same applicants: a provider there
+# evaluates one subject up to this many times a day (a production grant's default is 3).
+SANDBOX_EVALUATIONS_PER_DAY = 100
 
 
 def agencies_of(directory: pathlib.Path) -> list[str]:
@@ -225,7 +228,9 @@ class Sandbox:
         return path
 
     def grants(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> list[admin.Grant]:
-        """Sandbox grants: PSI on every dataset between sandbox agencies, and what each rule needs."""
+        """Sandbox grants: PSI on every dataset between sandbox agencies, and what each rule needs,
+        pinned to that rule (its id and the digest of its criteria touching ``agency``): edit a
+        rule's thresholds and ``pc sandbox up`` again to serve the edited rule."""
         datasets = sorted(p.stem for p in (self.dir / agency).glob("*.csv"))
         key_of = {ds: (keys or {}).get(agency, {}).get(ds) or admin.key_column_of(self.dir / agency / f"{ds}.csv")
                   for ds in datasets}
@@ -235,7 +240,8 @@ class Sandbox:
             for ds, cols in sorted(column_uses(rule, agency).items()):
                 columns = {key_of.get(ds, admin.DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
                 out.append(admin.Grant(ds, rule.requester, (rule.purpose,), columns, approval="auto",
-                                       reveal=rule.reveal))
+                                       reveal=rule.reveal, rules=((rule.id, rule.criteria_digest(agency)),),
+                                       max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY))
         return out
 
     def write_policy(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> pathlib.Path:
@@ -243,7 +249,6 @@ class Sandbox:
         return admin.write_grants(self.root / agency / "policy.toml", self.grants(agency, agencies, rules, keys),
                                   comment="Written by 'pc sandbox up': grants for trying the sandbox out.")
 
-    _write_policy = write_policy   # the old name, still used by tests/fedkit.py
 
     # ----- down -------------------------------------------------------------------------------
     def down(self, quiet: bool = False, timeout: float = 15) -> int:

@@ -93,9 +93,13 @@ class Federation:
         return self.coordinator.CancelJob(node_pb2.JobRef(job_id=job_id), timeout=self.timeout)
 
     def watch(self, job_id: str, on_update: ProgressFn | None = None, timeout: float = 3600):
-        """Follow a job until it ends; returns the final job."""
+        """Follow a job until it ends; returns the final job.
+
+        The coordinator bounds open watch streams per client; when this client is at its bound
+        (RESOURCE_EXHAUSTED) the job is polled with ``GetJob`` instead."""
         deadline = time.time() + timeout
         job = None
+        last = None
         while time.time() < deadline:
             try:
                 for job in self.coordinator.WatchJob(node_pb2.JobRef(job_id=job_id), timeout=deadline - time.time()):
@@ -104,6 +108,15 @@ class Federation:
                     if job.state in TERMINAL:
                         return job
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    job = self.job(job_id)
+                    if on_update and job.SerializeToString() != last:
+                        last = job.SerializeToString()
+                        on_update(job)
+                    if job.state in TERMINAL:
+                        return job
+                    time.sleep(1.0)
+                    continue
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE,):
                     raise
                 time.sleep(0.5)

@@ -131,7 +131,7 @@ class StepMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[StepHeader, _Mapping]] = ..., chunk: _Optional[_Union[_common_pb2.DataChunk, _Mapping]] = ..., done: _Optional[_Union[StepDone, _Mapping]] = ..., progress: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ...) -> None: ...
 
 class Approval(_message.Message):
-    __slots__ = ("job_id", "requester", "purpose", "datasets", "state", "reason", "created_at")
+    __slots__ = ("job_id", "requester", "purpose", "datasets", "state", "reason", "created_at", "kind", "subjects", "groups", "rule_id", "rule_title", "reveal", "criteria")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTER_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,13 @@ class Approval(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_TITLE_FIELD_NUMBER: _ClassVar[int]
+    REVEAL_FIELD_NUMBER: _ClassVar[int]
+    CRITERIA_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     requester: str
     purpose: str
@@ -146,7 +153,28 @@ class Approval(_message.Message):
     state: str
     reason: str
     created_at: str
-    def __init__(self, job_id: _Optional[str] = ..., requester: _Optional[str] = ..., purpose: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[str] = ...) -> None: ...
+    kind: str
+    subjects: int
+    groups: int
+    rule_id: str
+    rule_title: str
+    reveal: str
+    criteria: _containers.RepeatedCompositeFieldContainer[ApprovalCriterion]
+    def __init__(self, job_id: _Optional[str] = ..., requester: _Optional[str] = ..., purpose: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[str] = ..., kind: _Optional[str] = ..., subjects: _Optional[int] = ..., groups: _Optional[int] = ..., rule_id: _Optional[str] = ..., rule_title: _Optional[str] = ..., reveal: _Optional[str] = ..., criteria: _Optional[_Iterable[_Union[ApprovalCriterion, _Mapping]]] = ...) -> None: ...
+
+class ApprovalCriterion(_message.Message):
+    __slots__ = ("name", "type", "sources", "where", "threshold")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    where: str
+    threshold: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., sources: _Optional[_Iterable[str]] = ..., where: _Optional[str] = ..., threshold: _Optional[str] = ...) -> None: ...
 
 class ApprovalList(_message.Message):
     __slots__ = ("approvals",)

@@ -124,3 +124,48 @@ def decode_label(plain: bytes) -> bytes:
     if n > len(plain) - 2:
         raise IntegrityError("label failed authentication")
     return plain[2:2 + n]
+
+
+# ----- the requester's binding of its blinded stream to one job --------------------------------------
+BINDING_CTX = b"pc/lookup/binding\x00"
+MAX_BINDING_CHUNKS = 1 << 16
+_CHUNK_ENTRY = struct.Struct(">I32s")
+
+
+def binding_message(job_id: str, provider: str, epoch: str, chunks: list[tuple[int, bytes]]) -> bytes:
+    """What the requester signs (SM2) for one lookup: job, provider, key epoch of its filter,
+    the number of blinded points and, per chunk of the blinded stream, its point count and the
+    SHA-256 of its bytes. The provider evaluates only chunks listed here, in this order."""
+    check_params(epoch, 8, 0)
+    if len(chunks) > MAX_BINDING_CHUNKS:
+        raise InvalidInput("too many chunks in one lookup")
+    total = sum(n for n, _ in chunks)
+    return b"".join([BINDING_CTX, f"{job_id}\x00{provider}\x00{epoch}\x00".encode(),
+                     struct.pack(">QI", total, len(chunks)), *(_CHUNK_ENTRY.pack(n, d) for n, d in chunks)])
+
+
+def parse_binding(message: bytes, job_id: str, provider: str) -> tuple[str, int, list[tuple[int, bytes]]]:
+    """``(epoch, total points, [(count, sha256)] per chunk)`` of a binding for this job and
+    provider; InvalidInput when it is malformed or names another job or provider."""
+    prefix = BINDING_CTX + f"{job_id}\x00{provider}\x00".encode()
+    if not message.startswith(prefix):
+        raise InvalidInput("the lookup binding names another job or provider")
+    rest = message[len(prefix):]
+    end = rest.find(b"\x00")
+    if end < 0:
+        raise InvalidInput("the lookup binding is malformed")
+    try:
+        epoch = rest[:end].decode("ascii")
+        check_params(epoch, 8, 0)
+    except (UnicodeDecodeError, InvalidInput):
+        raise InvalidInput("the lookup binding is malformed") from None
+    body = rest[end + 1:]
+    if len(body) < 12:
+        raise InvalidInput("the lookup binding is malformed")
+    total, n = struct.unpack_from(">QI", body)
+    if n > MAX_BINDING_CHUNKS or len(body) != 12 + n * _CHUNK_ENTRY.size:
+        raise InvalidInput("the lookup binding is malformed")
+    chunks = [_CHUNK_ENTRY.unpack_from(body, 12 + i * _CHUNK_ENTRY.size) for i in range(n)]
+    if sum(c for c, _ in chunks) != total:
+        raise InvalidInput("the lookup binding's point count does not add up")
+    return epoch, total, chunks

@@ -11,7 +11,8 @@ PSI-CA (``cardinality_only=True`` on both sides): B buffers every re-encrypted v
 returns them in a fresh random order over the *whole* set (``accept_blinded`` then
 ``shuffled_reencrypted_chunks``), so A can match counts but not map a match back to an
 identifier. Result to both parties: A sends ``provider_indices()`` — positions in B's
-shuffled list that matched — and B calls ``learn_intersection``.
+shuffled list that matched — and B calls ``learn_intersection`` (the node steps use the
+fixed-length ``provider_bitmap`` / ``learn_from_bitmap`` form, sealed to B).
 
 What each party learns (semi-honest): A — X ∩ Y (or only |X ∩ Y|) and |Y|; B — |X|
 (and X ∩ Y with the result-to-both option). Neither sees the other's non-matching identifiers.
@@ -238,6 +239,18 @@ class RequesterSession(_Party):
         return encode_indices(np.nonzero(hits)[0])
 
 
+    def provider_bitmap(self) -> bytes:
+        """Result-to-both option as a bitmap over B's sent list (bit i, little-endian within each
+        byte: position i is in X ∩ Y). Its length, ⌈|Y| / 8⌉ bytes, says nothing about |X ∩ Y|,
+        so the list can travel sealed without its size telling the relay the intersection size."""
+        if self.cardinality_only:
+            raise FailedPrecondition("the intersection is not revealed in cardinality-only mode")
+        self._compute()
+        assert self._provider_all is not None
+        hits = SortedPoints(self._double).contains(self._provider_all)
+        return np.packbits(hits.astype(np.uint8), bitorder="little").tobytes()
+
+
 class ProviderSession(_Party):
     """Party B: re-encrypts A's values and sends its own; learns |X| (and X ∩ Y if told)."""
 
@@ -284,4 +297,16 @@ class ProviderSession(_Party):
         if self._sent_order is None:
             raise FailedPrecondition("own values have not been sent yet")
         idx = decode_indices(indices, self.count, count)
+        return [self._ids[i] for i in np.sort(self._sent_order[idx])]
+
+    def learn_from_bitmap(self, bitmap: bytes) -> list[str]:
+        """Result-to-both option: A's bitmap over B's sent list (see ``provider_bitmap``)."""
+        if self._sent_order is None:
+            raise FailedPrecondition("own values have not been sent yet")
+        if len(bitmap) != (self.count + 7) // 8:
+            raise InvalidInput("the intersection bitmap does not match the provider's set size")
+        bits = np.unpackbits(np.frombuffer(bytes(bitmap), dtype=np.uint8), bitorder="little")
+        if bits[self.count:].any():
+            raise InvalidInput("the intersection bitmap marks positions beyond the provider's set")
+        idx = np.nonzero(bits[:self.count])[0]
         return [self._ids[i] for i in np.sort(self._sent_order[idx])]

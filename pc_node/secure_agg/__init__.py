@@ -1,4 +1,5 @@
-"""Homomorphic aggregation: backends (Paillier, BFV) and blinding.
+"""Homomorphic aggregation: backends (Paillier, BFV), the verification's masking plan
+(``verdict``) and the garbled-circuit comparison (``gc``).
 
 Typical flow (eligibility verification)::
 
@@ -6,10 +7,11 @@ Typical flow (eligibility verification)::
     pub, secret = be.generate_keypair()                 # requester node
     wire_pub = pub.serialize()                          # public part only
     pub_p = be.load_public(wire_pub)                    # provider / coordinator
-    rows = [be.encrypt(pub_p, row) for row in rows_of_values]      # provider
-    s = group_sum(pub_c, rows_from_all_providers)       # coordinator
-    blinded = less_than(pub_c, s, thresholds, value_bound)
-    verdict = be.decrypt(secret, blinded) > 0           # requester node: positive <=> S < T
+    cvs = [be.encrypt(pub_p, per_slot) for ...]         # providers
+    s = be.sum(cvs)                                     # coordinator
+    masked, g_in = verdict.mask_bfv(be, s, plan, thresholds, layout)   # plaintext add only
+    d = verdict.group_values(be.decrypt(secret, masked), ...)          # requester: masked sums
+    # then gc.ComparisonGarbler (coordinator) / gc.ComparisonEvaluator (requester): one bit each
 
 Submodules ``paillier_keys``/``bfv_keys`` (key generation, decryption) are loaded
 lazily and only on the key holder's side.
@@ -23,37 +25,12 @@ from .backend import (
     backend_for,
     get_backend,
 )
-from .blinding import (
-    Comparison,
-    blur_window_bits,
-    fold_zero_tests,
-    greater_than,
-    group_sum,
-    less_than,
-    random_permutation,
-    rho_bits,
-    shuffle_comparisons,
-    shuffled,
-    zero_test,
-)
-
 __all__ = [
     "CipherVector",
-    "Comparison",
     "HeBackend",
     "PublicContext",
     "SecretContext",
     "available_backends",
     "backend_for",
-    "blur_window_bits",
-    "fold_zero_tests",
     "get_backend",
-    "greater_than",
-    "group_sum",
-    "less_than",
-    "random_permutation",
-    "rho_bits",
-    "shuffle_comparisons",
-    "shuffled",
-    "zero_test",
 ]

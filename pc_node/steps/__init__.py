@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from pc_common import job_kinds, steps_schema
 from pc_common.errors import InvalidInput
 from pc_common.pb import node_pb2
-from pc_node.steps import admit, lookup, psi, verify
+from pc_node.steps import admit, lookup, psi, verify, verify_compare
 
 Handler = Callable[..., Iterator[node_pb2.StepMessage]]
 
@@ -42,8 +42,7 @@ STEPS: dict[str, Handler] = {
     "job.cleanup": verify.cleanup,
     "verify.prepare": verify.prepare,
     "verify.evaluate": verify.evaluate,
-    "verify.regroup": verify.regroup,
-    "verify.finish": verify.finish,
+    "verify.compare": verify_compare.compare,
     "psi.blind": psi.blind,
     "psi.hop": psi.hop,
     "psi.own": psi.own,

@@ -1,17 +1,24 @@
-"""Admission of a job at a provider: signature, policy, quota, approval.
+"""Admission of a job at a provider: signature, policy (column uses, reveal, the rule's
+comparisons as the grant pins them), quota, approval.
 
 The coordinator calls ``job.admit`` on every provider before any data moves. Each later
 step calls ``checked_spec`` again, so nothing runs for a job the node has not admitted
-under a spec the requester really signed.
+under a spec the requester really signed; ``require_admitted`` re-checks the grants.
+:func:`charge_subjects` is the provider's check of a verification's opened subject list:
+no duplicates, and each subject evaluated at most N times per period for one requester.
 """
 from __future__ import annotations
 
 import hashlib
 
-from pc_common import job_kinds
-from pc_common.errors import FailedPrecondition, PermissionDenied
+from pc_common import job_kinds, jobspec
+from pc_common.errors import FailedPrecondition, InvalidInput, PermissionDenied, ResourceExhausted
 from pc_common.steps_schema import Admission
+from pc_node import idnum
+from pc_node.policy import PERIODS
 from pc_node.steps.common import done
+from pc_rules import pinning
+from pc_rules.rules import Rule
 
 
 def needs(doc: dict, node_id: str, runtime) -> list[tuple[str, dict, str]]:
@@ -37,12 +44,45 @@ def checked_spec(runtime, header) -> dict:
     return doc
 
 
+def _rule(doc: dict) -> Rule | None:
+    """A verification's rule (its comparisons need the grant's pins), None for other kinds."""
+    if doc["kind"] != "verify":
+        return None
+    return Rule.from_dict(job_kinds.params_of(doc, "verify").rule, "job spec")
+
+
 def authorise(runtime, doc: dict) -> list:
     grants = []
+    rule = _rule(doc)
     for dataset, uses, reveal in needs(doc, runtime.node_id, runtime):
         grants.append(runtime.policy.authorise(dataset, runtime.store.dataset(dataset).key_column,
-                                               doc["requester"], doc["purpose"], uses, reveal))
+                                               doc["requester"], doc["purpose"], uses, reveal,
+                                               rule=rule, agency=runtime.node_id))
     return grants
+
+
+def _threshold_text(c) -> str:
+    if c.max is not None:
+        return f"max = {c.max}"
+    if c.per_member is not None:
+        return f"per_member = {c.per_member}"
+    if c.limit is not None:
+        return f"limit = {c.limit}"
+    return ""
+
+
+def approval_details(runtime, doc: dict) -> dict:
+    """What the data officer sees of a job besides its purpose: the subject count and, for a
+    verification, the rule and every criterion touching this node with thresholds and ``where``."""
+    params = job_kinds.params_of(doc)
+    details: dict = {"kind": doc["kind"], "subjects": params.subjects}
+    rule = _rule(doc)
+    if rule is not None:
+        details.update(rule=rule.id, title=rule.title, reveal=rule.reveal, groups=params.groups, criteria=[
+            {"name": c.name, "type": c.type, "sources": list(c.sources) if c.type == "sum_below" else [c.source],
+             "where": c.where.to_text() if c.where is not None else "", "threshold": _threshold_text(c)}
+            for c in pinning.criteria_touching(rule, runtime.node_id)])
+    return details
 
 
 def admit(runtime, header, inbound):
@@ -58,13 +98,14 @@ def admit(runtime, header, inbound):
     try:   # at most once per job, however many admissions race (first_time: this one charged it)
         first_time = runtime.governance.charge(doc["job_id"] + "#charged", doc["requester"], subject_count(doc),
                                                {k: min(g.quota[k] for g in grants) for k in grants[0].quota},
-                                               doc["expires_at"])
+                                               jobspec.lifetime_end(doc))
     except Exception as exc:
         runtime.audit.append("alert.quota", job=doc["job_id"], requester=doc["requester"],
                              purpose=doc["purpose"], detail=str(exc)[:200], outcome="refused")
         raise
     if any(g.approval == "manual" for g in grants):
-        state = runtime.governance.approval_state(doc["job_id"], doc["requester"], doc["purpose"], datasets)
+        state = runtime.governance.approval_state(doc["job_id"], doc["requester"], doc["purpose"], datasets,
+                                                  approval_details(runtime, doc))
         if state == "pending":
             if first_time:
                 runtime.audit.append("approval.requested", job=doc["job_id"], requester=doc["requester"],
@@ -73,7 +114,7 @@ def admit(runtime, header, inbound):
             return
         if state != "approved":
             raise PermissionDenied(f"the job was {state} by the data officer of '{runtime.node_id}'")
-    if runtime.governance.mark_once(doc["job_id"] + "#admitted", doc["expires_at"]):
+    if runtime.governance.mark_once(doc["job_id"] + "#admitted", jobspec.lifetime_end(doc)):
         runtime.audit.append("job.admit", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                              dataset=",".join(datasets), counts={"subjects": subject_count(doc)})
     yield done(Admission(admitted="yes"))
@@ -83,14 +124,40 @@ def spec_digest(header) -> bytes:
     return hashlib.sha256(header.spec.spec).digest()
 
 
-def require_admitted(runtime, doc: dict) -> None:
+def require_admitted(runtime, doc: dict) -> list:
     """A provider step runs only for a job this node admitted (approval included) and whose
-    grants still hold now (the policy may have changed since admission)."""
+    grants still hold now (the policy may have changed since admission); returns those grants."""
     if doc["requester"] == runtime.node_id:
         raise PermissionDenied("this step is a provider's; the requester does not run it")
     if not runtime.governance.is_marked(doc["job_id"] + "#admitted"):
         raise FailedPrecondition("job was not admitted at this node")
-    authorise(runtime, doc)
+    return authorise(runtime, doc)
+
+
+def charge_subjects(runtime, doc: dict, grants: list, identifiers: list[str]) -> None:
+    """A provider's check of an opened subject list before evaluating it.
+
+    A list naming one subject twice (after normalisation) is refused (INVALID_ARGUMENT): copies
+    of one person in several groups would give independent draws of the same answer. Then every
+    subject is charged one evaluation for the requester, under the node's blind index of its
+    identifier, all or nothing; beyond a grant's ``max_evaluations_per_subject`` per
+    ``evaluation_period`` the whole job is refused (RESOURCE_EXHAUSTED) with an audit alert.
+    """
+    normalised = [idnum.normalise(i) for i in identifiers]
+    if len(set(normalised)) != len(normalised):
+        runtime.audit.append("alert.subjects", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
+                             detail="sealed subject list names a subject more than once", outcome="refused")
+        raise InvalidInput("the sealed subject list names the same subject more than once")
+    limits = [(g.max_evaluations_per_subject, PERIODS[g.evaluation_period]) for g in grants]
+    indexes = [runtime.store.cipher.blind_index(i) for i in normalised]
+    try:
+        runtime.governance.charge_evaluations(doc["job_id"] + "#evaluations", doc["requester"], indexes, limits,
+                                              jobspec.lifetime_end(doc))
+    except ResourceExhausted as exc:
+        runtime.audit.append("alert.evaluations", job=doc["job_id"], requester=doc["requester"],
+                             purpose=doc["purpose"], counts={"subjects": len(indexes)}, detail=str(exc)[:200],
+                             outcome="refused")
+        raise
 
 
 def use_once(runtime, doc: dict, what: str, limit: int = 1) -> None:
@@ -98,6 +165,6 @@ def use_once(runtime, doc: dict, what: str, limit: int = 1) -> None:
     coordinator cannot turn a provider into an oracle by replaying steps. Each use takes one
     marker atomically, so racing replays cannot both pass."""
     for i in range(limit):
-        if runtime.governance.mark_once(f"{doc['job_id']}#{what}#{i}", doc["expires_at"]):
+        if runtime.governance.mark_once(f"{doc['job_id']}#{what}#{i}", jobspec.lifetime_end(doc)):
             return
     raise PermissionDenied(f"step '{what}' was already run for this job")

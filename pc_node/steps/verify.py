@@ -5,20 +5,17 @@ Requester node:
                       subjects); per provider a sealed (slot, identifier) list in random
                       order with no grouping; to the coordinator only the public context
                       and the slot→group layout (no identifiers).
-  ``verify.regroup``  (BFV only) receives per-slot values masked with uniform noise by the
-                      coordinator, adds them up per group and re-encrypts: it learns nothing
-                      (a one-time pad) and the coordinator gets group sums without rotations.
-  ``verify.finish``   decrypts the blinded tests, writes verdicts in the results file
-                      contract, stores them encrypted, and wipes the job's keys.
+  ``verify.compare``  (``pc_node.steps.verify_compare``) decrypts the coordinator's masked
+                      values, runs the garbled-circuit comparison as evaluator, learns one bit
+                      per household (or per household and criterion), writes the results
+                      file, and wipes the job's keys.
 Provider node:
   ``verify.evaluate`` opens its sealed list, evaluates its criteria locally and returns one
                       ciphertext per slot and criterion under the requester's key.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import random
 import struct
@@ -31,9 +28,10 @@ from pc_node import envelope
 from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
 from pc_rules.rules import Rule, column_uses
 from pc_node.secure_agg import get_backend
-from pc_node.steps.admit import checked_spec, require_admitted, use_once
+from pc_node.secure_agg.verdict import COUNT_CAP
+from pc_node.steps.admit import charge_subjects, checked_spec, require_admitted, use_once
 from pc_common.wire import MAX_GROUP, MAX_VALUE_CENTS
-from pc_node.steps.common import blob_chunks, done, hours_from_now, progress, read_blob, store_results
+from pc_node.steps.common import blob_chunks, done, hours_from_now, progress, read_blob
 
 SLOT_ITEM = struct.Struct(">I18s")
 WORKING_DATA_HOURS = 24           # keys and working data of a job never outlive this
@@ -164,15 +162,20 @@ def evaluate_criteria(runtime, rule: Rule, items: list[tuple[int, str]], n_slots
                     v = len(rows)
                 # Clamp rather than fail: an error here would tell the coordinator and the other
                 # agencies that some subject has an extreme record. Thresholds are far below the
-                # bound, so a clamped value gives the same verdict.
-                values[slot] = max(-MAX_VALUE_CENTS, min(MAX_VALUE_CENTS, values[slot] + v))
+                # bound, so a clamped value gives the same verdict. Counts are capped lower
+                # (COUNT_CAP, exact for every admitted count test) so that they fit the
+                # comparison's integer mode.
+                if c.type == "sum_below":
+                    values[slot] = max(-MAX_VALUE_CENTS, min(MAX_VALUE_CENTS, values[slot] + v))
+                else:
+                    values[slot] = min(COUNT_CAP, values[slot] + v)
         out[c.name] = values
     return out
 
 
 def evaluate(runtime, header, inbound):
     doc = checked_spec(runtime, header)
-    require_admitted(runtime, doc)
+    grants = require_admitted(runtime, doc)
     rule = _rule(doc)
     backend = get_backend(_params(doc).he)
     pubctx = read_blob(inbound, "pubctx", 64 << 20)
@@ -189,6 +192,8 @@ def evaluate(runtime, header, inbound):
     n = _params(doc).subjects
     if len(items) != n or any(not (0 <= s < n) for s, _ in items) or len({s for s, _ in items}) != n:
         raise InvalidInput("sealed subject list does not match the job's slots")
+    # No subject twice in one list, and at most N evaluations of a subject per period (per grant).
+    charge_subjects(runtime, doc, grants, [ident for _, ident in items])
     yield progress("evaluate", runtime.node_id, 0, n)
     values = evaluate_criteria(runtime, rule, items, n)
     yield progress("evaluate", runtime.node_id, n, n)
@@ -205,74 +210,6 @@ def _working(runtime, job_id: str):
     backend = get_backend(working["he"])
     secret = backend.load_secret(runtime.store.get_blob("jobkeys", job_id))
     return working, backend, secret
-
-
-def regroup(runtime, header, inbound):
-    doc = checked_spec(runtime, header)
-    if doc["requester"] != runtime.node_id:
-        raise PermissionDenied("only the requester node regroups its own job")
-    working, backend, secret = _working(runtime, doc["job_id"])
-    names = schema.decode_params(header).criteria
-    m = secret.public.plaintext_modulus
-    n_groups = working["groups"]
-    slot_group = np.zeros(len(working["slots"]), dtype=np.int64)
-    for i, slot in enumerate(working["slots"]):
-        slot_group[slot] = working["group_no"][i]
-    for name in names:
-        cv = backend.load_ciphertext(secret.public, read_blob(inbound, schema.masked_stream(name), 1 << 31))
-        masked = backend.decrypt(secret, cv)
-        sums = [0] * n_groups
-        for slot, v in enumerate(masked.tolist()):
-            g = slot_group[slot]
-            sums[g] = (sums[g] + int(v)) % m
-        half = m // 2
-        grouped = backend.encrypt(secret.public, [s - m if s > half else s for s in sums])
-        yield from blob_chunks(schema.grouped_stream(name), grouped.serialize())
-    yield done(schema.Groups(groups=n_groups))
-
-
-def finish(runtime, header, inbound):
-    doc = checked_spec(runtime, header)
-    if doc["requester"] != runtime.node_id:
-        raise PermissionDenied("only the requester node finishes its own job")
-    rule = _rule(doc)
-    working, backend, secret = _working(runtime, doc["job_id"])
-    outputs: schema.FinishParams = schema.decode_params(header)
-    n_groups = working["groups"]
-    passed = np.ones(n_groups, dtype=bool)
-    failed: list[list[str]] = [[] for _ in range(n_groups)]
-    for i, (test, criterion) in enumerate(zip(outputs.tests, outputs.criteria)):
-        cv = backend.load_ciphertext(secret.public, read_blob(inbound, schema.output_stream(i), 1 << 31))
-        vals = backend.decrypt(secret, cv)[:n_groups]
-        ok = np.array([int(v) == 0 for v in vals]) if test == "zero" else np.array([int(v) > 0 for v in vals])
-        passed &= ok
-        if criterion:
-            for g in np.nonzero(~ok)[0]:
-                failed[g].append(criterion)
-    subject_set = _params(doc).subject_set
-    subjects = json.loads(runtime.store.get_blob("subjects", subject_set))
-    originals = subjects.get("original", subjects["subjects"])
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    header_row = [rule.subject_column] + ([rule.group_column] if rule.group_column else []) + ["eligible"]
-    reasons = rule.reveal == "reasons"
-    w.writerow(header_row + (["failed"] if reasons else []))
-    order = {name: i for i, name in enumerate(c.name for c in rule.criteria)}
-    for i, ident in enumerate(originals):
-        g = working["group_no"][i]
-        row = [ident] + ([subjects["groups"][i]] if rule.group_column else []) + \
-            ["true" if passed[g] else "false"]
-        if reasons:
-            row.append(";".join(sorted(failed[g], key=order.get)))
-        w.writerow(row)
-    summary = {"subjects": len(originals), "groups": n_groups, "eligible_groups": int(passed.sum()),
-               "reveal": rule.reveal, "rule": rule.id}
-    store_results(runtime, doc["job_id"], buf.getvalue(), len(originals), summary)
-    wipe(runtime, doc["job_id"], subject_set)
-    runtime.audit.append("verify.finish", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
-                         counts={"subjects": len(originals), "groups": n_groups})
-    # Only sizes go back to the coordinator: verdicts stay at this node.
-    yield done(schema.Rows(rows=len(originals)))
 
 
 def wipe(runtime, job_id: str, subject_set: str | None = None) -> int:

@@ -19,8 +19,8 @@ import pytest
 from pc_client.sdk import Federation
 from pc_node import idnum
 from pc_node.masking import mask
-from pc_common.pb import common_pb2, node_pb2
 
+from tests import lookup_kit
 from tests.conftest import norm, write_csv
 
 REQ = "civil_affairs"
@@ -247,38 +247,42 @@ def test_provider_audit_records_counts_never_identifiers(env, analyst, tmp_path)
 
 # ----- a malformed peer ---------------------------------------------------------------------------------------
 def test_malformed_blinded_points_are_refused(env, analyst, as_coordinator, tmp_path):
+    """Points the requester signed (its binding is built here as its node would) but malformed:
+    INVALID_ARGUMENT; a correct one is answered once per job."""
     stub = as_coordinator(env["fed"], PS)
+    key = lookup_kit.requester_key(env["fed"], REQ)
 
     def admitted_job():
-        """A fresh signed and admitted job: the provider evaluates once per job."""
-        signed = analyst.node.PrepareJob(node_pb2.PrepareJobRequest(kind="lookup", params=json.dumps(
-            {"datasets": [f"{REQ}.queries", f"{PS}.roster"], "purpose": "data_matching", "labels": [],
-             "masked": False}).encode()), timeout=10)
-        signed = node_pb2.SignedJobSpec(spec=signed.spec, signature=signed.signature, signer=REQ)
-        job_id = json.loads(signed.spec)["job_id"]
+        """A fresh signed and admitted job (the provider evaluates once per job) and its key epoch."""
+        signed, job_id = lookup_kit.signed_lookup(analyst.node, [f"{REQ}.queries", f"{PS}.roster"])
 
         def head(step):
-            return node_pb2.StepMessage(header=node_pb2.StepHeader(job_id=job_id, step=step, spec=signed))
+            return lookup_kit.header(signed, job_id, step)
         assert list(stub.Step(iter([head("job.admit")]), timeout=10))[-1].done.summary["admitted"] == "yes"
-        return head
+        epoch = lookup_kit.summary(list(stub.Step(iter([head("lookup.filter")]), timeout=10)))["epoch"]
+
+        def evaluate(msgs):
+            parts = [(m.chunk.data, m.chunk.count) for m in msgs]
+            return list(stub.Step(iter([head("lookup.evaluate")]
+                                       + lookup_kit.binding(key, job_id, PS, epoch, parts) + msgs), timeout=10))
+        return head, evaluate
 
     def chunk(seq, data, count, last=True):
-        return node_pb2.StepMessage(chunk=common_pb2.DataChunk(stream="in", seq=seq, count=count, data=data,
-                                                               last=last))
+        return lookup_kit.chunk("in", seq, data, count, last)
 
     point = bytes([9]) + bytes(31)
-    head = admitted_job()
-    good = list(stub.Step(iter([head("lookup.evaluate"), chunk(0, point, 1)]), timeout=10))
+    head, evaluate = admitted_job()
+    good = evaluate([chunk(0, point, 1)])
     assert sum(m.chunk.count for m in good if m.WhichOneof("kind") == "chunk") == 1
     with pytest.raises(grpc.RpcError) as err:   # no second evaluation for the same job
-        list(stub.Step(iter([head("lookup.evaluate"), chunk(0, point, 1)]), timeout=10))
+        evaluate([chunk(0, point, 1)])
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     list(stub.Step(iter([head("job.cleanup")]), timeout=10))
     for msgs in ([chunk(0, point + b"\x00", 1)], [chunk(0, bytes(32), 1)], [chunk(0, point * 2, 0)],
                  [chunk(0, point, 1, last=False)], [chunk(0, point, 1, last=False), chunk(0, point, 1)]):
-        head = admitted_job()
+        head, evaluate = admitted_job()
         with pytest.raises(grpc.RpcError) as err:
-            list(stub.Step(iter([head("lookup.evaluate")] + msgs), timeout=10))
+            evaluate(msgs)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
         list(stub.Step(iter([head("job.cleanup")]), timeout=10))
     _, rows = lookup(analyst, "vehicles", tmp_path / "after.csv")

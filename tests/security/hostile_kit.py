@@ -15,7 +15,7 @@ import pytest
 from pc_client.sdk import Federation
 from pc_common import gm
 from pc_common.pb import node_pb2
-from pc_rules.rules import load_rule
+from pc_rules.rules import load_rule, parse_rule
 
 AGENCIES = ["civil_affairs", "housing", "hrss", "public_security"]
 REQ = "civil_affairs"
@@ -28,6 +28,7 @@ requester = "civil_affairs"
 purposes = ["social_assistance.eligibility"]
 approval = "{approval}"
 reveal = "verdict"
+max_evaluations_per_subject = 100
 [grants.columns]
 id_number = "join_key"
 vehicle_type = "predicate"
@@ -47,6 +48,7 @@ PENSIONS_GRANT = """
 dataset = "pensions"
 requester = "civil_affairs"
 purposes = ["social_assistance.eligibility"]
+max_evaluations_per_subject = 100
 [grants.columns]
 id_number = "join_key"
 monthly_amount = "aggregate"
@@ -77,6 +79,20 @@ RULES = {
                         'source = "public_security.vehicles"\n'
                         'where = "vehicle_type = \'\'\'; DROP TABLE rows; --\'"\n'),
 }
+
+
+
+
+def pins(agency: str, *names: str) -> str:
+    """``[[grants.rules]]`` tables pinning rules of :data:`RULES` for ``agency``'s grant (this
+    form has no braces, so the grant texts stay ``str.format`` templates)."""
+    return "".join(f'[[grants.rules]]\nid = "{n}"\ndigest = "{parse_rule(RULES[n]).criteria_digest(agency)}"\n'
+                   for n in names)
+
+
+# Each grant serves the rules its tests run (the others are refused for what they lack).
+VEHICLES_GRANT += pins("public_security", "car", "quoted")
+PENSIONS_GRANT += pins("hrss", "pension")
 
 
 def analyst(env) -> Federation:

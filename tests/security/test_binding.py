@@ -26,11 +26,12 @@ name = "no_car"
 type = "none_exists"
 source = "public_security.vehicles"
 """
-GRANT = """
+GRANT = f"""
 [[grants]]
 dataset = "vehicles"
 requester = "civil_affairs"
 purposes = ["social_assistance.eligibility"]
+rules = [{{ id = "nocar", digest = "{parse_rule(RULE).criteria_digest('public_security')}" }}]
 [grants.columns]
 id_number = "join_key"
 """

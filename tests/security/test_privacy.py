@@ -209,7 +209,7 @@ def test_the_verifications_really_ran(recorded):
             steps.add(msg.header.step)
         if msg.WhichOneof("kind") == "chunk" and msg.chunk.stream.startswith("sealed"):
             sealed_sizes.append(len(msg.chunk.data))
-    assert {"job.admit", "verify.prepare", "verify.evaluate", "verify.finish", "job.cleanup"} <= steps
+    assert {"job.admit", "verify.prepare", "verify.evaluate", "verify.compare", "job.cleanup"} <= steps
     n = len(recorded["subject_ids"])
     assert sealed_sizes and max(sealed_sizes) >= n * 18, "identifiers were sent, sealed"
     for name, (res, rows) in recorded["results"].items():

@@ -27,7 +27,7 @@ PACKAGE_DIRS = {
 }
 
 # The public-key side of pc_node.secure_agg: what the coordinator may import from pc_node (it
-# adds, sums, blinds and garbles ciphertexts under the requester's public key; it never
+# adds, sums, masks and garbles ciphertexts under the requester's public key; it never
 # generates keys, decrypts, or touches PSI or the node's steps, server and store). Exact module
 # names; "x.*" would stand for x and everything below it.
 COORDINATOR_MAY_IMPORT_FROM_NODE = [
@@ -35,7 +35,7 @@ COORDINATOR_MAY_IMPORT_FROM_NODE = [
     "pc_node.secure_agg.backend",
     "pc_node.secure_agg.bfv",
     "pc_node.secure_agg.paillier",
-    "pc_node.secure_agg.blinding",
+    "pc_node.secure_agg.verdict",       # the masking plan (plaintext additions, re-randomisation)
     "pc_node.secure_agg.gc",            # garbled-circuit comparison, the garbler's side:
     "pc_node.secure_agg.gc.compare",    # ComparisonGarbler (the session)
     "pc_node.secure_agg.gc.masking",    # the masks the garbler adds under encryption

@@ -128,7 +128,8 @@ def _write(path, ids: list[str]) -> None:
 
 def _runtime(store: NodeStore) -> SimpleNamespace:
     """The parts of a NodeRuntime that provider_for uses (a fresh one is a restarted node)."""
-    return SimpleNamespace(store=store, audit=_Audit(), lookup_providers={}, lookup_lock=threading.Lock())
+    return SimpleNamespace(store=store, audit=_Audit(), lookup_providers={}, lookup_lock=threading.Lock(),
+                           lookup_clock=time.time, config=SimpleNamespace(lookup_epoch_days=7))
 
 
 def _found(provider, requester: LookupRequester, ids: list[str]) -> list[str]:
@@ -144,23 +145,23 @@ def test_filter_cache_reuses_updates_and_survives_a_restart(tmp_path):
     import_file(store, csv_path)
     rt = _runtime(store)
 
-    p = provider_for(rt, "owners", [], False)
-    assert provider_for(rt, "owners", [], False) is p and rt.audit.events == ["lookup.build"]
+    p = provider_for(rt, "owners", "civil_affairs", [], False)
+    assert provider_for(rt, "owners", "civil_affairs", [], False) is p and rt.audit.events == ["lookup.build"]
     requester = LookupRequester(p.snapshot())
     assert _found(p, requester, ids) == ids[:4]
 
     _write(csv_path, ids[1:6])                      # one row gone, two new: the filter moves by a delta
     import_file(store, csv_path, replace=True)
-    assert provider_for(rt, "owners", [], False) is p and p.version == 1 and rt.audit.events == ["lookup.build"]
+    assert provider_for(rt, "owners", "civil_affairs", [], False) is p and p.version == 1 and rt.audit.events == ["lookup.build"]
     for delta in p.deltas_since(0):
         requester.apply_delta(delta)
     assert _found(p, requester, ids) == ids[1:6]
 
-    labelled = provider_for(rt, "owners", ["plate"], True)   # its own entry, its own epoch
+    labelled = provider_for(rt, "owners", "civil_affairs", ["plate"], True)   # its own entry, its own epoch
     assert labelled is not p and labelled.epoch != p.epoch and labelled.label_size > 0
 
     restarted = _runtime(store)
-    again = provider_for(restarted, "owners", [], False)
+    again = provider_for(restarted, "owners", "civil_affairs", [], False)
     assert again is not p and restarted.audit.events == ["lookup.build"]
     assert again.epoch.split("-")[0] == p.epoch.split("-")[0]   # the epoch key comes from the store
     assert _found(p, LookupRequester(again.snapshot()), ids) == ids[1:6]

@@ -1,5 +1,6 @@
 """Data officers and node operators: `pc approvals` (事前审批, through the SDK and the node's
-officer API) and `pc policy` (through ``pc_node.admin``)."""
+officer API) and `pc policy` (through ``pc_node.admin``; ``pc policy digest`` through the rule
+language: the digest a grant pins a rule with)."""
 from __future__ import annotations
 
 from pc_client.cli.common import add_connection, federation, node_config
@@ -13,18 +14,67 @@ def cmd_approvals(args) -> int:
             if args.json:
                 print_json([{"job_id": a.job_id, "requester": a.requester, "purpose": a.purpose,
                              "datasets": list(a.datasets), "state": a.state, "reason": a.reason,
-                             "created_at": a.created_at} for a in items])
+                             "created_at": a.created_at, "kind": a.kind, "subjects": a.subjects,
+                             "groups": a.groups, "rule": a.rule_id, "reveal": a.reveal,
+                             "criteria": [{"name": c.name, "type": c.type, "sources": list(c.sources),
+                                           "where": c.where, "threshold": c.threshold} for c in a.criteria]}
+                            for a in items])
             else:
                 for a in items:
                     print(f"{a.job_id}  {a.state:9} {a.requester:18} {a.purpose:32} {','.join(a.datasets)}")
+                    if a.kind:
+                        what = f"rule '{a.rule_id}' ({a.reveal}), " if a.rule_id else f"{a.kind}, "
+                        groups = f" in {a.groups} group(s)" if a.groups else ""
+                        print(f"    {what}{a.subjects} subject(s){groups}")
+                    for c in a.criteria:
+                        extra = "".join(f"; {x}" for x in (c.threshold, f"where {c.where}" if c.where else "") if x)
+                        print(f"    - {c.name}: {c.type} of {', '.join(c.sources)}{extra}")
             return 0
         a = fed.decide(args.job, args.action == "approve", args.reason or "")
         print(f"job {a.job_id}: {a.state}")
     return 0
 
 
+def cmd_digest(args) -> int:
+    """``pc policy digest RULE.toml [--agency A]``: what a grant of A pins the rule with."""
+    from pc_common.errors import InvalidInput
+    from pc_rules import pinning
+    from pc_rules.rules import load_rule
+    rule = load_rule(args.rule)
+    agencies = [args.agency] if args.agency else [a for a in rule.providers() if a != rule.requester]
+    if args.agency and not pinning.criteria_touching(rule, args.agency):
+        raise InvalidInput(f"rule '{rule.id}' has no criterion reading data of '{args.agency}'")
+    doc = [{"agency": a, "rule": rule.id, "digest": rule.criteria_digest(a),
+            "criteria": [c.name for c in pinning.criteria_touching(rule, a)]} for a in agencies]
+    if args.json:
+        print_json(doc)
+        return 0
+    for d in doc:
+        print(f"# {d['agency']}: criteria {', '.join(d['criteria'])}")
+        print(f'rules = [{{ id = "{d["rule"]}", digest = "{d["digest"]}" }}]')
+    return 0
+
+
+def _pins_text(g: dict) -> str:
+    parts = []
+    if g["rules"]:
+        parts.append("rules " + ", ".join(r["id"] for r in g["rules"]))
+    if g["thresholds"] or g["max_comparisons"] is not None:
+        bounds = ", ".join(f"{k} {b.get('min', '…')}..{b.get('max', '…')}" for k, b in g["thresholds"].items())
+        parts.append(f"thresholds {bounds or 'none'} (each column compared at most {g['max_comparisons'] or 1}x)")
+    pins = "; ".join(parts) or "no comparisons"
+    return f"{pins}; a subject at most {g['max_evaluations_per_subject']}x a {g['evaluation_period']}"
+
+
 def cmd_policy(args) -> int:
+    from pc_common.errors import InvalidInput
     from pc_node import admin
+    if args.action == "digest":
+        if not args.rule:
+            raise InvalidInput("pc policy digest needs a rule file: pc policy digest RULE.toml --agency AGENCY")
+        return cmd_digest(args)
+    if not args.config or not args.requester:
+        raise InvalidInput(f"pc policy {args.action} needs --config and --requester")
     cfg = node_config(args)
     if args.action == "unsuspend":
         ok = admin.unsuspend(cfg, args.requester)
@@ -32,7 +82,11 @@ def cmd_policy(args) -> int:
         return 0
     grants = admin.grants_for(cfg, args.requester)   # raises on a broken file: the operator should know
     doc = [{"dataset": g.dataset, "purposes": list(g.purposes), "columns": g.columns, "approval": g.approval,
-            "reveal": g.reveal, "quota": g.quota} for g in grants]
+            "reveal": g.reveal, "quota": g.quota, "rules": [{"id": r, "digest": d} for r, d in g.rules],
+            "thresholds": {k: {n: str(v) for n, v in zip(("min", "max"), b) if v is not None}
+                           for k, b in g.thresholds.items()},
+            "max_comparisons": g.max_comparisons, "max_evaluations_per_subject": g.max_evaluations_per_subject,
+            "evaluation_period": g.evaluation_period} for g in grants]
     if args.json:
         print_json(doc)
     elif not doc:
@@ -41,7 +95,7 @@ def cmd_policy(args) -> int:
         for g in doc:
             uses = ", ".join(f"{c} as {u}" for c, u in sorted(g["columns"].items())) or "join on the key only"
             print(f"{g['dataset']}: for {', '.join(g['purposes'])}; {uses}; approval {g['approval']}; "
-                  f"reveal up to {g['reveal']}")
+                  f"reveal up to {g['reveal']}; {_pins_text(g)}")
     return 0
 
 
@@ -56,10 +110,12 @@ def add_approvals(sub) -> None:
 
 
 def add_policy(sub) -> None:
-    po = sub.add_parser("policy", help="node operator: explain grants, lift suspensions")
-    po.add_argument("action", choices=("check", "unsuspend"))
-    po.add_argument("--config", required=True, help="the node's config")
-    po.add_argument("--requester", required=True)
+    po = sub.add_parser("policy", help="node operator: explain grants, lift suspensions, digest a rule to pin")
+    po.add_argument("action", choices=("check", "unsuspend", "digest"))
+    po.add_argument("rule", nargs="?", help="digest: the rule file (TOML)")
+    po.add_argument("--config", help="check, unsuspend: the node's config")
+    po.add_argument("--requester", help="check, unsuspend: the requesting agency")
+    po.add_argument("--agency", help="digest: the providing agency (default: every provider of the rule)")
     po.add_argument("--json", action="store_true")
     po.set_defaults(fn=cmd_policy)
 

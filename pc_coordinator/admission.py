@@ -45,10 +45,12 @@ def admit_once(ctx: JobContext, parties: list[str]) -> list[str]:
 def admit_all(ctx: JobContext, parties: list[str], max_wait: float | None = None) -> None:
     """Admission at every provider, waiting in ``pending_approval`` while officers decide.
 
-    The wait ends with the job's lifetime (or after ``max_wait`` seconds, when given)."""
+    The wait ends with the job's lifetime (or after ``max_wait`` seconds, when given). Once
+    every provider admitted, the job takes a work slot (``JobContext.working``)."""
     deadline = ctx.lifetime_end if max_wait is None else min(ctx.lifetime_end, ctx.now() + max_wait)
     still = admit_once(ctx, parties)
     if not still:
+        ctx.working()
         return
     ctx.jobs.transition(ctx.job_id, "pending_approval",
                         "waiting for approval by the data officer of " + ", ".join(still))
@@ -61,3 +63,4 @@ def admit_all(ctx: JobContext, parties: list[str], max_wait: float | None = None
             ctx.check_cancelled()
         still = admit_once(ctx, still)
     ctx.jobs.transition(ctx.job_id, "running", "")
+    ctx.working()

@@ -13,12 +13,13 @@ from __future__ import annotations
 import threading
 
 from pc_common.errors import InvalidInput, ResourceExhausted
+from pc_rules.rules import MAX_CRITERIA as RULE_MAX_CRITERIA
 
 WATCHES_PER_CLIENT = 4
 WATCHES_TOTAL = 24
 SERVER_THREADS = 64          # the coordinator's gRPC thread pool (create_server's default)
 
-MAX_CRITERIA = 16
+MAX_CRITERIA = RULE_MAX_CRITERIA       # what a rule file may have (64); the product below is the real bound
 MAX_GROUPS = 2_000_000
 MAX_CRITERIA_X_GROUPS = 8_000_000
 

@@ -1,5 +1,9 @@
 """Runs jobs: one background thread per job, driving nodes through ``Node.Step``.
 
+A job waiting for approval (days, possibly) only polls admission; it holds no work slot. At
+most ``MAX_WORKING`` jobs work at a time (``JobContext.working``, taken once admission is
+complete), so pending approvals never keep other jobs from running.
+
 Orchestrators for each job kind live in their own modules (table: ``pc_coordinator.kinds``).
 They get a ``JobContext`` with everything they may touch: channels to nodes, the job store
 (for progress and the leakage report) and a cancellation flag. They never see a secret key.
@@ -53,6 +57,7 @@ class JobContext:
         self.signed = node_pb2.SignedJobSpec(spec=spec, signature=signature)
         self.cancelled = threading.Event()
         self.timeout = runner.job_timeout
+        self.has_work_slot = False
 
     @property
     def jobs(self) -> JobStore:
@@ -65,6 +70,13 @@ class JobContext:
 
     def now(self) -> float:
         return self.runner.clock()
+
+    def working(self) -> None:
+        """Take one of the runner's work slots (once admission is complete); waits while all
+        ``MAX_WORKING`` are taken, and is released when the job ends."""
+        while not self.has_work_slot:
+            self.check_cancelled()
+            self.has_work_slot = self.runner._working.acquire(timeout=0.5)
 
     def check_cancelled(self) -> None:
         if self.cancelled.is_set():
@@ -110,6 +122,7 @@ class JobContext:
 
 
 RESTARTED = "the coordinator restarted while the job was running"
+MAX_WORKING = 8
 
 
 class JobRunner:
@@ -118,7 +131,8 @@ class JobRunner:
         self.jobs, self.directory, self.tls_files = jobs, directory, tls_files
         self.job_timeout = job_timeout
         self.clock = clock          # spec lifetimes and admission deadlines; tests replace it
-        self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="job")
+        self._pool = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="job-cleanup")
+        self._working = threading.BoundedSemaphore(MAX_WORKING)
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._contexts: dict[str, JobContext] = {}
         self._lock = threading.Lock()
@@ -143,7 +157,8 @@ class JobRunner:
         ctx = JobContext(self, job_id, spec, signature, doc["requester"])
         with self._lock:
             self._contexts[job_id] = ctx
-        self._pool.submit(self._run, ctx, orchestrate, doc, wait_for or [])
+        threading.Thread(target=self._run, args=(ctx, orchestrate, doc, wait_for or []), daemon=True,
+                         name=f"job-{job_id[:8]}").start()
 
     def cleanup_later(self, job_id: str, requester: str, parties: list[str]) -> None:
         """Send ``job.cleanup`` to a job's parties in the background (a job failed at start)."""
@@ -193,6 +208,8 @@ class JobRunner:
                 log.exception("job failed unexpectedly")
                 self.jobs.transition(ctx.job_id, "failed", "internal error in the coordinator")
         finally:
+            if ctx.has_work_slot:
+                self._working.release()
             with self._lock:
                 self._contexts.pop(ctx.job_id, None)
 

@@ -75,14 +75,15 @@ class Governance:
             self._db.execute("COMMIT")
 
     # ----- replay protection and once-only markers ------------------------------------
-    def remember_spec(self, job_id: str, digest: bytes, expires_at: float) -> None:
+    def remember_spec(self, job_id: str, digest: bytes, expires_at: float, seen_at: float | None = None) -> None:
         """First sight of a job spec; the same job id with another spec is a replay/forgery.
 
         ``expires_at`` is the end of the job's lifetime (``jobspec.lifetime_end``); the time of
-        first sight is kept for :meth:`first_seen`."""
+        first sight (``seen_at``, now by default) is kept for :meth:`first_seen`."""
+        seen_at = self.clock() if seen_at is None else seen_at
         with self._lock:
             if self._db.execute("INSERT OR IGNORE INTO seen_specs (job_id, digest, expires_at, seen_at)"
-                                " VALUES (?, ?, ?, ?)", (job_id, digest, expires_at, self.clock())).rowcount:
+                                " VALUES (?, ?, ?, ?)", (job_id, digest, expires_at, seen_at)).rowcount:
                 self._db.execute("DELETE FROM seen_specs WHERE expires_at < ?", (self.clock() - KEEP_EXPIRED_SECONDS,))
                 return
             r = self._db.execute("SELECT digest FROM seen_specs WHERE job_id = ?", (job_id,)).fetchone()

@@ -70,6 +70,8 @@ def open_store(config: NodeConfig) -> NodeStore:
 class NodeRuntime:
     def __init__(self, config: NodeConfig):
         self.config = config
+        #: The time job specs and sessions are checked against (tests move it instead of sleeping).
+        self.clock = time.time
         self.node_id = config.node_id
         self.store = open_store(config)
         self.policy = Policy(config.policy)
@@ -85,8 +87,7 @@ class NodeRuntime:
         self.address = ""
         # In memory only: per-job PSI sessions and lookup queries (EC keys, identifiers), by job
         # id; job.cleanup drops them, and they are wiped when their job's lifetime ends.
-        self.sessions = Sessions(self.governance.spec_lifetime, lambda: self.governance.clock(),
-                                 self._sessions_wiped)
+        self.sessions = Sessions(self.governance.spec_lifetime, lambda: self.clock(), self._sessions_wiped)
         self.sessions_lock = threading.RLock()
         # Lookup filters by (dataset, label columns, masked), see pc_node.steps.lookup.provider_for.
         self.lookup_providers: dict[tuple, dict] = {}
@@ -134,15 +135,17 @@ class NodeRuntime:
         on every later admission poll and step (an approval may come days after submission)."""
         doc = jobspec.parse(signed.spec)
         digest = hashlib.sha256(signed.spec).digest()
+        now = self.clock()
         doc = jobspec.verify(signed.spec, signed.signature, self.peer_certificate(doc["requester"]), self.ca_pem,
-                             now=self.governance.clock(), first_seen=self.governance.first_seen(doc["job_id"], digest))
-        self.governance.remember_spec(doc["job_id"], digest, jobspec.lifetime_end(doc))
+                             now=now, first_seen=self.governance.first_seen(doc["job_id"], digest))
+        self.governance.remember_spec(doc["job_id"], digest, jobspec.lifetime_end(doc), seen_at=now)
         return doc
 
     def remember_own_spec(self, spec: bytes) -> None:
         """The requester node sees its own spec first when it signs it."""
         doc = jobspec.parse(spec)
-        self.governance.remember_spec(doc["job_id"], hashlib.sha256(spec).digest(), jobspec.lifetime_end(doc))
+        self.governance.remember_spec(doc["job_id"], hashlib.sha256(spec).digest(), jobspec.lifetime_end(doc),
+                                      seen_at=self.clock())
 
     # ----- retention ------------------------------------------------------------------
     def _sessions_wiped(self, job_ids: list[str]) -> None:

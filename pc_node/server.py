@@ -102,7 +102,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if kind is None:
             raise InvalidInput(f"unknown job kind '{request.kind[:32]}'")
         params, purpose = kind.prepare(self.rt, params, request.subject_set)
-        spec = jobspec.build(request.kind, self.rt.node_id, params, purpose, now=self.rt.governance.clock(),
+        spec = jobspec.build(request.kind, self.rt.node_id, params, purpose, now=self.rt.clock(),
                              lifetime=self.rt.config.job_lifetime_hours * 3600)
         self.rt.remember_own_spec(spec)
         doc = jobspec.parse(spec)

@@ -26,7 +26,10 @@ Who learns what: provider — the number of identifiers queried (and when); requ
 identifier it queried, whether it is in the set (and its label), plus N and, through deltas,
 how many rows changed. Once the requester has evaluated ``F(x)`` it can re-check ``x`` against
 later deltas of the same epoch without asking: rotate the epoch (new key) to bound that.
-Identifiers can be guessed by querying many of them; the caller enforces quotas.
+Identifiers can be guessed by querying many of them: the node steps (``pc_node.steps.lookup``)
+seal the filter and the answers to the requester node, evaluate only the points the requester
+signed, once per job, charge each against the quota and cap them per requester and key epoch,
+with one key per requester and epoch (``pc_node.steps.lookup_epochs``).
 """
 from __future__ import annotations
 

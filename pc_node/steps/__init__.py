@@ -46,6 +46,7 @@ STEPS: dict[str, Handler] = {
     "psi.blind": psi.blind,
     "psi.hop": psi.hop,
     "psi.own": psi.own,
+    "psi.combine": psi.combine,
     "psi.finish": psi.finish,
     "psi.learn": psi.learn,
     "lookup.status": lookup.status,

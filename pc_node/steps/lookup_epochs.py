@@ -21,6 +21,7 @@ import json
 import re
 import secrets
 
+from pc_common import clock
 from pc_common.errors import FailedPrecondition, InvalidInput
 from pc_node.psi import LookupProvider
 
@@ -55,14 +56,17 @@ def _live_keys(runtime, dataset: str, requester: str) -> tuple[int, dict[int, di
     if epoch not in live:
         live[epoch] = {"id": secrets.token_hex(4), "key": secrets.token_bytes(32).hex()}
     if live != stored:
-        runtime.store.put_blob("lookupkey", name, json.dumps({str(e): k for e, k in live.items()}).encode())
+        # The record expires (store.expire_blobs) when its newest key's epoch and grace are over,
+        # so the keys of a requester that never comes back do not outlive their epoch either.
+        runtime.store.put_blob("lookupkey", name, json.dumps({str(e): k for e, k in live.items()}).encode(),
+                               expires_at=clock.iso((max(live) + 1) * period + GRACE_SECONDS))
         wiped = set(stored) - set(live)
         if wiped:
             runtime.audit.append("lookup.rotate", requester=requester, dataset=dataset,
                                  counts={"epoch": epoch, "keys_wiped": len(wiped)})
-    # Filters built under a key that is gone, or of an epoch that is no longer current, go too.
+    # Filters of an epoch that is no longer current (any pair: epochs are the same for all) go too.
     for key, entry in list(runtime.lookup_providers.items()):
-        if key[:2] == (dataset, requester) and entry["epoch"] != epoch:
+        if entry["epoch"] != epoch:
             del runtime.lookup_providers[key]
     return epoch, live
 

@@ -16,14 +16,22 @@ import pathlib
 
 import grpc
 import pytest
-
 from pc_client.cli import main as cli_main
 from pc_client.sdk import Federation
-from pc_common import certs, gm, jobspec
-from pc_node import idnum
-from pc_common.pb import common_pb2, node_pb2
 
+from pc_common import certs, gm, jobspec
+from pc_common.pb import node_pb2
+from pc_node import idnum
 from tests.conftest import norm
+from tests.psi_kit import (
+    BASE_POINT,
+    as_hop_input,
+    blind,
+    chunk,
+    header,
+    hop_header,
+    open_sealed,
+)
 
 REQ = "civil_affairs"
 PS = "public_security"
@@ -343,25 +351,11 @@ def test_cli_psi_json(env, tmp_path, capsys):
 
 
 # ----- malformed peers ------------------------------------------------------------------------------------------
-BASE_POINT = bytes([9]) + bytes(31)     # X25519 generator: a valid prime-order element
-
-
 def prepare(c: Federation, datasets: list[str]) -> node_pb2.SignedJobSpec:
     signed = c.node.PrepareJob(node_pb2.PrepareJobRequest(kind="psi", params=json.dumps(
         {"datasets": datasets, "cardinality_only": False, "purpose": "data_matching",
          "result_to_all": False}).encode()), timeout=10)
     return node_pb2.SignedJobSpec(spec=signed.spec, signature=signed.signature, signer=REQ)
-
-
-def header(signed: node_pb2.SignedJobSpec, step: str, params: dict | None = None) -> node_pb2.StepMessage:
-    job_id = json.loads(signed.spec)["job_id"]
-    return node_pb2.StepMessage(header=node_pb2.StepHeader(job_id=job_id, step=step, spec=signed,
-                                                           params=params or {}))
-
-
-def chunk(seq: int, data: bytes, count: int | None = None, last: bool = False, stream: str = "in"):
-    return node_pb2.StepMessage(chunk=common_pb2.DataChunk(
-        stream=stream, seq=seq, count=len(data) // 32 if count is None else count, data=data, last=last))
 
 
 MALFORMED = {
@@ -381,26 +375,38 @@ def _admitted_hop(stub, analyst):
     signed = prepare(analyst, [f"{REQ}.people", f"{PS}.vehicles"])
     admitted = list(stub.Step(iter([header(signed, "job.admit")]), timeout=10))
     assert admitted[-1].done.summary["admitted"] == "yes"
-    return signed, header(signed, "psi.hop", {"shuffle": "0", "label": "test"})
+    return signed, hop_header(signed)
+
+
+def _reencrypted(fed, stub, req_stub, analyst) -> tuple[bytes, bytes, list]:
+    """A fresh job's real hop: (the requester's blinded points, the hop's output opened with the
+    requester's key, the hop's answer)."""
+    signed, hop = _admitted_hop(stub, analyst)
+    answer = blind(req_stub, signed)
+    sent = b"".join(m.chunk.data for m in answer if m.WhichOneof("kind") == "chunk" and m.chunk.stream == "out")
+    out = list(stub.Step(iter([hop] + as_hop_input(answer)), timeout=10))
+    job_id = json.loads(signed.spec)["job_id"]
+    got, _ = open_sealed(fed.runtime(REQ), job_id, f"chain:{REQ}", out)
+    return sent, got, out
 
 
 def test_malformed_streams_are_refused_and_the_node_keeps_serving(env, analyst, as_coordinator, tmp_path):
     fed = env["fed"]
-    stub = as_coordinator(fed, PS)
+    stub, req_stub = as_coordinator(fed, PS), as_coordinator(fed, REQ)
+
+    # Control: the requester's signed stream is re-encrypted point for point, sealed to the requester.
+    sent, got, out = _reencrypted(fed, stub, req_stub, analyst)
+    assert len(sent) == len(got) == 32 * len(A)
+    assert all(got[i:i + 32] != sent[i:i + 32] for i in range(0, len(sent), 32))
+    assert out[-1].done.summary["count"] == str(len(A))
+    assert sent not in b"".join(m.chunk.data for m in out if m.WhichOneof("kind") == "chunk")
+
+    # The step runs once per chain of the job: no oracle for a replaying coordinator.
     signed, hop = _admitted_hop(stub, analyst)
-
-    # Control: a well-formed stream is re-encrypted point for point.
-    out = list(stub.Step(iter([hop, chunk(0, BASE_POINT * 2, last=True)]), timeout=10))
-    chunks = [m.chunk for m in out if m.WhichOneof("kind") == "chunk"]
-    assert sum(c.count for c in chunks) == 2 and chunks[-1].last
-    data = b"".join(c.data for c in chunks)
-    assert len(data) == 64 and data[:32] == data[32:] and data[:32] != BASE_POINT
-    assert out[-1].done.summary["count"] == "2"
-
-    # The step is single-use per set of the job (2 here): no oracle for a replaying coordinator.
-    list(stub.Step(iter([hop, chunk(0, BASE_POINT, last=True)]), timeout=10))
+    answer = blind(req_stub, signed)
+    list(stub.Step(iter([hop] + as_hop_input(answer)), timeout=10))
     with pytest.raises(grpc.RpcError) as err:
-        list(stub.Step(iter([hop, chunk(0, BASE_POINT, last=True)]), timeout=10))
+        list(stub.Step(iter([hop] + as_hop_input(answer)), timeout=10))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     for name, msgs in MALFORMED.items():
@@ -410,13 +416,10 @@ def test_malformed_streams_are_refused_and_the_node_keeps_serving(env, analyst, 
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, err.value.code(), err.value.details())
         assert BASE_POINT.hex() not in err.value.details()
         # Still serving after each one, and still correct.
-        _, good_hop = _admitted_hop(stub, analyst)
-        again = list(stub.Step(iter([good_hop, chunk(0, BASE_POINT * 2, last=True)]), timeout=10))
-        got = b"".join(m.chunk.data for m in again if m.WhichOneof("kind") == "chunk")
-        assert len(got) == 64 and got[:32] == got[32:] and got[:32] != BASE_POINT, name
+        sent, got, _ = _reencrypted(fed, stub, req_stub, analyst)
+        assert len(got) == len(sent) == 32 * len(A) and got[:32] != sent[:32], name
 
     # The requester's finish step refuses a malformed stream as well.
-    req_stub = as_coordinator(fed, REQ)
     finish = header(signed, "psi.finish")
     with pytest.raises(grpc.RpcError) as err:
         list(req_stub.Step(iter([finish, chunk(0, BASE_POINT + b"\x00", count=1, last=True, stream="double")]),

@@ -24,7 +24,7 @@ import grpc
 import pytest
 from nacl import bindings as sodium
 
-from pc_common.errors import CryptoError
+from pc_common.errors import CryptoError, IntegrityError
 from pc_common.pb import node_pb2
 from pc_coordinator.runner import JobContext
 from pc_node import envelope, idnum
@@ -37,6 +37,7 @@ from tests import lookup_kit as kit
 from tests.conftest import write_csv
 
 REQ, OTHER, PS = "civil_affairs", "housing", "public_security"
+GREEDY = "hrss"      # the requester of the quota test, with no other usage at the provider
 DAYS = 7
 
 
@@ -58,28 +59,30 @@ def plate(i: int) -> str:
 
 
 def policy(quota: str = "") -> str:
+    """Grants for the requesters; ``quota`` applies to GREEDY's grant on the registry."""
     text = ""
-    for requester in (REQ, OTHER):
+    for requester in (REQ, OTHER, GREEDY):
         for ds, cols in (("vehicles", 'plate = "plaintext"'), ("roster", ""), ("registry", "")):
             text += (f'[[grants]]\ndataset = "{ds}"\nrequester = "{requester}"\npurposes = ["data_matching"]\n'
                      f'[grants.columns]\nid_number = "join_key"\n{cols}\n'
-                     + (f"[grants.quota]\n{quota}\n" if quota and ds == "registry" else ""))
+                     + (f"[grants.quota]\n{quota}\n" if quota and requester == GREEDY else ""))
     return text
 
 
 @pytest.fixture(scope="module")
 def env(new_federation):
-    fed = new_federation("lookup_oracles", [REQ, OTHER, PS])
+    fed = new_federation("lookup_oracles", [REQ, OTHER, GREEDY, PS])
     data = fed.root.parent / "data"
     fed.import_csv(REQ, write_csv(data / "q.csv", ["id_number"], [[i] for i in QUERIES]), dataset="queries")
-    fed.import_csv(REQ, write_csv(data / "one.csv", ["id_number"], [[ENUMERATION[0]]]), dataset="few")
+    fed.import_csv(GREEDY, write_csv(data / "one.csv", ["id_number"], [[ENUMERATION[0]]]), dataset="few")
+    fed.import_csv(GREEDY, write_csv(data / "gq.csv", ["id_number"], [[i] for i in QUERIES]), dataset="queries")
     fed.import_csv(OTHER, write_csv(data / "o.csv", ["id_number"], [[i] for i in QUERIES]), dataset="queries")
     fed.import_csv(PS, write_csv(data / "v.csv", ["id_number", "plate"],
                                  [[i, plate(n)] for n, i in enumerate(VEHICLE_IDS)]), dataset="vehicles")
     fed.import_csv(PS, write_csv(data / "r.csv", ["id_number"], [[i] for i in ROSTER]), dataset="roster")
     fed.import_csv(PS, write_csv(data / "g.csv", ["id_number"], [[i] for i in ENUMERATION[::3]]), dataset="registry")
     fed.write_policy(PS, policy())
-    for agency in (REQ, OTHER):
+    for agency in (REQ, OTHER, GREEDY):
         fed.write_policy(agency, "")
     return {"fed": fed, "data": data}
 
@@ -266,7 +269,7 @@ def test_the_coordinator_relays_only_sealed_filters_and_answers(fed, analyst, tr
     opened = envelope.open_envelope(fed.runtime(REQ).x25519_private, filt, lookup_steps.aad(res.job_id, kind))
     assert LookupRequester(opened).labelled
     # Answers: one envelope per chunk, 32 bytes a point plus the envelope's overhead.
-    answers = [c for c in from_ps["out"] if c.data]
+    answers = [c for c in _streams(transcript, REQ, "to_node")["answers"] if c.data]
     assert sum(c.count for c in answers) == len(QUERIES)
     assert all(len(c.data) == 32 * c.count + envelope.ENVELOPE_OVERHEAD for c in answers)
     # No label and no queried identifier anywhere in what the coordinator handled.
@@ -283,47 +286,50 @@ def test_the_coordinator_relays_only_sealed_filters_and_answers(fed, analyst, tr
 
 
 # ----- 3. quota per point, cap per epoch --------------------------------------------------------------------
-def test_quota_is_charged_per_point_evaluated(env, fed, analyst, as_coordinator):
-    """The spec declares 1 subject; the requester's operator re-imports 1,000 candidates before
-    submitting. Under a 10-a-day quota the evaluation is refused; with room, usage says 1,000."""
+def test_quota_is_charged_per_point_evaluated(env, fed, as_coordinator):
+    """The spec declares 1 subject; the requester's operator re-imports 1,000 candidates (every
+    sequence number of one district and birth date) before submitting. Under a 10-a-day quota
+    the evaluation is refused; with room, the usage table says 1,000, not 1."""
     gov = fed.runtime(PS).governance
+    greedy = fed.client(f"analyst@{GREEDY}")
+
+    def prepared_then_grown(name: str):
+        fed.import_csv(GREEDY, write_csv(env["data"] / name / "one.csv", ["id_number"], [[ENUMERATION[0]]]),
+                       dataset="few", replace=True)
+        signed = greedy.node.PrepareJob(node_pb2.PrepareJobRequest(kind="lookup", params=json.dumps(
+            {"datasets": [f"{GREEDY}.few", f"{PS}.registry"], "purpose": "data_matching"}).encode()), timeout=10)
+        assert json.loads(signed.spec)["params"]["subjects"] == 1
+        fed.import_csv(GREEDY, write_csv(env["data"] / name / "all.csv", ["id_number"], [[i] for i in ENUMERATION]),
+                       dataset="few", replace=True)
+        return signed
+
     fed.write_policy(PS, policy("subjects_per_day = 10"))
     try:
-        fed.import_csv(REQ, write_csv(env["data"] / "one2.csv", ["id_number"], [[ENUMERATION[0]]]),
-                       dataset="few", replace=True)
-        signed = analyst.node.PrepareJob(node_pb2.PrepareJobRequest(kind="lookup", params=json.dumps(
-            {"datasets": [f"{REQ}.few", f"{PS}.registry"], "purpose": "data_matching"}).encode()), timeout=10)
-        assert json.loads(signed.spec)["params"]["subjects"] == 1
-        fed.import_csv(REQ, write_csv(env["data"] / "all.csv", ["id_number"], [[i] for i in ENUMERATION]),
-                       dataset="few", replace=True)
-        before = gov.usage(REQ)["subjects"]
-        job_id = analyst.coordinator.SubmitJob(signed, timeout=10).job_id
-        job = analyst.watch(job_id, timeout=60)
+        assert gov.usage(GREEDY)["subjects"] == 0
+        signed = prepared_then_grown("a")
+        job = greedy.watch(greedy.coordinator.SubmitJob(signed, timeout=10).job_id, timeout=60)
         assert job.state == "failed" and "quota exceeded" in job.reason, job.reason
-        assert gov.usage(REQ)["subjects"] - before <= 1                 # only the declared subject
+        assert gov.usage(GREEDY)["subjects"] == 1            # the declared subject only; no point evaluated
 
-        # The same, driven directly: the provider answers RESOURCE_EXHAUSTED.
+        # The same, driven directly (a spec declaring 1 subject): the provider answers RESOURCE_EXHAUSTED.
+        fed.import_csv(GREEDY, write_csv(env["data"] / "one.csv", ["id_number"], [[ENUMERATION[0]]]),
+                       dataset="few", replace=True)
         stub = as_coordinator(fed, PS)
-        j = Job(fed, stub, analyst, [f"{REQ}.queries", f"{PS}.registry"])
+        j = Job(fed, stub, greedy, [f"{GREEDY}.few", f"{PS}.registry"], requester=GREEDY)
         _, _, epoch = j.filter()
         err = code_of(j.evaluate, [(random_points(1000), 1000)], epoch)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "quota exceeded" in err.details()
         j.cleanup()
 
         fed.write_policy(PS, policy("subjects_per_day = 5000"))
-        before = gov.usage(REQ)["subjects"]
-        signed = analyst.node.PrepareJob(node_pb2.PrepareJobRequest(kind="lookup", params=json.dumps(
-            {"datasets": [f"{REQ}.few", f"{PS}.registry"], "purpose": "data_matching"}).encode()), timeout=10)
-        fed.import_csv(REQ, write_csv(env["data"] / "one3.csv", ["id_number"], [[ENUMERATION[0]]]),
-                       dataset="few", replace=True)
-        fed.import_csv(REQ, write_csv(env["data"] / "all2.csv", ["id_number"], [[i] for i in ENUMERATION]),
-                       dataset="few", replace=True)
-        job = analyst.watch(analyst.coordinator.SubmitJob(signed, timeout=10).job_id, timeout=60)
+        before = gov.usage(GREEDY)["subjects"]
+        job = greedy.watch(greedy.coordinator.SubmitJob(prepared_then_grown("b"), timeout=10).job_id, timeout=60)
         assert job.state == "succeeded", job.reason
         assert json.loads(job.summary_json)["queried"] == 1000
-        assert gov.usage(REQ)["subjects"] - before == 1000               # not the declared 1000 rows...
+        assert gov.usage(GREEDY)["subjects"] - before == 1000
     finally:
         fed.write_policy(PS, policy())
+        greedy.close()
 
 
 def test_points_are_capped_per_requester_and_key_epoch(fed, analyst, as_coordinator, clock):
@@ -420,7 +426,7 @@ def test_keys_and_filters_are_per_requester(fed, analyst, as_coordinator):
     assert f1.count == f2.count == len(ROSTER)
     assert not set(f1._tags.tolist()) & set(f2._tags.tolist())                   # other keys, other tags
     # One requester cannot open the other's envelope...
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):
         envelope.open_envelope(fed.runtime(REQ).x25519_private, s2, lookup_steps.aad(theirs.job_id, k2))
     # ...and the same point is answered differently for each requester.
     pt = random_points(1)

@@ -45,7 +45,7 @@ def test_every_step_record_survives_the_wire():
 
 
 def test_wire_form_stays_what_peers_and_tests_read():
-    assert schema.HopParams(shuffle=False, label="x").encode() == {"shuffle": "0", "label": "x"}
+    assert schema.HopParams(shuffle=False, label="x").encode() == {"shuffle": "0", "label": "x", "chain": ""}
     assert schema.Admission(admitted="yes").encode()["admitted"] == "yes"
     assert schema.Count(count=2).encode() == {"count": "2"}
     # Defaults fill what an older header leaves out.

@@ -26,6 +26,8 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench_psi.py --n 100000
 	$(PY) scripts/bench_verify.py --households 10000
+	$(PY) scripts/bench_compare.py --households 100000
+	$(PY) scripts/bench_lookup.py --n 1000000 --queries 1000
 
 clean:
 	rm -rf $(VENV) build *.egg-info

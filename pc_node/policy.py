@@ -26,13 +26,14 @@ Comparisons (every verification criterion: ``sum_below``, ``count_at_most``, ``e
 into a value oracle (docs/rules.md, "Provider policy")::
 
     rules = [{ id = "dibao", digest = "<pc policy digest dibao.toml --agency housing>" }]
-    # and/or bounds: every threshold (sum_below lines, count_at_most's max, < <= > >= in where)
+    # and/or bounds: every threshold (sum_below lines, count_at_most's max, < <= > >= in where, and = != with a number or date)
     # inside [min, max] of its column (or criterion type), each column compared at most
     # max_comparisons times per job (default 1 once thresholds or max_comparisons is set)
     thresholds = { monthly_amount = { max = 3000 }, count_at_most = { max = 2 } }
     max_comparisons = 1
     max_evaluations_per_subject = 3   # per requester and subject at this node (default 3 …
     evaluation_period = "day"         # … a day; hour | day | week)
+    min_group_size = 5                # federated queries: smaller groups are omitted (default 5)
 """
 from __future__ import annotations
 
@@ -58,8 +59,9 @@ PERIODS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
 DEFAULT_EVALUATIONS = 3          # per requester and subject per period
 DEFAULT_PERIOD = "day"
 DEFAULT_MAX_COMPARISONS = 1      # once a grant bounds thresholds
+DEFAULT_MIN_GROUP_SIZE = 5       # federated queries: smaller groups are suppressed (docs/query.md)
 GRANT_KEYS = ("dataset", "requester", "purposes", "columns", "approval", "reveal", "quota", "rules", "thresholds",
-              "max_comparisons", "max_evaluations_per_subject", "evaluation_period")
+              "max_comparisons", "max_evaluations_per_subject", "evaluation_period", "min_group_size")
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}\Z")
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
@@ -82,6 +84,8 @@ class Grant:
     max_comparisons: int | None = None
     max_evaluations_per_subject: int = DEFAULT_EVALUATIONS
     evaluation_period: str = DEFAULT_PERIOD
+    #: Federated queries: a group with fewer distinct subjects is omitted (decided under encryption).
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE
 
     def allows(self, column: str, use: str, key_column: str) -> bool:
         granted = self.columns.get(column, "none")
@@ -192,7 +196,7 @@ def _parse_pins(where: str, g: dict) -> dict:
             raise InvalidInput(f"{where}: thresholds '{key}': 'min' must not exceed 'max'")
         thresholds[key] = (low, high)
     out: dict = {"rules": tuple(rules), "thresholds": thresholds}
-    for k, lowest in (("max_comparisons", 1), ("max_evaluations_per_subject", 1)):
+    for k, lowest in (("max_comparisons", 1), ("max_evaluations_per_subject", 1), ("min_group_size", 1)):
         if k in g:
             v = g[k]
             if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
@@ -227,6 +231,8 @@ def pins_toml(g: Grant) -> str:
         lines.append(f"max_evaluations_per_subject = {int(g.max_evaluations_per_subject)}")
     if g.evaluation_period != DEFAULT_PERIOD:
         lines.append(f'evaluation_period = "{g.evaluation_period}"')
+    if g.min_group_size != DEFAULT_MIN_GROUP_SIZE:
+        lines.append(f"min_group_size = {int(g.min_group_size)}")
     return "".join(line + "\n" for line in lines)
 
 

@@ -20,6 +20,7 @@ does not change this agency's digest.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Union
@@ -31,6 +32,7 @@ __all__ = ["DIGEST_VERSION", "Threshold", "canonical_criteria", "compared_column
 
 DIGEST_VERSION = 1
 ORDERING_OPS = ("<", "<=", ">", ">=")
+_DATE_LITERAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 Value = Union[int, Decimal, str]
 
@@ -86,7 +88,9 @@ class Threshold:
 def thresholds(rule, agency: str, dataset: str) -> list[Threshold]:
     """Every threshold the rule compares with ``agency.dataset``: ``sum_below`` lines (bounded by
     each summed column of this dataset, else by ``sum_below``), ``count_at_most``'s ``max`` (by
-    ``count_at_most``) and ordering comparisons (< <= > >=) of ``where`` (by their column)."""
+    ``count_at_most``) and the comparisons of ``where`` (by their column) that test a value: every
+    ordering (< <= > >=) and every ``=`` / ``!=`` with a number or a date (text equality, e.g.
+    ``usage = 'residential'``, is a category, not a threshold)."""
     ref = f"{agency}.{dataset}"
     out: list[Threshold] = []
     for c in criteria_touching(rule, agency, dataset):
@@ -99,7 +103,9 @@ def thresholds(rule, agency: str, dataset: str) -> list[Threshold]:
             out.append(Threshold(c.name, "max", ("count_at_most",), c.max))
         if c.where is not None:
             for cmp in c.where.comparisons():
-                if cmp.op in ORDERING_OPS:
+                # An equality with a number or a date is a threshold too: ``x = v`` (or up to 64
+                # of them joined by ``or``) tests a value as sharply as ``<`` does.
+                if cmp.op in ORDERING_OPS or cmp.is_number or _DATE_LITERAL.match(str(cmp.value)):
                     out.append(Threshold(c.name, "where", (cmp.column,), cmp.value))
     return out
 

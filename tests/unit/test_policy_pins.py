@@ -161,3 +161,20 @@ def test_pc_policy_digest_prints_the_line_to_pin(capsys):
     assert {d["agency"] for d in doc} == {"housing", "hrss", "public_security", "tax"}
     assert main(["policy", "digest", str(dibao), "--agency", "market_regulation"]) == 2
     assert "has no criterion reading data of 'market_regulation'" in capsys.readouterr().err
+
+
+# ----- red-team: equality comparisons are thresholds too ------------------------------------------------------
+@pytest.mark.parametrize("where", [
+    "area_m2 = 87.5",                                                # one exact value, outside the bounds
+    " or ".join(f"area_m2 = {v}" for v in range(60)),               # a set of values: a value oracle
+    "area_m2 != 20",
+])
+def test_equality_on_a_bounded_column_is_a_threshold(tmp_path, where):
+    probe = ('[[criteria]]\nname = "probe"\ntype = "exists"\nsource = "housing.properties"\n'
+             f'where = "{where}"\n')
+    p = policy(tmp_path, grant('thresholds = { area_m2 = { min = 100, max = 500 } }\nmax_comparisons = 1'))
+    with pytest.raises(PermissionDenied, match="criterion 'probe'.*outside the bounds for 'area_m2'"):
+        authorise(p, parse_rule(HEAD + probe))
+    # Inside the bounds it is allowed, as an ordering comparison would be; text equality stays a category.
+    inside = probe.replace(where, "area_m2 = 120 and usage = 'residential'")
+    assert authorise(p, parse_rule(HEAD + inside)).dataset == "properties"

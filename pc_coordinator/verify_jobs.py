@@ -81,6 +81,11 @@ def run(ctx: JobContext, doc: dict) -> None:
         t = time.perf_counter()
         prep_done, blobs = collect_blobs(ctx, requester, [ctx.header("verify.prepare", requester)])
         prepared: schema.VerifyPrepared = schema.decode_result("verify.prepare", prep_done)
+        needed = ["pubctx", "layout"] + [name for p in providers
+                                         for name in (schema.sealed_stream(p), schema.binding_stream(p))]
+        missing = [name for name in needed if name not in blobs]
+        if missing:
+            raise InvalidInput(f"the requester's node did not send {', '.join(missing)}")
         pubctx, layout_bytes = blobs.pop("pubctx"), blobs.pop("layout")
         layout = np.frombuffer(layout_bytes, dtype="<u4")
         n_slots, n_groups = len(layout), prepared.groups

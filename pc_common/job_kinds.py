@@ -201,6 +201,32 @@ class LookupParams(_OverDatasets):
 
 
 @dataclass(frozen=True)
+class QueryParams(JobParams):
+    """Federated query (joint statistics): a SQL subset over the requester's dataset and one
+    provider's (``pc_rules.query``; each side re-parses the signed text). docs/query.md."""
+
+    sql: str
+    min_group_size: int = 5                 # groups with fewer distinct subjects are omitted
+    purpose: str = DEFAULT_PURPOSE
+    subjects: int = 0                       # set by the requester node: rows after its WHERE
+    groups: int = 0                         # and their number of groups
+
+    KEYS: ClassVar[tuple[str, ...]] = ("sql", "min_group_size", "purpose", "subjects", "groups")
+
+    @classmethod
+    def from_params(cls, params: Mapping) -> "QueryParams":
+        _check_keys(params, cls.KEYS, "query")
+        sql = _str(params, "sql")
+        if not sql.strip() or len(sql) > 8000:
+            raise InvalidInput("job parameter 'sql' must be a query of 1 to 8000 characters")
+        k = _value(params, "min_group_size", int, 5)
+        if not 1 <= k <= 1 << 24:   # type: ignore[operator]
+            raise InvalidInput("job parameter 'min_group_size' must be from 1 to 16777216")
+        return cls(sql=sql, min_group_size=k, purpose=_str(params, "purpose") or DEFAULT_PURPOSE,  # type: ignore[arg-type]
+                   subjects=_count(params, "subjects"), groups=_count(params, "groups"))
+
+
+@dataclass(frozen=True)
 class JobKind:
     name: str
     params: type[JobParams]
@@ -211,6 +237,7 @@ KINDS: dict[str, JobKind] = {
     "verify": JobKind("verify", VerifyParams, "eligibility verification (rule over subjects)"),
     "psi": JobKind("psi", PsiParams, "private set intersection (PSI, PSI-CA, k-party)"),
     "lookup": JobKind("lookup", LookupParams, "query-private lookup (匿踪查询)"),
+    "query": JobKind("query", QueryParams, "federated query: joint statistics in SQL (minimum group size)"),
 }
 
 

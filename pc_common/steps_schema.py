@@ -206,6 +206,32 @@ class Queried(Record):
     queried: int
 
 
+@dataclass(frozen=True)
+class QueryPrepared(Record):
+    slots: int
+    groups: int
+
+
+@dataclass(frozen=True)
+class QueryEvaluated(Record):
+    subjects: int
+    aggregates: tuple[str, ...]             # ciphertext streams returned (besides "subjects")
+
+
+@dataclass(frozen=True)
+class QueryReleaseParams(Record):
+    """query.release: what the requester checks against its own job state and the signed SQL."""
+
+    groups: int
+    aggregates: tuple[str, ...]             # one masked stream per aggregate vector, in plan order
+    decimal_sums: tuple[str, ...] = ()      # summed columns of type decimal (the catalog's, for formatting)
+
+
+@dataclass(frozen=True)
+class QueryReleased(Record):
+    groups: int                             # groups decided (which were released stays at the requester)
+
+
 # ----- the table ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
@@ -234,6 +260,12 @@ STEPS: dict[str, Step] = {
     "lookup.blind": Step(BlindParams, LookupBlinded, "requester: snapshot | deltas → blinded"),
     "lookup.evaluate": Step(NoParams, Evaluated, "provider: in → out"),
     "lookup.finish": Step(NoParams, Queried, "requester: answers → results kept at the node"),
+    "query.prepare": Step(NoParams, QueryPrepared,
+                          "requester: → pubctx, layout, sealed:<provider>, binding:<provider>"),
+    "query.evaluate": Step(NoParams, QueryEvaluated, "provider: pubctx, sealed, binding → ct:subjects, ct:<aggregate>"),
+    "query.release": Step(QueryReleaseParams, QueryReleased,
+                          "requester (bidirectional): masked:subjects, masked:<aggregate>, gc2, gc4, release → gc1,"
+                          " gc3; results kept at the node"),
 }
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 from pc_common import job_kinds
 from pc_common.errors import InvalidInput
-from pc_coordinator import lookup_jobs, psi_jobs, verify_jobs
+from pc_coordinator import lookup_jobs, psi_jobs, query_jobs, verify_jobs
 from pc_coordinator.directory import Directory
 from pc_coordinator.runner import Orchestrator
 
@@ -26,6 +26,7 @@ KINDS: dict[str, CoordinatorKind] = {
     "verify": CoordinatorKind(validate=verify_jobs.validate, run=verify_jobs.run),
     "psi": CoordinatorKind(validate=psi_jobs.validate, run=psi_jobs.run),
     "lookup": CoordinatorKind(validate=lookup_jobs.validate, run=lookup_jobs.run),
+    "query": CoordinatorKind(validate=query_jobs.validate, run=query_jobs.run),
 }
 
 job_kinds.check_covers("the coordinator's", KINDS)

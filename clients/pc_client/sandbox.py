@@ -242,6 +242,8 @@ class Sandbox:
                 out.append(admin.Grant(ds, rule.requester, (rule.purpose,), columns, approval="auto",
                                        reveal=rule.reveal, rules=((rule.id, rule.criteria_digest(agency)),),
                                        max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY))
+        out += query_grants(agency, [p.read_text(encoding="utf-8") for p in sorted((self.dir / "queries").glob("*.sql"))]
+                            if (self.dir / "queries").is_dir() else [], key_of)
         return out
 
     def write_policy(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> pathlib.Path:
@@ -313,3 +315,19 @@ def connect(directory, user: str | None = None) -> Federation:
     """A client (``pc_client.sdk.Federation``) of the sandbox running in ``directory``: the
     platform operator by default, or ``USER@AGENCY`` (e.g. ``analyst@civil_affairs``)."""
     return Sandbox(directory).federation(user)
+
+
+def query_grants(agency: str, queries: list[str], key_of: dict[str, str]) -> list:
+    """Grants of ``agency`` for each query (SQL text; ``DIR/queries/*.sql`` in a sandbox): what the
+    query needs, to the agency of its FROM dataset, with the minimum group size 5 (docs/query.md)."""
+    from pc_common.job_kinds import DEFAULT_PURPOSE
+    from pc_rules.query import parse_query
+    from pc_rules.query_catalog import query_column_uses
+    out = []
+    for sql in queries:
+        plan = parse_query(sql)
+        for ds, cols in sorted(query_column_uses(plan, agency).items()):
+            columns = {key_of.get(ds, admin.DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
+            out.append(admin.Grant(ds, plan.requester, (DEFAULT_PURPOSE,), columns, approval="auto",
+                                   max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY, min_group_size=5))
+    return out

@@ -27,6 +27,8 @@ from pc_common.certs import PartyFiles
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import Identity, identity_of
 from pc_common.pb import common_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
+from pc_rules.query import parse_query
+from pc_rules.query_catalog import validate_query
 from pc_rules.rules import Rule, load_rule, validate_against_catalog
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -45,6 +47,7 @@ class JobResult:
     leakage: dict
     out: str | None = None
     rows: int = 0
+    records: list | None = None             # queries: the results file's rows as dicts
 
 
 class Federation:
@@ -227,6 +230,26 @@ class Federation:
         job_id = self.submit("lookup", {"datasets": [own_dataset, provider_dataset], "purpose": purpose,
                                         "labels": list(labels or []), "masked": bool(masked)})
         return self._finish(self.watch(job_id, on_update), out, local_summary=True)
+
+    # ----- federated queries -------------------------------------------------------------------------
+    def query(self, sql: str, out=None, min_group_size: int = 5, purpose: str = "data_matching",
+              on_update: ProgressFn | None = None) -> JobResult:
+        """A federated query (docs/query.md): checked here against the catalog before anything runs;
+        returns the released groups as ``records`` (and writes the results file to ``out``)."""
+        validate_query(parse_query(sql), catalog_view(self.catalog()), self.identity.agency)
+        job_id = self.submit("query", {"sql": sql, "min_group_size": int(min_group_size), "purpose": purpose})
+        job = self.watch(job_id, on_update)
+        if job.state != "succeeded":
+            raise JobFailed(f"job {job.job_id} {job.state}: {job.reason}")
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            target = pathlib.Path(out) if out else pathlib.Path(tmp) / "results.csv"
+            result = self._finish(job, str(target))
+            with open(target, newline="", encoding="utf-8") as fh:
+                result.records = list(csv.DictReader(fh))
+        if not out:
+            result.out = None
+        return result
 
     # ----- approvals (data officers) ----------------------------------------------------------------
     def approvals(self):

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from pc_common import job_kinds, steps_schema
 from pc_common.errors import InvalidInput
 from pc_common.pb import node_pb2
-from pc_node.steps import admit, lookup, psi, verify, verify_compare
+from pc_node.steps import admit, lookup, psi, query, verify, verify_compare
 
 Handler = Callable[..., Iterator[node_pb2.StepMessage]]
 
@@ -35,6 +35,7 @@ KINDS: dict[str, NodeKind] = {
     "verify": NodeKind(prepare=verify.prepare_job, admission=verify.admission),
     "psi": NodeKind(prepare=psi.prepare_job, admission=psi.admission),
     "lookup": NodeKind(prepare=lookup.prepare_job, admission=psi.admission),
+    "query": NodeKind(prepare=query.prepare_job, admission=query.admission),
 }
 
 STEPS: dict[str, Handler] = {
@@ -54,6 +55,9 @@ STEPS: dict[str, Handler] = {
     "lookup.blind": lookup.blind,
     "lookup.evaluate": lookup.evaluate,
     "lookup.finish": lookup.finish,
+    "query.prepare": query.prepare,
+    "query.evaluate": query.evaluate,
+    "query.release": query.release,
 }
 
 job_kinds.check_covers("the node's", KINDS)

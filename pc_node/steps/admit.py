@@ -58,6 +58,9 @@ def authorise(runtime, doc: dict) -> list:
         grants.append(runtime.policy.authorise(dataset, runtime.store.dataset(dataset).key_column,
                                                doc["requester"], doc["purpose"], uses, reveal,
                                                rule=rule, agency=runtime.node_id))
+    if doc["kind"] == "query" and grants:   # the grant's minimum group size (docs/query.md)
+        from pc_node.steps.query import check_group_size
+        check_group_size(job_kinds.params_of(doc, "query"), grants)
     return grants
 
 

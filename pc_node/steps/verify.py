@@ -214,7 +214,7 @@ def _working(runtime, job_id: str):
 
 def wipe(runtime, job_id: str, subject_set: str | None = None) -> int:
     n = 0
-    for kind in ("jobkeys", "verifyjob", "psiwork"):
+    for kind in ("jobkeys", "verifyjob", "psiwork", "queryjob"):
         n += runtime.store.delete_blobs(kind, job_id)
     if subject_set:
         n += runtime.store.delete_blobs("subjects", subject_set)

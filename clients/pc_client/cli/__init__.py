@@ -1,7 +1,7 @@
 """The `pc` command line. Run `pc --help` or `pc COMMAND --help`.
 
 One module per role: ``node`` (certificates, node serve/import/datasets), ``coordinator``
-(serve, directory), ``analyst`` (catalog, verify, psi, lookup, jobs, results), ``officer``
+(serve, directory), ``analyst`` (catalog, verify, psi, lookup, query, jobs, results), ``officer``
 (approvals, policy), ``auditor`` (audit), ``sandbox`` (sandbox, demo). Each exports
 ``COMMANDS``: command name -> a function adding its parser. Client work goes through the SDK
 (``pc_client.sdk``), node and coordinator work through their public entry points
@@ -25,7 +25,7 @@ from pc_common.errors import PcError
 __all__ = ["main", "build_parser", "EXIT_USER", "EXIT_REMOTE"]
 
 # The order of `pc --help`.
-ORDER = ("certs", "coordinator", "node", "catalog", "nodes", "sandbox", "verify", "psi", "lookup", "jobs",
+ORDER = ("certs", "coordinator", "node", "catalog", "nodes", "sandbox", "verify", "psi", "lookup", "query", "jobs",
          "results", "approvals", "policy", "audit", "demo")
 ROLES = (node, coordinator, analyst, officer, auditor, sandbox)
 

@@ -1,4 +1,4 @@
-"""Analysts and caseworkers: `pc catalog`, `pc verify`, `pc psi`, `pc lookup`, `pc jobs`,
+"""Analysts and caseworkers: `pc catalog`, `pc verify`, `pc psi`, `pc lookup`, `pc query`, `pc jobs`,
 `pc results` — all through the SDK (``pc_client.sdk.Federation``)."""
 from __future__ import annotations
 
@@ -95,6 +95,27 @@ def cmd_lookup(args) -> int:
     return 0
 
 
+def cmd_query(args) -> int:
+    from pc_rules.query import parse_query
+    agency = parse_query(args.sql).requester
+    with federation(args, default_user(agency)) as fed:
+        res = fed.query(args.sql, out=args.out, min_group_size=args.min_group_size, purpose=args.purpose,
+                        on_update=_progress(args))
+    if args.json:
+        print_json({**result_doc(res), "records": res.records})
+        return 0
+    s = res.summary
+    if not args.out:
+        names = list(res.records[0]) if res.records else []
+        print(",".join(names))
+        for r in res.records:
+            print(",".join(r[n] for n in names))
+    print(f"job {res.job_id}: {s.get('released', '?')} group(s) released, {s.get('suppressed', '?')} suppressed"
+          f" (fewer than {s.get('min_group_size', '?')} subjects)" + (f"; written to {res.out}" if res.out else ""))
+    print_leakage(res.leakage)
+    return 0
+
+
 # ----- parsers -------------------------------------------------------------------------------------
 def add_catalog(sub) -> None:
     c = sub.add_parser("catalog", help="the federation's data catalog (政务数据目录)")
@@ -139,6 +160,18 @@ def add_lookup(sub) -> None:
     lk.set_defaults(fn=cmd_lookup)
 
 
+def add_query(sub) -> None:
+    q = sub.add_parser("query", help="federated query: joint statistics in SQL (docs/query.md)")
+    add_connection(q)
+    q.add_argument("sql", help="SELECT … FROM your.dataset a [JOIN agency.dataset b ON a.key = b.key] …")
+    q.add_argument("--out", help="results CSV to write (default: print the rows)")
+    q.add_argument("--min-group-size", type=int, default=5,
+                   help="omit groups with fewer distinct subjects (at least the providers' grants; default 5)")
+    q.add_argument("--purpose", default="data_matching")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_query)
+
+
 def add_jobs(sub) -> None:
     j = sub.add_parser("jobs", help="list jobs, or show / cancel one")
     add_connection(j)
@@ -157,4 +190,4 @@ def add_results(sub) -> None:
 
 
 COMMANDS = {"catalog": add_catalog, "verify": add_verify, "psi": add_psi, "lookup": add_lookup,
-            "jobs": add_jobs, "results": add_results}
+            "query": add_query, "jobs": add_jobs, "results": add_results}

@@ -35,7 +35,8 @@ from .masking import (
     ModularEvaluatorInput,
     ModularGarblerInput,
 )
-from .primitives import U64, Rng, Steps, Tccr, as_buffer, default_rng, draw, pack_header, parse_header, prg
+from .primitives import (U64, Rng, SessionStateError, Steps, Tccr, as_buffer, default_rng, draw, pack_header,
+                         parse_header, prg)
 from .spec import CircuitSpec
 
 _MAGIC = b"PCGC"
@@ -200,6 +201,7 @@ class ComparisonGarbler:
         self._label_seed = draw(rng, 16)
         self._ot = ot.OtSender(self.count * self._circuit.n_evaluator, rng=rng, context=_context(spec, self.count))
         self._steps = Steps("respond", "garble")
+        self._out0: np.ndarray | None = None
 
     def respond(self, msg1) -> bytes:
         self._steps.enter("respond")
@@ -228,6 +230,7 @@ class ComparisonGarbler:
         tables = section("tables").view(U64).reshape(cir.n_and, 2, n_total, 2)
         dec_out = section("decoding")
         dec_out[-1:] = 0
+        out_zero = np.empty((n_total, no, 2), dtype=U64)
 
         def work(lo: int, hi: int) -> None:
             n = hi - lo
@@ -239,11 +242,21 @@ class ComparisonGarbler:
             y_out[lo * ne:hi * ne] = enc.encrypt(lo * ne, hi * ne, m0, m0 ^ delta)
             out0 = garble_chunk(cir, Tccr(gc_key), delta, gz.transpose(1, 0, 2), ez.transpose(1, 0, 2),
                                 lo, tables[:, :, lo:hi])
+            out_zero[lo:hi] = out0.transpose(1, 0, 2)
             bits = np.packbits(permute_bits(out0).T.reshape(-1), bitorder="little")
             dec_out[lo * no // 8: lo * no // 8 + bits.size] = bits
 
         _run(work, _chunks(n_total, self._chunk), self._workers)
+        self._out0 = out_zero
         return buf.tobytes()
+
+    def output_labels(self, value: bool) -> np.ndarray:
+        """After :meth:`garble`: the label of every output wire that encodes ``value``,
+        (count, n_outputs, 2) uint64 — for output-keyed releases (``secure_agg.query_release``):
+        R holds exactly the label of the bit it learned, never the other one."""
+        if self._out0 is None:
+            raise SessionStateError("output labels exist only after garble")
+        return self._out0 ^ self._delta if value else self._out0.copy()
 
 
 class ComparisonEvaluator:
@@ -258,6 +271,7 @@ class ComparisonEvaluator:
         self._workers, self._chunk = _settings(workers, chunk)
         self._ot = ot.OtReceiver(bits.reshape(-1), rng=default_rng(rng), context=_context(spec, self.count))
         self._steps = Steps("start", "extend", "evaluate")
+        self._out: np.ndarray | None = None
 
     def start(self) -> bytes:
         self._steps.enter("start")
@@ -291,13 +305,22 @@ class ComparisonEvaluator:
             raise InvalidInput("comparison message 4: padding bits set")
         decoding = decoding[: n_total * no].reshape(n_total, no).astype(np.bool_)
         result = np.empty((n_total, no), dtype=np.bool_)
+        held = np.empty((n_total, no, 2), dtype=U64)
 
         def work(lo: int, hi: int) -> None:
             n = hi - lo
             ev = dec.decrypt(lo * ne, hi * ne, y[lo * ne:hi * ne]).reshape(n, ne, 2)
             out = evaluate_chunk(cir, Tccr(gc_key), g_in[lo:hi].transpose(1, 0, 2), ev.transpose(1, 0, 2),
                                  lo, tables[:, :, lo:hi])
+            held[lo:hi] = out.transpose(1, 0, 2)
             result[lo:hi] = permute_bits(out).T ^ decoding[lo:hi]
 
         _run(work, _chunks(n_total, self._chunk), self._workers)
+        self._out = held
         return result[:, 0].copy() if self.spec.reveal == "verdict" else result
+
+    def output_labels(self) -> np.ndarray:
+        """After :meth:`evaluate`: the output-wire labels R holds, (count, n_outputs, 2) uint64."""
+        if self._out is None:
+            raise SessionStateError("output labels exist only after evaluate")
+        return self._out.copy()

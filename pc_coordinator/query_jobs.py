@@ -1,0 +1,195 @@
+"""Federated queries at the coordinator: validate, relay, mask, garble the threshold, release.
+
+The coordinator handles only ciphertexts under the requester's one-job BFV key, the sealed
+list it cannot open, and the slot→group layout (group sizes, no identifiers, no group values).
+It adds plaintext masks (``pc_node.secure_agg.query_release``), garbles the comparison
+[distinct subjects < k] and sends, per group, the aggregates' pads encrypted under the circuit's
+label of "released": it learns no count, no aggregate and no suppression bit (docs/query.md).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pc_common import job_kinds
+from pc_common import steps_schema as schema
+from pc_common.catalog import catalog_view
+from pc_common.errors import InvalidInput, PermissionDenied
+from pc_common.wire import MAX_BLOB, blob_chunks
+from pc_coordinator.admission import admit_all
+from pc_coordinator.directory import Directory
+from pc_coordinator.runner import JobContext
+from pc_coordinator.streams import collect_blobs, send_blobs
+from pc_coordinator.verify_compare import Outbox, _read_blob, _read_done
+from pc_node.secure_agg import query_release as qr
+from pc_node.secure_agg.backend import get_backend
+from pc_node.secure_agg.gc import ComparisonGarbler
+from pc_rules.query import QueryPlan, parse_query
+from pc_rules.query_catalog import query_column_uses, validate_query
+
+_RANK = {"none": 0, "predicate": 1, "aggregate": 2, "masked": 3, "plaintext": 4}
+
+
+def vectors(plan: QueryPlan) -> tuple[str, ...]:
+    return ("subjects", "rows") + tuple(f"sum:{c}" for c in plan.sum_columns())
+
+
+def _plan(doc: dict) -> tuple[job_kinds.QueryParams, QueryPlan]:
+    p = job_kinds.params_of(doc, "query")
+    return p, parse_query(p.sql)
+
+
+def published_grant_check(plan: QueryPlan, p: job_kinds.QueryParams, requester: str, directory: Directory) -> None:
+    """Refuse up front what the providers' published grants cannot allow (column uses, purpose)."""
+    datasets = {(d.agency, d.name): d for d in directory.catalog().datasets}
+    for agency in plan.providers():
+        for ds, uses in query_column_uses(plan, agency).items():
+            d = datasets[(agency, ds)]
+            grants = [g for g in d.grants if g.requester == requester and p.purpose in g.purposes]
+            if not grants:
+                raise PermissionDenied(f"{agency}.{ds} publishes no grant for '{requester}' with purpose '{p.purpose}'")
+            needed = {d.key_column: "join_key", **uses}
+
+            def allows(g, col: str, use: str) -> bool:
+                granted = g.column_uses.get(col, "none")
+                if use == "join_key":
+                    return granted in ("join_key", "plaintext")
+                return granted != "join_key" and _RANK.get(granted, 0) >= _RANK[use]
+            if not any(all(allows(g, c, u) for c, u in needed.items()) for g in grants):
+                missing = sorted(f"{c} as {u}" for c, u in needed.items() if not any(allows(g, c, u) for g in grants))
+                raise PermissionDenied(f"{agency}.{ds} does not grant '{requester}' the column use: "
+                                       f"{', '.join(missing) or 'this combination'}")
+
+
+def validate(doc: dict, directory: Directory) -> list[str]:
+    """Check a query against the catalog and the published grants; its provider admits it."""
+    p, plan = _plan(doc)
+    validate_query(plan, catalog_view(directory.catalog()), doc["requester"])
+    published_grant_check(plan, p, doc["requester"], directory)
+    providers = plan.providers()
+    for a in providers + [doc["requester"]]:
+        if not directory.node(a)["online"]:
+            raise InvalidInput(f"node '{a}' is offline")
+    return providers
+
+
+def _decimal_sums(plan: QueryPlan, directory: Directory) -> tuple[str, ...]:
+    if plan.join is None:
+        return ()
+    cols = catalog_view(directory.catalog()).get(plan.join.table.ref, {}).get("columns", {})
+    return tuple(c for c in plan.sum_columns() if cols.get(c) == "decimal")
+
+
+def run(ctx: JobContext, doc: dict) -> None:
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    p, plan = _plan(doc)
+    requester = doc["requester"]
+    providers = plan.providers()
+    provider = providers[0]
+    try:
+        admit_all(ctx, providers)
+        timings["admit_s"] = time.perf_counter() - t0
+
+        t = time.perf_counter()
+        prep_done, blobs = collect_blobs(ctx, requester, [ctx.header("query.prepare", requester)])
+        prepared: schema.QueryPrepared = schema.decode_result("query.prepare", prep_done)
+        pubctx = blobs.pop("pubctx")
+        layout = np.frombuffer(blobs.pop("layout"), dtype="<u4").astype(np.int64)
+        n_slots, n_groups = len(layout), prepared.groups
+        if n_slots != p.subjects or n_groups != p.groups or not n_slots or int(layout.max()) >= n_groups:
+            raise InvalidInput("the requester's layout does not match the job")
+        sizes = np.bincount(layout, minlength=n_groups)
+        if sizes.min() < 1 or sizes.max() > qr.MAX_GROUP_ROWS:
+            raise InvalidInput(f"every group needs 1 to {qr.MAX_GROUP_ROWS} rows")
+        backend = get_backend("bfv")
+        pub = backend.load_public(pubctx)
+        timings["prepare_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        msgs = [ctx.header("query.evaluate", requester)]
+        ev_done, ev_blobs = collect_blobs(ctx, provider, send_blobs(msgs, {
+            "pubctx": pubctx, "sealed": blobs[schema.sealed_stream(provider)],
+            "binding": blobs[schema.binding_stream(provider)]}))
+        evaluated: schema.QueryEvaluated = schema.decode_result("query.evaluate", ev_done)
+        names = vectors(plan)
+        if evaluated.aggregates != names or evaluated.subjects != n_slots:
+            raise InvalidInput(f"provider '{provider}' answered other aggregates than the query's")
+        cvs = {n: backend.load_ciphertext(pub, ev_blobs[schema.ciphertext_stream(n)]) for n in names}
+        if any(cv.length != n_slots for cv in cvs.values()):
+            raise InvalidInput(f"provider '{provider}' answered another number of slots")
+        timings["evaluate_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        tp = qr.threshold_plan(p.min_group_size, int(sizes.max()), pub.plaintext_modulus)
+        cm = qr.mask(backend, tp, cvs["subjects"], [cvs[n] for n in names], layout, n_groups)
+        del cvs, ev_blobs
+        timings["mask_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        answer = _release(ctx, requester, tp, cm, names, n_groups, _decimal_sums(plan, ctx.runner.directory),
+                          doc["job_id"].encode(), timings)
+        if answer.groups != n_groups:
+            raise InvalidInput("the requester's release does not match the job")
+        timings["release_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t0
+        ctx.progress("finish", requester, n_slots, n_slots)
+        ctx.jobs.record(ctx.job_id, summary={
+            "subjects": n_slots, "groups": n_groups, "providers": providers, "he": "bfv",
+            "min_group_size": p.min_group_size,
+            **{k: round(v, 3) for k, v in timings.items()}},
+            leakage=leakage_report(plan, requester, provider, n_slots, n_groups, p.min_group_size, tp))
+    finally:
+        ctx.cleanup([requester] + providers)
+
+
+def _release(ctx: JobContext, requester: str, tp, cm, names, n_groups: int, decimal_sums, context: bytes,
+             timings: dict) -> schema.QueryReleased:
+    garbler = ComparisonGarbler(tp.spec, [cm.garbler_input])
+    out = Outbox()
+    out.put([ctx.header("query.release", requester, schema.QueryReleaseParams(
+        groups=n_groups, aggregates=tuple(names), decimal_sums=tuple(decimal_sums)))])
+    out.put(blob_chunks(schema.masked_stream("threshold"), cm.masked_subjects.serialize()))
+    for name, cv in zip(names, cm.masked_aggregates):
+        out.put(blob_chunks(schema.masked_stream(name), cv.serialize()))
+    try:
+        answers = iter(ctx.step(requester, out))
+        m1 = _read_blob(ctx, requester, answers, schema.gc_stream(1), 1 << 16)
+        out.put(blob_chunks(schema.gc_stream(2), garbler.respond(m1)))
+        m3 = _read_blob(ctx, requester, answers, schema.gc_stream(3), MAX_BLOB)
+        ctx.check_cancelled()
+        tg = time.perf_counter()
+        out.put(blob_chunks(schema.gc_stream(4), garbler.garble(m3)))
+        out.put(blob_chunks("release", qr.release_message(garbler, cm.pads, context)))
+        timings["garble_s"] = time.perf_counter() - tg
+        out.close()
+        return schema.decode_result("query.release", _read_done(ctx, requester, answers))
+    finally:
+        out.close()
+
+
+def leakage_report(plan: QueryPlan, requester: str, provider: str, n: int, groups: int, k: int, tp) -> dict:
+    aggs = len(vectors(plan))
+    return {
+        "coordinator": [
+            f"sizes: {n} requester rows in {groups} opaque groups and each group's row count",
+            f"which provider took part ({provider}) and how long each step took",
+            ("only ciphertexts under the requester's one-job BFV key and a sealed list it cannot open; no identifier,"
+             " group value, count, aggregate or suppression bit"),
+            (f"its own masks and pads and the garbled circuit of {groups} comparisons [distinct subjects < {k}]"
+             f" ({tp.plan.mode} mode, l={tp.plan.bits}); the requester's OT messages hide its inputs"),
+        ],
+        requester: [
+            f"per group ({groups}): whether it was released (at least {k} distinct subjects) and, if released, "
+            "its aggregates — exactly the group totals; suppressed groups' counts and aggregates stay masked",
+            (f"{n * (aggs + 1)} BFV slot values, one-time-padded mod t; per group the threshold count statistically "
+             "masked (κ = 40) or padded mod t, and the aggregates padded mod t, unpadded only for released groups"),
+            "garbled-circuit labels and tables, which reveal only the suppression bits",
+        ],
+        provider: [
+            f"the {n} identifiers it was asked about (the requester's rows after its WHERE), in random order",
+            f"the SQL text of the query, its purpose and minimum group size {k}",
+            "nothing about groups, group values or results",
+        ],
+    }

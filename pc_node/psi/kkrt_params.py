@@ -1,0 +1,132 @@
+"""Parameters and hashing of KKRT16 PSI (see docs/psi.md, "KKRT16").
+
+* λ = 40 statistical security, as in libOTe/libPSI and SecretFlow PSI.
+* Cuckoo table: 3 hash functions, no stash, m = ⌊n · (λ + log₂ n + 256) / 240⌋ bins
+  (≈ 1.3164 n at n = 2^20) — the experimentally fitted line of cryptoTools
+  ``CuckooIndex::selectParams`` (a = 240, b = −log₂ n − 256, e = (λ − b)/a), which SecretFlow's
+  ``CuckooIndex::SelectParams`` copies.
+* Masks: ⌈(λ + log₂(n_R · n_S)) / 8⌉ bytes of the OPRF output (10 bytes at 1M × 1M), as libPSI
+  ``KkrtPsiSender``/``Receiver`` and SecretFlow's ``kkrt_psi`` truncate them.
+* Hashing: BLAKE3 (keyed and derive-key modes) for identifiers, cuckoo bins and OPRF outputs.
+"""
+from __future__ import annotations
+
+import math
+
+import blake3
+import numpy as np
+
+from pc_common.errors import InvalidInput
+
+from . import kkrt_kernels as K
+
+LAMBDA = 40
+HASHES = 3
+CODE_BITS = 512
+CODE_BYTES = CODE_BITS // 8
+ITEM_BYTES = 16
+MAX_ITEMS = 1 << 32
+
+
+def bin_count(n: int, lam: int = LAMBDA) -> int:
+    """Cuckoo bins for ``n`` items (cryptoTools/SecretFlow formula, no stash, 3 hashes)."""
+    if n <= 0:
+        return 1
+    return max(int(n * (lam + math.log2(n) + 256) / 240), 1)
+
+
+def mask_bytes(n_receiver: int, n_sender: int, lam: int = LAMBDA) -> int:
+    """Bytes kept of each OPRF output: ⌈(λ + log₂(n_R·n_S)) / 8⌉."""
+    return -(-(lam + math.ceil(math.log2(max(n_receiver, 1) * max(n_sender, 1)))) // 8)
+
+
+def derive_key(context: str, material: bytes) -> np.ndarray:
+    """A 32-byte BLAKE3 key (derive-key mode) as the 8 little-endian words the kernels take."""
+    key = blake3.blake3(material, derive_key_context=context).digest()
+    return np.frombuffer(key, dtype="<u4").copy()
+
+
+def hash_items(ids: list[bytes], key_words: np.ndarray, out_len: int = ITEM_BYTES) -> np.ndarray:
+    """BLAKE3-keyed(key, id)[:out_len] for every id, (n, out_len) uint8.
+
+    Identifiers of at most 64 bytes go through the vectorised single-block kernel; longer ones
+    (rare) through the ``blake3`` package.
+    """
+    n = len(ids)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)
+    short = lengths <= 64
+    packed = np.array([b if len(b) <= 64 else b"" for b in ids], dtype="S64")
+    rows = packed.view(np.uint8).reshape(n, 64) if n else np.zeros((0, 64), dtype=np.uint8)
+    out = K.blake3_rows(key_words, rows, np.where(short, lengths, 0), out_len)
+    if not short.all():
+        key = key_words.astype("<u4").tobytes()
+        for i in np.nonzero(~short)[0]:
+            out[i] = np.frombuffer(blake3.blake3(ids[i], key=key).digest(out_len), dtype=np.uint8)
+    return out
+
+
+def cuckoo_bins(items: np.ndarray, seed: bytes, m: int) -> np.ndarray:
+    """The 3 candidate bins of each 16-byte item hash: BLAKE3-keyed(seed-key, x) → 3 × 64 bits mod m."""
+    key = derive_key("pc.psi.kkrt.v1 cuckoo hash", seed)
+    rows = np.zeros((items.shape[0], 64), dtype=np.uint8)
+    rows[:, :ITEM_BYTES] = items
+    words = K.blake3_rows(key, rows, np.full(items.shape[0], ITEM_BYTES, dtype=np.int64), 24)
+    return (words.view("<u8") % np.uint64(m)).astype(np.int64)
+
+
+def cuckoo_table(items: np.ndarray, m: int, draw_seed, max_rehash: int, max_kicks: int = 500):
+    """Insert ``items`` into m bins; on failure re-hash with a fresh seed, up to ``max_rehash``
+    times. Returns (seed, bins (n, 3), table (m,) item index or −1, attempts)."""
+    for attempt in range(1, max_rehash + 1):
+        seed = draw_seed()
+        bins = cuckoo_bins(items, seed, m)
+        table, ok = K.cuckoo_insert(bins, m, max_kicks, int.from_bytes(seed[:7], "little"))
+        if ok:
+            return seed, bins, table, attempt
+    raise InvalidInput(f"cuckoo hashing failed {max_rehash} times (table of {m} bins too small?)")
+
+
+def placement(bins: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Occupied bins, their items and the smallest hash index that maps the item there."""
+    occupied = np.nonzero(table >= 0)[0]
+    items = table[occupied]
+    b = bins[items]
+    hidx = np.where(b[:, 0] == occupied, 0, np.where(b[:, 1] == occupied, 1, 2))
+    return occupied, items, hidx
+
+
+def _prefix(rows: np.ndarray) -> np.ndarray:
+    p = np.zeros((rows.shape[0], 8), dtype=np.uint8)
+    w = min(8, rows.shape[1])
+    p[:, :w] = rows[:, :w]
+    return p.view("<u8").ravel()
+
+
+def match_rows(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """Exact membership: found[i] is True iff row ``mine[i]`` occurs among ``theirs`` rows.
+
+    Sort of 8-byte prefixes + searchsorted + full-row check; rows whose prefix repeats on
+    ``mine``'s side are checked through a set of the full rows (exact in every case).
+    """
+    found = np.zeros(mine.shape[0], dtype=bool)
+    if not mine.shape[0] or not theirs.shape[0]:
+        return found
+    mp, tp = _prefix(mine), _prefix(theirs)
+    order = np.argsort(mp, kind="stable")
+    ms = mp[order]
+    dup = np.zeros(ms.size, dtype=bool)
+    same = ms[1:] == ms[:-1]
+    dup[1:] |= same
+    dup[:-1] |= same
+    pos = np.minimum(np.searchsorted(ms, tp), ms.size - 1)
+    cand = (ms[pos] == tp) & ~dup[pos]
+    ti = np.nonzero(cand)[0]
+    mi = order[pos[ti]]
+    exact = (mine[mi] == theirs[ti]).all(axis=1)
+    found[mi[exact]] = True
+    if dup.any():
+        dup_prefixes = np.unique(ms[dup])
+        pool = {theirs[i].tobytes() for i in np.nonzero(np.isin(tp, dup_prefixes))[0]}
+        for i in order[dup]:
+            found[i] = mine[i].tobytes() in pool
+    return found

@@ -1,0 +1,106 @@
+"""A federated query's plan against the published catalog, and the column uses it asks for.
+
+:func:`validate_query` is what the client (before submitting) and the coordinator (before
+creating a job) run on a :class:`pc_rules.query.QueryPlan`; :func:`query_column_uses` is what
+a provider's admission and the sandbox's grants derive from it.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pc_common.errors import InvalidInput
+from pc_rules.catalog import NUMERIC_TYPES, USE_RANK
+from pc_rules.expr import Expr, check_types
+from pc_rules.query import QueryPlan, TableRef
+
+__all__ = ["query_column_uses", "validate_query"]
+
+
+def _fail(msg: str) -> InvalidInput:
+    return InvalidInput(f"query: {msg}")
+
+
+def validate_query(plan: QueryPlan, catalog: Mapping[str, Mapping[str, Any]], requester: str | None = None) -> None:
+    """Datasets, key columns, column names and literal types against the published catalog view
+    (``{"agency.dataset": {"key_column": …, "columns": {name: type}}}``)."""
+    if requester is not None and plan.requester != requester:
+        raise _fail(f"FROM must be a dataset of your own agency ({requester}), not {plan.source.ref}")
+
+    def entry(t: TableRef) -> Mapping[str, Any]:
+        e = catalog.get(t.ref)
+        if e is None:
+            if any(k.split(".")[0] == t.agency for k in catalog):
+                raise _fail(f"agency '{t.agency}' has no dataset '{t.dataset}' in the catalog")
+            raise _fail(f"unknown agency '{t.agency}' (not in the catalog)")
+        return e
+
+    def columns(t: TableRef) -> dict[str, str]:
+        e = entry(t)
+        cols = dict(e.get("columns", {}))
+        cols.setdefault(e.get("key_column", "id_number"), "text")
+        return cols
+
+    def need(t: TableRef, col: str) -> str:
+        cols = columns(t)
+        if col not in cols:
+            raise _fail(f"dataset '{t.ref}' has no column '{col}'")
+        return cols[col]
+
+    def key_of(t: TableRef) -> str:
+        return entry(t).get("key_column", "id_number")
+
+    src_key = key_of(plan.source)
+    for g in plan.group_by:
+        need(plan.source, g)
+    if plan.where is not None:
+        _types(plan.where, columns(plan.source), plan.source)
+    for s in plan.providers_sources():
+        if s.key != key_of(s.table):
+            raise _fail(f"{s.table.alias}.{s.key} is not the key column of {s.table.ref} ({key_of(s.table)})")
+        if s.outer_key != src_key:
+            raise _fail(f"{plan.source.alias}.{s.outer_key} is not the key column of {plan.source.ref} ({src_key})")
+        if s.where is not None:
+            _types(s.where, columns(s.table), s.table)
+    for a in plan.select:
+        if a.func == "count_distinct" and a.column != src_key:
+            raise _fail(f"COUNT(DISTINCT {a.alias}.{a.column}): only the key column ({src_key}) can be counted distinct")
+        if a.func in ("sum", "avg"):
+            t = plan.table(a.alias)
+            ctype = need(t, a.column)
+            if a.column == key_of(t):
+                raise _fail(f"{a.alias}.{a.column} is the key column and cannot be summed")
+            if ctype not in NUMERIC_TYPES:
+                raise _fail(f"{a.func.upper()}({a.alias}.{a.column}): the column is {ctype}; only integer or decimal"
+                            " columns can be summed")
+
+
+def _types(where: Expr, cols: Mapping[str, str], t: TableRef) -> None:
+    for c in where.columns():
+        if c not in cols:
+            raise _fail(f"dataset '{t.ref}' has no column '{c}'")
+    try:
+        check_types(where, cols)
+    except InvalidInput as e:
+        raise _fail(f"in {t.ref}: {str(e).removeprefix('where: ')}") from None
+
+
+def query_column_uses(plan: QueryPlan, agency: str) -> dict[str, dict[str, str]]:
+    """What the query asks of ``agency``'s datasets: ``{dataset: {column: use}}`` — ``aggregate``
+    for SUM/AVG columns, ``predicate`` for condition columns (the key's ``join_key`` is implied)."""
+    out: dict[str, dict[str, str]] = {}
+
+    def need(dataset: str, col: str, use: str) -> None:
+        uses = out.setdefault(dataset, {})
+        if col not in uses or USE_RANK[use] > USE_RANK[uses[col]]:
+            uses[col] = use
+
+    for s in plan.providers_sources():
+        if s.table.agency != agency:
+            continue
+        out.setdefault(s.table.dataset, {})
+        for col in sorted(s.where.columns() if s.where is not None else ()):
+            need(s.table.dataset, col, "predicate")
+        for a in plan.select:
+            if a.func in ("sum", "avg") and a.alias == s.table.alias:
+                need(s.table.dataset, a.column, "aggregate")
+    return out

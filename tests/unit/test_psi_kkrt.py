@@ -1,0 +1,161 @@
+"""KKRT16 PSI core (pc_node.psi.kkrt): correctness, re-hashing, message validation, determinism."""
+from __future__ import annotations
+
+import random
+
+import blake3
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pc_common.errors import InvalidInput
+from pc_common.ot.primitives import SessionStateError
+from pc_node.psi import kkrt, kkrt_kernels, kkrt_params
+from pc_node.psi.encoding import normalise_ids
+
+
+def seeded(seed: int):
+    r = random.Random(seed)
+    return lambda n: r.randbytes(n)
+
+
+def plain(x, y):
+    ys = set(normalise_ids(y))
+    return [v for v in normalise_ids(x) if v in ys]
+
+
+def run(x, y, **kw):
+    s = kkrt.KkrtSender(y, rng=kw.get("rng"), bins=kw.get("bins"))
+    r = kkrt.KkrtReceiver(x, **kw)
+    return s, r, r.finish(s.masks(r.correct(s.extend(r.respond(s.start())))))
+
+
+def test_blake3_kernel_matches_reference_for_every_length():
+    key = bytes(range(32))
+    words = np.frombuffer(key, dtype="<u4").copy()
+    msgs = [bytes((i * 7 + j) % 256 for j in range(i)) for i in range(65)]
+    rows = np.zeros((65, 64), dtype=np.uint8)
+    for i, m in enumerate(msgs):
+        rows[i, :i] = np.frombuffer(m, dtype=np.uint8)
+    out = kkrt_kernels.blake3_rows(words, rows, np.arange(65, dtype=np.int64), 32)
+    for i, m in enumerate(msgs):
+        assert out[i].tobytes() == blake3.blake3(m, key=key).digest(), i
+    long_ids = [b"x" * 100, b"short"]
+    got = kkrt_params.hash_items(long_ids, words, 16)
+    assert [g.tobytes() for g in got] == [blake3.blake3(b, key=key).digest(16) for b in long_ids]
+
+
+def test_parameters_follow_cryptotools():
+    assert kkrt_params.bin_count(1 << 20) == int((1 << 20) * (40 + 20 + 256) / 240)
+    assert abs(kkrt_params.bin_count(1_000_000) / 1_000_000 - 1.3164) < 1e-3
+    assert kkrt_params.mask_bytes(1_000_000, 1_000_000) == 10
+    assert kkrt_params.mask_bytes(1, 1) == 5
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sets(st.integers(0, 60), max_size=40), st.sets(st.integers(0, 60), max_size=40))
+def test_intersection_equals_plaintext(xs, ys):
+    x = [f"ID{v}" for v in xs]
+    y = [f"ID{v}" for v in ys]
+    assert run(x, y)[2] == plain(x, y)
+
+
+def test_duplicates_and_normalisation_are_handled():
+    x = ["a1", "A1", " a 1", "b2", "c3", "b2"]
+    y = ["B2", "a1", "zz", "zz"]
+    s, r, got = run(x, y)
+    assert got == ["A1", "B2"] and r.count == 3 and s.count == 3
+
+
+def test_100k_exact():
+    rnd = random.Random(5)
+    x = [f"P{v}" for v in rnd.sample(range(300_000), 100_000)]
+    y = [f"P{v}" for v in rnd.sample(range(300_000), 100_000)]
+    assert run(x, y)[2] == plain(x, y)
+
+
+def test_cuckoo_failure_rehashes_with_fresh_seeds():
+    x = [f"ID{v}" for v in range(60)]
+    y = [f"ID{v}" for v in range(30, 90)]
+    _, r, got = run(x, y, rng=seeded(3), bins=62, max_rehash=500)
+    assert r.cuckoo_attempts > 1
+    assert got == plain(x, y)
+    with pytest.raises(InvalidInput, match="cuckoo hashing failed"):
+        run(x, y, rng=seeded(3), bins=59, max_rehash=3)
+
+
+def test_deterministic_with_fixed_rng():
+    x, y = [f"ID{v}" for v in range(200)], [f"ID{v}" for v in range(100, 300)]
+    transcripts = []
+    for _ in range(2):
+        s = kkrt.KkrtSender(y, rng=seeded(9))
+        r = kkrt.KkrtReceiver(x, rng=seeded(10))
+        m = [s.start()]
+        m.append(r.respond(m[-1]))
+        m.append(s.extend(m[-1]))
+        m.append(r.correct(m[-1]))
+        m.append(s.masks(m[-1]))
+        assert r.finish(m[-1]) == plain(x, y)
+        transcripts.append(m)
+    assert transcripts[0] == transcripts[1]
+
+
+def _flow(x=("ID1", "ID2"), y=("ID2", "ID3")):
+    s, r = kkrt.KkrtSender(list(y)), kkrt.KkrtReceiver(list(x))
+    return s, r
+
+
+def _upto(k):
+    """A fresh flow and its first k messages."""
+    s, r = _flow()
+    steps = [lambda _: s.start(), r.respond, s.extend, r.correct, s.masks]
+    msgs, last = [], None
+    for f in steps[:k]:
+        last = f(last)
+        msgs.append(last)
+    return s, r, msgs
+
+
+def test_malformed_messages_are_refused():
+    m1 = _upto(1)[2][0]
+    for bad in (b"", m1[:10], m1[:-1], m1 + b"\0", b"XXXX" + m1[4:], m1[:5] + b"\x02" + m1[6:], 42):
+        with pytest.raises(InvalidInput):
+            kkrt.KkrtReceiver(["ID1"]).respond(bad)
+    s, r, (m1, m2) = _upto(2)
+    with pytest.raises(SessionStateError):
+        r.respond(m1)                       # each step once
+    s, r, (_, _, m3) = _upto(3)
+    with pytest.raises(InvalidInput):
+        r.correct(m3[:-1])
+    s, r, (*_, m4) = _upto(4)
+    with pytest.raises(InvalidInput):
+        s.masks(m4[:-64])                   # one bin short
+    s, r, (*_, m4, m5) = _upto(5)
+    with pytest.raises(SessionStateError):
+        s.masks(m4)
+    with pytest.raises(InvalidInput):
+        r.finish(m5 + m5[kkrt.HEADER_SIZE:])   # duplicated body
+    s, r, (*_, m5) = _upto(5)
+    assert r.finish(m5) == ["ID2"]
+
+
+def test_wrong_announced_count_is_refused():
+    s, r = _flow()
+    m4 = r.correct(s.extend(r.respond(s.start())))
+    m5 = bytearray(s.masks(m4))
+    m5[8] += 1                              # count field
+    with pytest.raises(InvalidInput, match="set size"):
+        r.finish(bytes(m5))
+
+
+def test_bins_count_is_checked_by_sender():
+    s = kkrt.KkrtSender(["ID1"])
+    r = kkrt.KkrtReceiver(["ID1", "ID2"], bins=40)
+    with pytest.raises(InvalidInput, match="bins"):
+        s.masks(r.correct(s.extend(r.respond(s.start()))))
+
+
+def test_empty_sets():
+    assert run([], ["ID1"])[2] == []
+    assert run(["ID1"], [])[2] == []

@@ -16,17 +16,15 @@ Provider node:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import random
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 
-from pc_common import gm, job_kinds, money
+from pc_common import job_kinds, money
 from pc_common import steps_schema as schema
-from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
+from pc_common.errors import InvalidInput, PermissionDenied
 from pc_common.wire import MAX_BLOB
 from pc_node.secure_agg import get_backend
 from pc_node.secure_agg import query_release as qr
@@ -45,12 +43,12 @@ from pc_node.steps.common import (
     read_blob,
     store_results,
 )
-from pc_node.steps.verify import WORKING_DATA_HOURS, _open_list, _sealed_list, wipe
+from pc_node.steps import subject_lists
+from pc_node.steps.verify import WORKING_DATA_HOURS, wipe
 from pc_rules.query import QueryPlan, parse_query
 from pc_rules.query_catalog import query_column_uses
 from pc_rules.where import check_types
 
-_rng = random.SystemRandom()
 _MASKED_LIMIT = 1 << 31
 
 
@@ -127,15 +125,6 @@ def check_group_size(p: job_kinds.QueryParams, grants: list) -> None:
                                f" (the query asks for {p.min_group_size})")
 
 
-def _aad(job_id: str, provider: str) -> bytes:
-    return f"pc/query/{job_id}/{provider}".encode()
-
-
-def _binding(job_id: str, provider: str, pubctx: bytes, sealed: bytes) -> bytes:
-    return b"pc/query/binding\x00" + f"{job_id}\x00{provider}\x00".encode() + \
-        hashlib.sha256(pubctx).digest() + hashlib.sha256(sealed).digest()
-
-
 def prepare(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     if doc["requester"] != runtime.node_id:
@@ -149,28 +138,17 @@ def prepare(runtime, header, inbound):
         raise InvalidInput("no row of your dataset passes the query's WHERE")
     backend = get_backend("bfv")
     pub, secret = backend.generate_keypair()
-    _rng.shuffle(distinct)
-    group_no = {g: i for i, g in enumerate(distinct)}
+    placed = subject_lists.assign_slots(groups)
+    slots, distinct = placed.slots, placed.distinct
     n = len(ids)
-    slots = list(range(n))
-    _rng.shuffle(slots)
-    layout = np.zeros(n, dtype="<u4")
-    for i in range(n):
-        layout[slots[i]] = group_no[groups[i]]
-    working = {"slots": slots, "group_no": [group_no[g] for g in groups], "groups": [list(g) for g in distinct]}
+    working = {"slots": slots, "group_no": placed.group_no, "groups": [list(g) for g in distinct]}
     expires = hours_from_now(WORKING_DATA_HOURS)
     runtime.store.put_blob("jobkeys", doc["job_id"], secret.serialize_secret(), expires_at=expires)
     runtime.store.put_blob("queryjob", doc["job_id"], json.dumps(working).encode(), expires_at=expires)
     pubctx = pub.serialize()
     yield from blob_chunks("pubctx", pubctx)
-    yield from blob_chunks("layout", layout.tobytes())
-    for provider in plan.providers():
-        items = [(slots[i], ids[i]) for i in range(n)]
-        _rng.shuffle(items)
-        sealed = _sealed_list(items, runtime.peer_keys(provider).x25519_public, _aad(doc["job_id"], provider))
-        yield from blob_chunks(schema.sealed_stream(provider), sealed)
-        yield from blob_chunks(schema.binding_stream(provider),
-                               runtime.sm2.sign(_binding(doc["job_id"], provider, pubctx, sealed)))
+    yield from blob_chunks("layout", placed.layout.tobytes())
+    yield from subject_lists.send_lists(runtime, "query", doc["job_id"], plan.providers(), slots, ids, pubctx)
     runtime.audit.append("query.prepare", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"subjects": n, "groups": len(distinct)})
     yield done(schema.QueryPrepared(slots=n, groups=len(distinct)))
@@ -223,14 +201,10 @@ def evaluate(runtime, header, inbound):
     pubctx = read_blob(inbound, "pubctx", 64 << 20)
     sealed = read_blob(inbound, "sealed", 1 << 30)
     signature = read_blob(inbound, "binding", 1024)
-    try:
-        gm.Sm2PublicKey.from_hex(runtime.peer_keys(doc["requester"]).sm2_public).verify(
-            _binding(doc["job_id"], runtime.node_id, pubctx, sealed), signature)
-    except (IntegrityError, InvalidInput, ValueError):
-        raise PermissionDenied("the key and subject list are not signed by the requester for this job") from None
+    subject_lists.check_binding(runtime, "query", doc, pubctx, sealed, signature)
     use_once(runtime, doc, "query.evaluate")
     pub = backend.load_public(pubctx)
-    items = _open_list(runtime, sealed, _aad(doc["job_id"], runtime.node_id))
+    items = subject_lists.open_list(runtime, sealed, subject_lists.aad("query", doc["job_id"], runtime.node_id))
     n = params.subjects
     if len(items) != n or any(not (0 <= s < n) for s, _ in items) or len({s for s, _ in items}) != n:
         raise InvalidInput("sealed subject list does not match the job's slots")

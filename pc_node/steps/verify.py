@@ -15,27 +15,22 @@ Provider node:
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import random
-import struct
 
 import numpy as np
 
-from pc_common import gm, job_kinds, money
+from pc_common import job_kinds, money
 from pc_common import steps_schema as schema
-from pc_node import envelope
-from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
+from pc_common.errors import InvalidInput, PermissionDenied
 from pc_rules.rules import Rule, column_uses
 from pc_node.secure_agg import get_backend
 from pc_node.secure_agg.verdict import COUNT_CAP
 from pc_node.steps.admit import charge_subjects, checked_spec, require_admitted, use_once
 from pc_common.wire import MAX_GROUP, MAX_VALUE_CENTS
+from pc_node.steps import subject_lists
 from pc_node.steps.common import blob_chunks, done, hours_from_now, progress, read_blob
 
-SLOT_ITEM = struct.Struct(">I18s")
 WORKING_DATA_HOURS = 24           # keys and working data of a job never outlive this
-_rng = random.SystemRandom()
 
 
 def _params(doc: dict) -> job_kinds.VerifyParams:
@@ -62,29 +57,6 @@ def admission(p: job_kinds.VerifyParams, node_id: str) -> tuple[dict, str]:
     return column_uses(rule, node_id), rule.reveal
 
 
-def _aad(job_id: str, provider: str) -> bytes:
-    return f"pc/verify/{job_id}/{provider}".encode()
-
-
-def _binding(job_id: str, provider: str, pubctx: bytes, sealed: bytes) -> bytes:
-    return b"pc/verify/binding\x00" + f"{job_id}\x00{provider}\x00".encode() + \
-        hashlib.sha256(pubctx).digest() + hashlib.sha256(sealed).digest()
-
-
-def _sealed_list(items: list[tuple[int, str]], recipient_public: bytes, aad: bytes) -> bytes:
-    buf = bytearray(SLOT_ITEM.size * len(items))
-    for i, (slot, ident) in enumerate(items):
-        SLOT_ITEM.pack_into(buf, i * SLOT_ITEM.size, slot, ident.encode("ascii"))
-    return envelope.seal(recipient_public, bytes(buf), aad)
-
-
-def _open_list(runtime, blob: bytes, aad: bytes) -> list[tuple[int, str]]:
-    raw = envelope.open_envelope(runtime.x25519_private, blob, aad)
-    if len(raw) % SLOT_ITEM.size:
-        raise InvalidInput("sealed subject list has a bad length")
-    return [(slot, ident.decode("ascii")) for slot, ident in SLOT_ITEM.iter_unpack(raw)]
-
-
 def prepare(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     if doc["requester"] != runtime.node_id:
@@ -96,35 +68,19 @@ def prepare(runtime, header, inbound):
     n = len(ids)
     backend = get_backend(params.he)
     pub, secret = backend.generate_keypair()
-    # Group numbers in random order, subjects in random slots: the layout tells the
-    # coordinator household sizes, nothing about who or which input rows.
-    distinct = list(dict.fromkeys(groups))
     if n and max(np.unique(np.array(groups, dtype=object), return_counts=True)[1]) > MAX_GROUP:
         raise InvalidInput(f"a group has more than {MAX_GROUP} members")
-    _rng.shuffle(distinct)
-    group_no = {g: i for i, g in enumerate(distinct)}
-    slots = list(range(n))
-    _rng.shuffle(slots)
-    layout = np.zeros(n, dtype="<u4")
-    for i in range(n):
-        layout[slots[i]] = group_no[groups[i]]
-    working = {"he": backend.name, "slots": slots, "group_no": [group_no[g] for g in groups], "groups": len(distinct)}
+    placed = subject_lists.assign_slots(groups)
+    slots, distinct = placed.slots, placed.distinct
+    working = {"he": backend.name, "slots": slots, "group_no": placed.group_no, "groups": len(distinct)}
     # Wiped by job.cleanup; the expiry is the backstop if cleanup never reaches this node.
     expires = hours_from_now(WORKING_DATA_HOURS)
     runtime.store.put_blob("jobkeys", doc["job_id"], secret.serialize_secret(), expires_at=expires)
     runtime.store.put_blob("verifyjob", doc["job_id"], json.dumps(working).encode(), expires_at=expires)
     pubctx = pub.serialize()
     yield from blob_chunks("pubctx", pubctx)
-    yield from blob_chunks("layout", layout.tobytes())
-    for provider in rule.providers():
-        items = [(slots[i], ids[i]) for i in range(n)]
-        _rng.shuffle(items)
-        sealed = _sealed_list(items, runtime.peer_keys(provider).x25519_public, _aad(doc["job_id"], provider))
-        yield from blob_chunks(schema.sealed_stream(provider), sealed)
-        # Bind key and list to this job and provider under our SM2 signature: the coordinator
-        # cannot swap in its own key or its own identifiers.
-        yield from blob_chunks(schema.binding_stream(provider),
-                               runtime.sm2.sign(_binding(doc["job_id"], provider, pubctx, sealed)))
+    yield from blob_chunks("layout", placed.layout.tobytes())
+    yield from subject_lists.send_lists(runtime, "verify", doc["job_id"], rule.providers(), slots, ids, pubctx)
     runtime.audit.append("verify.prepare", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"subjects": n, "groups": len(distinct)}, detail=backend.name)
     yield done(schema.VerifyPrepared(slots=n, groups=len(distinct), he=backend.name))
@@ -181,14 +137,10 @@ def evaluate(runtime, header, inbound):
     pubctx = read_blob(inbound, "pubctx", 64 << 20)
     sealed = read_blob(inbound, "sealed", 1 << 30)
     signature = read_blob(inbound, "binding", 1024)
-    try:
-        gm.Sm2PublicKey.from_hex(runtime.peer_keys(doc["requester"]).sm2_public).verify(
-            _binding(doc["job_id"], runtime.node_id, pubctx, sealed), signature)
-    except (IntegrityError, InvalidInput, ValueError):
-        raise PermissionDenied("the key and subject list are not signed by the requester for this job") from None
+    subject_lists.check_binding(runtime, "verify", doc, pubctx, sealed, signature)
     use_once(runtime, doc, "verify.evaluate")
     pub = backend.load_public(pubctx)
-    items = _open_list(runtime, sealed, _aad(doc["job_id"], runtime.node_id))
+    items = subject_lists.open_list(runtime, sealed, subject_lists.aad("verify", doc["job_id"], runtime.node_id))
     n = _params(doc).subjects
     if len(items) != n or any(not (0 <= s < n) for s, _ in items) or len({s for s, _ in items}) != n:
         raise InvalidInput("sealed subject list does not match the job's slots")

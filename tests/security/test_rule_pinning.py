@@ -243,7 +243,7 @@ def _blobs(messages):
 @pytest.mark.parametrize("second", ["11010519491231002X", "11010519491231002x"])
 def test_duplicated_subject_in_a_hand_built_sealed_list_is_refused_by_the_provider(env, as_coordinator, second):
     """A deviating requester (it has its own signing key) seals one person twice for a provider."""
-    from pc_node.steps import verify as steps
+    from pc_node.steps import subject_lists
     fed = env["fed"]
     requester_rt = fed.runtime("civil_affairs")
     rule = load_rule(env["rules"] / "car.toml")
@@ -259,10 +259,10 @@ def test_duplicated_subject_in_a_hand_built_sealed_list_is_refused_by_the_provid
     def head(step):
         return node_pb2.StepMessage(header=node_pb2.StepHeader(job_id=job_id, step=step, spec=signed))
     pubctx = _blobs(requester.Step(iter([head("verify.prepare")]), timeout=30))["pubctx"]
-    sealed = steps._sealed_list([(0, "11010519491231002X"), (1, second)],
-                                requester_rt.peer_keys("public_security").x25519_public,
-                                steps._aad(job_id, "public_security"))
-    binding = requester_rt.sm2.sign(steps._binding(job_id, "public_security", pubctx, sealed))
+    sealed = subject_lists.sealed_list([(0, "11010519491231002X"), (1, second)],
+                                       requester_rt.peer_keys("public_security").x25519_public,
+                                       subject_lists.aad("verify", job_id, "public_security"))
+    binding = requester_rt.sm2.sign(subject_lists.binding("verify", job_id, "public_security", pubctx, sealed))
     msgs = [head("verify.evaluate"), *blob_chunks("pubctx", pubctx), *blob_chunks("sealed", sealed),
             *blob_chunks("binding", binding)]
     err = rpc_error(provider.Step, iter(msgs), timeout=30)

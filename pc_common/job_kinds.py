@@ -26,6 +26,7 @@ from typing import ClassVar, Mapping
 from pc_common.errors import InvalidInput
 
 HE_BACKENDS = ("bfv", "paillier")
+PSI_PROTOCOLS = ("kkrt", "ecdh")
 DEFAULT_PURPOSE = "data_matching"
 
 
@@ -147,24 +148,42 @@ class PsiParams(_OverDatasets):
     result_to_all: bool = False
     purpose: str = DEFAULT_PURPOSE
     subjects: int = 0                       # rows of the requester's dataset
+    protocol: str = ""                      # "kkrt" | "ecdh"; "" = the planner's choice (psi_protocol)
 
-    KEYS: ClassVar[tuple[str, ...]] = ("datasets", "cardinality_only", "result_to_all", "purpose", "subjects")
+    KEYS: ClassVar[tuple[str, ...]] = ("datasets", "cardinality_only", "result_to_all", "purpose", "subjects",
+                                       "protocol")
 
     @classmethod
     def from_params(cls, params: Mapping) -> "PsiParams":
         _check_keys(params, cls.KEYS, "psi")
         p = cls(datasets=parse_refs(_strs(params, "datasets")), cardinality_only=_bool(params, "cardinality_only"),
                 result_to_all=_bool(params, "result_to_all"), purpose=_str(params, "purpose") or DEFAULT_PURPOSE,
-                subjects=_count(params, "subjects"))
+                subjects=_count(params, "subjects"), protocol=_str(params, "protocol"))
         if p.result_to_all and (len(p.datasets) != 2 or p.cardinality_only):
             raise InvalidInput("--result-to-all is for two-party PSI without --cardinality-only")
+        if p.protocol not in ("",) + PSI_PROTOCOLS:
+            raise InvalidInput("PSI protocol must be kkrt or ecdh")
+        if p.protocol == "kkrt" and (len(p.datasets) != 2 or p.cardinality_only or p.result_to_all):
+            raise InvalidInput("--protocol kkrt is for two-party PSI without --cardinality-only or "
+                               "--result-to-all (use --protocol ecdh)")
         return p
+
+    @property
+    def engine(self) -> str:
+        """The protocol this job runs: the one named, else the planner's choice."""
+        return self.protocol or psi_protocol(len(self.datasets), self.cardinality_only, self.result_to_all)
 
     def uses(self, agency: str) -> dict[str, dict[str, str]]:
         """What the job asks of ``agency``'s datasets: ``{dataset: {column: use}}`` (the key
         column's ``join_key`` use is implied)."""
         ds = self.own_dataset(agency)
         return {} if ds is None else {ds: {}}
+
+
+def psi_protocol(n_datasets: int, cardinality_only: bool, result_to_all: bool) -> str:
+    """The PSI planner, in one place: KKRT16 (OT extension, fastest) for a plain two-party
+    intersection; ECDH where only it provides the job (PSI-CA, k-party, result to both)."""
+    return "kkrt" if n_datasets == 2 and not cardinality_only and not result_to_all else "ecdh"
 
 
 @dataclass(frozen=True)

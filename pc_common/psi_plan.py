@@ -27,12 +27,23 @@ from pc_common.errors import CryptoError, FailedPrecondition, InvalidInput
 from pc_common.point_sets import intersect_rows, member_mask
 from pc_common.wire import CHUNK_BYTES, POINT_LEN
 
-__all__ = ["Chain", "Combiner", "Hop", "Plan", "chain_id", "plan", "provider_chain_order"]
+__all__ = ["Chain", "Combiner", "Hop", "KKRT_FROM_RECEIVER", "KKRT_FROM_SENDER", "Plan", "chain_id", "kkrt_stream",
+           "plan", "provider_chain_order"]
 
 #: ``rng(n) -> n random bytes`` (the PSI cores' randomness seam).
 Rng = Callable[[int], bytes]
 #: Points per result chunk by default: one chunk of CHUNK_BYTES.
 DEFAULT_CHUNK_POINTS = CHUNK_BYTES // POINT_LEN
+
+
+#: KKRT16 (two-party): the rounds each party sends, one sealed chunk stream ``kkrt<round>`` each.
+KKRT_FROM_SENDER = (1, 3, 5)
+KKRT_FROM_RECEIVER = (2, 4)
+
+
+def kkrt_stream(round_no: int) -> str:
+    """The stream name of KKRT message ``round_no`` (bound into each chunk's sealing)."""
+    return f"kkrt{round_no}"
 
 
 def provider_chain_order(owner: int, n_providers: int) -> list[int]:

@@ -255,6 +255,10 @@ STEPS: dict[str, Step] = {
     "psi.combine": Step(NoParams, Count, "combining provider (k-party): set:<provider> (sealed) → sealed"),
     "psi.finish": Step(NoParams, PsiFinished, "requester: double, provider (sealed) → (result to all) sealed"),
     "psi.learn": Step(NoParams, NoResult, "provider (result to all): indices (sealed) → results kept at the node"),
+    "psi.kkrt_recv": Step(NoParams, PsiFinished, "requester, KKRT receiver (bidirectional): kkrt1, kkrt3, kkrt5 "
+                          "(sealed to it) → kkrt2, kkrt4 (sealed to the provider); results kept at the node"),
+    "psi.kkrt_send": Step(NoParams, Count, "provider, KKRT sender (bidirectional): kkrt2, kkrt4 (sealed to it) → "
+                          "kkrt1, kkrt3, kkrt5 (sealed to the requester)"),
     "lookup.status": Step(NoParams, FilterState, "requester: which filter it holds"),
     "lookup.filter": Step(FilterState, FilterSent, "provider: → snapshot | deltas"),
     "lookup.blind": Step(BlindParams, LookupBlinded, "requester: snapshot | deltas → blinded"),

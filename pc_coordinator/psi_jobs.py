@@ -19,6 +19,7 @@ from pc_common.errors import InvalidInput, PcError, PermissionDenied
 from pc_common.pb import node_pb2
 from pc_common.psi_plan import Chain, chain_id, plan
 from pc_common.steps_schema import HopParams
+from pc_coordinator import psi_kkrt
 from pc_coordinator.admission import admit_all
 from pc_coordinator.directory import Directory
 from pc_coordinator.runner import JobContext
@@ -96,6 +97,18 @@ def run(ctx: JobContext, doc: dict) -> None:
     ca = params.cardinality_only
     job_plan = plan(requester, providers, ca)
     relays: list[Relay] = []
+    if params.engine == "kkrt":
+        try:
+            got = psi_kkrt.run(ctx, doc, params, t0)
+            n_x, sizes, elapsed = got["n_x"], got["sizes"], got["elapsed"]
+            ctx.jobs.record(ctx.job_id, summary={
+                "requester_set": n_x, "provider_sets": sizes, "cardinality_only": False, "parties": 2,
+                "protocol": "kkrt", "sealed_bytes": got["sealed_bytes"], "total_s": round(elapsed, 3),
+                "items_per_s": round((n_x + sum(sizes.values())) / 2 / elapsed, 1) if elapsed else 0},
+                leakage=leakage_report(requester, providers, n_x, sizes, False, False, kkrt=got["sealed_bytes"]))
+        finally:
+            ctx.cleanup([requester] + providers)
+        return
     try:
         admit_all(ctx, providers)
         own_relays: dict[str, Relay] = {}
@@ -143,7 +156,7 @@ def run(ctx: JobContext, doc: dict) -> None:
         elapsed = time.perf_counter() - t0
         ctx.jobs.record(ctx.job_id, summary={
             "requester_set": n_x, "provider_sets": sizes, "cardinality_only": ca, "parties": 1 + len(providers),
-            "total_s": round(elapsed, 3),
+            "protocol": "ecdh", "total_s": round(elapsed, 3),
             "items_per_s": round((n_x + sum(sizes.values())) / 2 / elapsed, 1) if elapsed else 0},
             leakage=leakage_report(requester, providers, n_x, sizes, ca, params.result_to_all,
                                    job_plan.combiner))
@@ -152,13 +165,21 @@ def run(ctx: JobContext, doc: dict) -> None:
 
 
 def leakage_report(requester: str, providers: list[str], n_x: int, sizes: dict, ca: bool, to_all: bool,
-                   combiner: str | None = None) -> dict:
+                   combiner: str | None = None, kkrt: dict | None = None) -> dict:
     """Who learned what, from the sizes the coordinator actually relayed (``sizes``: the
-    count of each provider's own stream, ``n_x``: of the requester's blinded stream)."""
+    count of each provider's own stream, ``n_x``: of the requester's blinded stream; with
+    ``kkrt``, the sealed bytes each way of a KKRT16 job and the sizes its nodes reported)."""
     k = 1 + len(providers)
     what = "the size of the intersection only" if ca else "the intersection (its own identifiers in it)"
     set_sizes = f"set sizes: requester {n_x}, " + ", ".join(f"{p} {n}" for p, n in sizes.items())
-    if k == 2:
+    if kkrt is not None:
+        report = {
+            requester: [what, f"the provider's set size ({sum(sizes.values())})"],
+            "coordinator": [set_sizes,
+                            f"KKRT16 messages as envelopes sealed to the provider ({kkrt['to_provider']} bytes) "
+                            f"and to the requester ({kkrt['to_requester']} bytes) that it cannot open, timings"],
+        }
+    elif k == 2:
         report = {
             requester: [what, f"the provider's set size ({sum(sizes.values())})"],
             "coordinator": [set_sizes,

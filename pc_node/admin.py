@@ -12,20 +12,27 @@ it (store, importer, policy, governance), so the node's internals can change beh
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import pathlib
 import re
 
 from pc_common.config import NodeConfig
-from pc_common.errors import NotFound
+from pc_common.errors import InvalidInput, NotFound
+from pc_common.identity import check_name
 from pc_node.governance import Governance
 from pc_node.importer import ImportReport, detect_key_column, import_file
 from pc_node.policy import DEFAULT_QUOTA, Grant, Policy, parse_policy, pins_toml
 from pc_node.runtime import open_store
+from pc_node.sources import Attachment, PostgresSource, pg_column_type
 from pc_rules.metadata import ColumnMeta, DatasetMeta, load_metadata
+from pc_rules.where import COLUMN_NAME_RE
 
-__all__ = ["NodeAdmin", "Grant", "ImportReport", "DatasetMeta", "ColumnMeta", "import_dataset", "datasets",
+log = logging.getLogger(__name__)
+
+__all__ = ["NodeAdmin", "Grant", "ImportReport", "AttachReport", "attach_dataset", "DatasetMeta", "ColumnMeta", "import_dataset", "datasets",
            "key_column_of", "source_fingerprint", "grants_toml", "write_grants", "grants_for", "unsuspend"]
 
 SOURCE_KIND = "importsource"     # store blob kind: the fingerprint of the file a dataset came from
@@ -93,6 +100,12 @@ class NodeAdmin:
             self._store.put_blob(SOURCE_KIND, rep.dataset, source)
         return rep
 
+    def attach_dataset(self, dataset: str, table: str, **options) -> "AttachReport":
+        """Attach a PostgreSQL table as dataset ``dataset``, read at job time (``pc_node.sources``):
+        exactly one of ``dsn`` (kept encrypted in the store), ``dsn_file``, ``dsn_env``; optional
+        ``key_column``, ``metadata`` (TOML), ``replace``."""
+        return _attach(self, dataset, table, **options)
+
     def imported_unchanged(self, path, dataset: str | None = None, metadata=None) -> bool:
         """Whether dataset ``dataset`` (default: the file name) was imported from ``path`` as it is now."""
         path = pathlib.Path(path)
@@ -104,6 +117,76 @@ class NodeAdmin:
         except NotFound:
             return False
         return self._store.get_blob(SOURCE_KIND, name) == source_fingerprint(path, metadata)
+
+
+@dataclasses.dataclass
+class AttachReport:
+    dataset: str
+    table: str
+    rows: int                  # rows with a valid identifier
+    skipped: int               # rows skipped for an invalid identifier (count only)
+    columns: list[ColumnMeta]
+    warnings: list[str]
+
+
+def _attach(node: NodeAdmin, dataset: str, table: str, *, dsn: str | None = None, dsn_file=None,
+            dsn_env: str | None = None, key_column: str | None = None, metadata=None,
+            replace: bool = False) -> AttachReport:
+    name = check_name("dataset", dataset)
+    given = [x for x in (dsn, dsn_file, dsn_env) if x]
+    if len(given) != 1:
+        raise InvalidInput("give exactly one of --dsn, --dsn-file, --dsn-env")
+    schema, _, tbl = table.rpartition(".")
+    schema = schema or "public"
+    if not tbl or "." in schema:
+        raise InvalidInput(f"--table must be TABLE or SCHEMA.TABLE, not '{table[:60]}'")
+    declared = load_metadata(pathlib.Path(metadata) if metadata else None,
+                             default_key=key_column or DEFAULT_KEY_COLUMN)
+    key = key_column or declared.key_column
+    att = Attachment(dataset=name, schema=schema, table=tbl, key=key, columns=[], dsn=dsn or "",
+                     dsn_file=str(pathlib.Path(dsn_file).resolve()) if dsn_file else "", dsn_env=dsn_env or "")
+    src = PostgresSource(att)
+    info = src.inspect()
+    described = {c.name: c for c in declared.columns}
+    for col in described:
+        if col not in info.columns:
+            raise InvalidInput(f"{pathlib.Path(metadata).name}: describes column '{col}' which table "
+                               f"{att.qualified} does not have")
+    columns = []
+    for col, pg_type in info.columns.items():
+        if col == key:
+            continue
+        if not COLUMN_NAME_RE.match(col):
+            raise InvalidInput(f"table {att.qualified}: column name '{col[:40]}' is not allowed "
+                               "(letters, digits, underscore)")
+        d = described.get(col) or ColumnMeta(col, "")
+        columns.append(dataclasses.replace(d, type=d.type or pg_column_type(pg_type)))
+    att.columns = [c.name for c in columns]
+    ids = src.keys()
+    if not ids:
+        raise InvalidInput(f"table {att.qualified}: no row with a valid identifier in '{key}'")
+    key_meta = declared.key_meta or ColumnMeta(key, "text")
+    key_meta = dataclasses.replace(key_meta, description=key_meta.description or "Resident identity number (GB 11643)")
+    meta = DatasetMeta(name=name, key_column=key, description=declared.description, columns=columns,
+                       key_meta=key_meta)
+    warnings = []
+    if info.writable:
+        warnings.append(f"the node's database role can write to {att.qualified}; "
+                        "grant it SELECT only")
+    if not info.key_indexed:
+        warnings.append(f"key column '{key}' of {att.qualified} has no index; lookups by identifier "
+                        f"will scan the table (CREATE INDEX ON {att.qualified} ({key}))")
+    for w in warnings:
+        log.warning("attach %s: %s", name, w)
+    node._store.attach_dataset(meta, json.dumps(dataclasses.asdict(att)).encode(), len(ids), replace=replace)
+    node._store.delete_blobs(SOURCE_KIND, name)
+    return AttachReport(name, att.qualified, len(ids), src.skipped, columns, warnings)
+
+
+def attach_dataset(config: NodeConfig, dataset: str, table: str, **options) -> AttachReport:
+    """One attachment at the node of ``config``; ``options`` as for :meth:`NodeAdmin.attach_dataset`."""
+    with NodeAdmin(config) as node:
+        return node.attach_dataset(dataset, table, **options)
 
 
 def import_dataset(config: NodeConfig, path, **options) -> ImportReport:

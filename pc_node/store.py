@@ -4,6 +4,10 @@ Identifiers and row values are stored SM4-GCM-encrypted under the node's data ke
 (``pc_node.keystore``); identifiers also get an HMAC-SM3 blind index so rows can be
 found by identifier without decrypting the table. No SQL is ever built from user
 input: dataset names are validated and passed as parameters.
+
+A dataset may instead be *attached* (``pc node attach``): its catalog row lives here, its
+attachment record (table, key, DSN reference) is an encrypted blob of kind ``attachment``, and
+``keys`` / ``rows_for_keys`` read it at job time through its ``pc_node.sources.DatasetSource``.
 """
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from pc_common import clock
 from pc_common.errors import AlreadyExists, NotFound
 from pc_rules.metadata import ColumnMeta, DatasetMeta
 
-__all__ = ["ColumnMeta", "DatasetMeta", "NodeStore"]
+__all__ = ["ColumnMeta", "DatasetMeta", "NodeStore", "ATTACHMENT_KIND"]
+
+ATTACHMENT_KIND = "attachment"     # blob kind: the encrypted attachment record of a dataset
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -113,10 +119,12 @@ class NodeStore:
         return r[0]
 
     def write_dataset(self, meta: DatasetMeta, rows: Iterable[tuple[str, Sequence[str]]],
-                      replace: bool = False) -> DatasetMeta:
+                      replace: bool = False, attachment: tuple[bytes, int] | None = None) -> DatasetMeta:
         """Store a whole dataset atomically: all rows or none.
 
-        ``rows`` yields (normalised identifier, values in ``meta.columns`` order).
+        ``rows`` yields (normalised identifier, values in ``meta.columns`` order). With
+        ``attachment`` (record, row count) the dataset is attached instead: no rows here, its
+        encrypted attachment record in the same transaction.
         """
         with self.transaction() as db:
             old = db.execute("SELECT id, version FROM datasets WHERE name = ?", (meta.name,)).fetchone()
@@ -127,6 +135,7 @@ class NodeStore:
                 version = old[1] + 1
                 db.execute("DELETE FROM rows WHERE dataset_id = ?", (old[0],))
                 db.execute("DELETE FROM datasets WHERE id = ?", (old[0],))
+                db.execute("DELETE FROM blobs WHERE kind = ? AND name = ?", (ATTACHMENT_KIND, meta.name))
             meta.version, meta.updated_at = version, clock.iso()
             cur = db.execute(
                 "INSERT INTO datasets (name, key_column, description, columns_json, rows, version, updated_at,"
@@ -149,6 +158,11 @@ class NodeStore:
                     batch.clear()
             if batch:
                 db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?)", batch)
+            if attachment is not None:
+                record, count = attachment
+                db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)",
+                           (ATTACHMENT_KIND, meta.name, clock.iso(), None,
+                            self.cipher.encrypt(record, f"{ATTACHMENT_KIND}/{meta.name}".encode())))
             db.execute("UPDATE datasets SET rows = ? WHERE id = ?", (count, ds_id))
             meta.rows = count
         return meta
@@ -158,7 +172,20 @@ class NodeStore:
             ds_id = self._dataset_id(db, name)
             db.execute("DELETE FROM rows WHERE dataset_id = ?", (ds_id,))
             db.execute("DELETE FROM datasets WHERE id = ?", (ds_id,))
+            db.execute("DELETE FROM blobs WHERE kind = ? AND name = ?", (ATTACHMENT_KIND, name))
         self._keys_cache.clear()   # a re-import under this name starts again at version 1
+
+    def attach_dataset(self, meta: DatasetMeta, attachment: bytes, rows: int,
+                       replace: bool = False) -> DatasetMeta:
+        """Record an attached dataset atomically: its catalog row (no rows here) and its record."""
+        return self.write_dataset(meta, (), replace=replace, attachment=(attachment, rows))
+
+    def source(self, name: str):
+        """The ``DatasetSource`` of an attached dataset, or None for one imported into this store."""
+        if not self.has_blob(ATTACHMENT_KIND, name):
+            return None
+        from pc_node.sources import Attachment, PostgresSource
+        return PostgresSource(Attachment(**json.loads(self.get_blob(ATTACHMENT_KIND, name))))
 
     def keys(self, name: str) -> list[str]:
         """Every normalised identifier of a dataset (decrypted), in row order.
@@ -167,6 +194,9 @@ class NodeStore:
         decryption again (memory is not "at rest"; the cache dies with the process).
         """
         meta = self.dataset(name)
+        source = self.source(name)
+        if source is not None:
+            return source.keys()     # read anew: the table may have changed since the last job
         cache_key = (meta.name, meta.version)
         cached = self._keys_cache.get(cache_key)
         if cached is not None:
@@ -184,6 +214,9 @@ class NodeStore:
     def rows_for_keys(self, name: str, keys: Sequence[str]) -> dict[str, list[list[str]]]:
         """Rows whose identifier is one of ``keys``, found through the blind index."""
         meta = self.dataset(name)
+        source = self.source(name)
+        if source is not None:
+            return source.rows_for_keys(keys)
         by_index = {self.cipher.blind_index(k): k for k in keys}
         found: dict[str, list[list[str]]] = {}
         idx = list(by_index)

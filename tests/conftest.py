@@ -10,6 +10,9 @@ imported where the test needs data and the sandbox's grants for the city's rules
   when the module ends (modules that change policies, quotas or suspensions build their own).
 * ``fed`` — the federation a module runs against (the integration package's shared one, or a
   module's own where it overrides ``fed``); ``analyst`` — a client of the requester's analyst on it.
+* ``postgres`` — a throw-away PostgreSQL cluster (``tests.pg_kit.PgCluster``: initdb + pg_ctl on
+  a Unix socket in a temporary directory), started once per session; skipped only when
+  PostgreSQL's ``pg_ctl`` is not installed.
 * ``as_coordinator(fed, agency)`` — a Step stub to a node under the coordinator's own
   certificate, to play a deviating or forging coordinator.
 """
@@ -120,6 +123,18 @@ def small_city(tmp_path_factory):
             made[(households, seed)] = folder, make_city(folder, households, seed)
         return made[(households, seed)]
     return get
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A running throw-away PostgreSQL cluster (``tests.pg_kit.PgCluster``), removed at the end."""
+    from tests.pg_kit import PgCluster, find
+    if find("pg_ctl") is None or find("initdb") is None:
+        pytest.skip("PostgreSQL is not installed (no pg_ctl/initdb on PATH or in /usr/lib/postgresql/*/bin); "
+                    ".ci/run installs Debian's postgresql package")
+    cluster = PgCluster().start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -215,9 +215,13 @@ class Federation:
 
     # ----- PSI and lookups -------------------------------------------------------------------------
     def psi(self, datasets: list[str], cardinality_only: bool = False, out=None, purpose: str = "data_matching",
-            result_to_all: bool = False, on_update: ProgressFn | None = None) -> JobResult:
-        job_id = self.submit("psi", {"datasets": list(datasets), "cardinality_only": bool(cardinality_only),
-                                     "purpose": purpose, "result_to_all": bool(result_to_all)})
+            result_to_all: bool = False, on_update: ProgressFn | None = None, protocol: str = "") -> JobResult:
+        """``protocol``: "kkrt" (OT extension, two-party), "ecdh", or "" for the planner's choice."""
+        params = {"datasets": list(datasets), "cardinality_only": bool(cardinality_only), "purpose": purpose,
+                  "result_to_all": bool(result_to_all)}
+        if protocol:
+            params["protocol"] = protocol
+        job_id = self.submit("psi", params)
         return self._finish(self.watch(job_id, on_update), out, local_summary=True)
 
     def lookup(self, own_dataset: str, provider_dataset: str, out=None, purpose: str = "data_matching",

@@ -89,6 +89,24 @@ def _encoded(ids) -> tuple[list[str], list[bytes]]:
     return norm, [s.encode("utf-8") for s in norm]
 
 
+def message_size(round_no: int, n_receiver: int, n_sender: int) -> int:
+    """The exact size of KKRT message ``round_no`` for these set sizes (transports check it
+    before buffering a message; the sessions check it again)."""
+    body = {1: iknp.message_size(CODE_BITS, 1), 2: iknp.message_size(CODE_BITS, 2),
+            3: iknp.message_size(CODE_BITS, 3) + SEED,
+            4: iknp.message_size(CODE_BITS, 4) + SEED + bin_count(n_receiver) * CODE_BYTES,
+            5: HASHES * n_sender * mask_bytes(n_receiver, n_sender)}
+    if round_no not in body:
+        raise InvalidInput("KKRT round must be 1..5")
+    return HEADER_SIZE + body[round_no]
+
+
+def announced_count(data, round_no: int) -> int:
+    """The set size a message of round 1 (|Y|) or 2 (|X|) announces."""
+    value, _ = _open(data, round_no)
+    return _count(value, f"KKRT message {round_no}")
+
+
 def _item_key(domain: bytes) -> np.ndarray:
     return derive_key("pc.psi.kkrt.v1 identifier hash", bytes(domain))
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from pc_common import job_kinds, steps_schema
 from pc_common.errors import InvalidInput
 from pc_common.pb import node_pb2
-from pc_node.steps import admit, lookup, psi, query, verify, verify_compare
+from pc_node.steps import admit, lookup, psi, psi_kkrt, query, verify, verify_compare
 
 Handler = Callable[..., Iterator[node_pb2.StepMessage]]
 
@@ -50,6 +50,8 @@ STEPS: dict[str, Handler] = {
     "psi.combine": psi.combine,
     "psi.finish": psi.finish,
     "psi.learn": psi.learn,
+    "psi.kkrt_recv": psi_kkrt.recv,
+    "psi.kkrt_send": psi_kkrt.send,
     "lookup.status": lookup.status,
     "lookup.filter": lookup.filter_,
     "lookup.blind": lookup.blind,

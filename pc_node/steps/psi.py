@@ -73,6 +73,7 @@ def prepare_job(runtime, params: dict, subject_set: str = "") -> tuple[dict, str
     p = job_kinds.PsiParams.from_params(params)
     spec, purpose = prepare_over_datasets(runtime, params, p)
     spec["subjects"] = len(normalise_ids(runtime.store.keys(p.datasets[0][1])))
+    spec["protocol"] = p.engine          # the planner's choice, signed
     return spec, purpose
 
 
@@ -100,6 +101,8 @@ def _plan(doc: dict) -> tuple[job_kinds.PsiParams, psi_plan.Plan]:
     p = job_kinds.params_of(doc, "psi")
     if p.datasets[0][0] != doc["requester"]:
         raise PermissionDenied("the first dataset must belong to the requester")
+    if p.engine != "ecdh":
+        raise PermissionDenied("this job does not run the ECDH protocol")
     return p, psi_plan.plan(doc["requester"], p.providers(), p.cardinality_only)
 
 

@@ -354,7 +354,7 @@ def test_cli_psi_json(env, tmp_path, capsys):
 def prepare(c: Federation, datasets: list[str]) -> node_pb2.SignedJobSpec:
     signed = c.node.PrepareJob(node_pb2.PrepareJobRequest(kind="psi", params=json.dumps(
         {"datasets": datasets, "cardinality_only": False, "purpose": "data_matching",
-         "result_to_all": False}).encode()), timeout=10)
+         "result_to_all": False, "protocol": "ecdh"}).encode()), timeout=10)
     return node_pb2.SignedJobSpec(spec=signed.spec, signature=signed.signature, signer=REQ)
 
 

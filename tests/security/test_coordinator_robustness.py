@@ -110,7 +110,8 @@ def test_node_session_past_its_job_lifetime_is_wiped(env, as_coordinator):
     rt = fed.runtime(REQ)
     with analyst(env) as c:
         signed = c.node.PrepareJob(node_pb2.PrepareJobRequest(kind="psi", params=json.dumps(
-            {"datasets": [f"{REQ}.applicants", "public_security.vehicles"], "purpose": "data_matching"}).encode()),
+            {"datasets": [f"{REQ}.applicants", "public_security.vehicles"], "purpose": "data_matching",
+             "protocol": "ecdh"}).encode()),
             timeout=10)
     job_id = json.loads(signed.spec)["job_id"]
     header = node_pb2.StepMessage(header=node_pb2.StepHeader(job_id=job_id, step="psi.blind", spec=signed))

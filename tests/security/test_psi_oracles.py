@@ -85,7 +85,7 @@ def fed(env):
 
 def prepare(c, datasets: list[str], **kw) -> node_pb2.SignedJobSpec:
     signed = c.node.PrepareJob(node_pb2.PrepareJobRequest(kind="psi", params=json.dumps(
-        {"datasets": datasets, "purpose": "data_matching", **kw}).encode()), timeout=10)
+        {"datasets": datasets, "purpose": "data_matching", "protocol": "ecdh", **kw}).encode()), timeout=10)
     return node_pb2.SignedJobSpec(spec=signed.spec, signature=signed.signature, signer=REQ)
 
 
@@ -196,7 +196,7 @@ def test_quota_is_charged_by_the_points_evaluated(env, fed, analyst, as_coordina
     quota = before + 2 * len(A) + 50
     fed.write_policy(PS, _grants(["vehicles", "same"])
                      + _grants(["limited"], f"[grants.quota]\nsubjects_per_day = {quota}\n"))
-    res = analyst.psi([f"{REQ}.people", f"{PS}.limited"], out=tmp_path / "q.csv")
+    res = analyst.psi([f"{REQ}.people", f"{PS}.limited"], out=tmp_path / "q.csv", protocol="ecdh")
     assert res.state == "succeeded"
     hops = [e for e in fed.runtime(PS).audit.entries(job=res.job_id) if e["action"] == "psi.hop"]
     assert [e["counts"] for e in hops] == [{"points": len(A)}]
@@ -214,7 +214,7 @@ def test_quota_is_charged_by_the_points_evaluated(env, fed, analyst, as_coordina
     assert not [e for e in fed.runtime(PS).audit.entries(job=job_id) if e["action"] == "psi.hop"]
     # A spec signed for the grown set is over the quota: refused at admission.
     with pytest.raises(grpc.RpcError) as err:
-        analyst.psi([f"{REQ}.grow", f"{PS}.limited"])
+        analyst.psi([f"{REQ}.grow", f"{PS}.limited"], protocol="ecdh")
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert usage(fed, PS) - before == 2 * len(A)      # what the two admitted jobs declared and signed
     fed.import_csv(REQ, _write(env["data"] / REQ / "grow.csv", A), dataset="grow", replace=True)

@@ -71,7 +71,7 @@ def cmd_psi(args) -> int:
     agency = args.datasets[0].split(".")[0] if args.datasets else None
     with federation(args, default_user(agency)) as fed:
         res = fed.psi(args.datasets, cardinality_only=args.cardinality_only, out=args.out, purpose=args.purpose,
-                      result_to_all=args.result_to_all, on_update=_progress(args))
+                      result_to_all=args.result_to_all, on_update=_progress(args), protocol=args.protocol or "")
     if args.json:
         print_json(result_doc(res))
         return 0
@@ -141,6 +141,9 @@ def add_psi(sub) -> None:
     ps.add_argument("datasets", nargs="+", metavar="AGENCY.DATASET", help="yours first, then one or more providers'")
     ps.add_argument("--cardinality-only", action="store_true", help="learn only the size of the intersection")
     ps.add_argument("--result-to-all", action="store_true", help="two-party only: the provider learns it too")
+    ps.add_argument("--protocol", choices=("kkrt", "ecdh"), default=None,
+                    help="kkrt (OT extension; default for two-party intersections) or ecdh (default for "
+                         "--cardinality-only, --result-to-all and k-party)")
     ps.add_argument("--out", help="write the intersection (identifiers) to this file")
     ps.add_argument("--purpose", default="data_matching")
     ps.add_argument("--json", action="store_true")

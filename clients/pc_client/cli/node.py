@@ -41,6 +41,25 @@ def cmd_node_import(args) -> int:
     return 0
 
 
+def cmd_node_attach(args) -> int:
+    import logging
+    from pc_node import admin
+    logging.getLogger("pc_node.admin").propagate = False     # the warnings are printed below, once
+    rep = admin.attach_dataset(node_config(args), args.dataset, args.table, dsn=args.dsn, dsn_file=args.dsn_file,
+                               dsn_env=args.dsn_env, key_column=args.key,
+                               metadata=pathlib.Path(args.meta) if args.meta else None, replace=args.replace)
+    doc = {"dataset": rep.dataset, "table": rep.table, "rows": rep.rows, "skipped": rep.skipped,
+           "columns": {c.name: c.type for c in rep.columns}, "warnings": rep.warnings}
+    if args.json:
+        print_json(doc)
+    else:
+        print(f"attached {rep.table} as '{rep.dataset}': {rep.rows} row(s)"
+              + (f"; {rep.skipped} with an invalid identifier skipped" if rep.skipped else ""))
+        for w in rep.warnings:
+            print(f"warning: {w}")
+    return 0
+
+
 def cmd_node_datasets(args) -> int:
     from pc_node import admin
     metas = admin.datasets(node_config(args))
@@ -78,6 +97,19 @@ def add_node(sub) -> None:
     ni.add_argument("--replace", action="store_true", help="replace an existing dataset of that name")
     ni.add_argument("--json", action="store_true")
     ni.set_defaults(fn=cmd_node_import)
+    na = node.add_parser("attach", help="attach a PostgreSQL table as a dataset (read at job time)")
+    na.add_argument("--config", required=True)
+    na.add_argument("dataset")
+    na.add_argument("--table", required=True, help="SCHEMA.TABLE (default schema: public)")
+    dsn = na.add_mutually_exclusive_group(required=True)
+    dsn.add_argument("--dsn", help="connection string (kept SM4-GCM-encrypted in the node's store)")
+    dsn.add_argument("--dsn-file", help="file holding the connection string (read at job time)")
+    dsn.add_argument("--dsn-env", help="environment variable holding the connection string (read at job time)")
+    na.add_argument("--key", help="key column (default: the metadata's key_column, else id_number)")
+    na.add_argument("--meta", help="column metadata TOML")
+    na.add_argument("--replace", action="store_true", help="replace an existing dataset of that name")
+    na.add_argument("--json", action="store_true")
+    na.set_defaults(fn=cmd_node_attach)
     nd = node.add_parser("datasets", help="list this node's datasets")
     nd.add_argument("--config", required=True)
     nd.add_argument("--json", action="store_true")

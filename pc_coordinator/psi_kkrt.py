@@ -1,0 +1,79 @@
+"""KKRT16 PSI jobs at the coordinator: two open streams, piped into each other.
+
+``psi.kkrt_recv`` at the requester (the KKRT receiver) and ``psi.kkrt_send`` at the provider
+(the sender) are opened together; every chunk one answers goes, unchanged, into the other's
+request stream (a queue-fed iterator, as ``verify.compare``). Every chunk is an envelope
+sealed to the node that reads it: the coordinator learns the set sizes (the nodes' answers),
+the number of sealed bytes each way and timings — no identifier, no OPRF value, no result.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from pc_common.errors import InvalidInput
+from pc_common.psi_plan import KKRT_FROM_RECEIVER, KKRT_FROM_SENDER, kkrt_stream
+from pc_common.steps_schema import decode_result
+from pc_coordinator.admission import admit_all
+from pc_coordinator.runner import JobContext
+from pc_coordinator.verify_compare import Outbox
+
+TO_PROVIDER = frozenset(kkrt_stream(r) for r in KKRT_FROM_RECEIVER)
+TO_REQUESTER = frozenset(kkrt_stream(r) for r in KKRT_FROM_SENDER)
+
+
+class _Pump:
+    """One direction: a node's answers into the other node's requests."""
+
+    def __init__(self, ctx: JobContext, node: str, streams: frozenset, outbox: Outbox, errors: list):
+        self.ctx, self.node, self.streams, self.outbox, self.errors = ctx, node, streams, outbox, errors
+        self.sealed_bytes = 0
+        self.done = None
+
+    def run(self, answers) -> None:
+        try:
+            for msg in answers:
+                kind = msg.WhichOneof("kind")
+                if kind == "chunk":
+                    if msg.chunk.stream not in self.streams:
+                        raise InvalidInput(f"node '{self.node}' sent an unexpected stream")
+                    self.sealed_bytes += len(msg.chunk.data)
+                    self.outbox.put([msg])
+                elif kind == "progress":
+                    p = msg.progress
+                    self.ctx.progress(p.step, self.node, p.done, p.total)
+                elif kind == "done":
+                    self.done = msg.done
+            if self.done is None:
+                raise InvalidInput(f"node '{self.node}' ended the step without finishing it")
+        except BaseException as exc:  # noqa: BLE001 - the first error is the job's
+            self.errors.append(exc)
+        finally:
+            self.outbox.close()
+
+
+def run(ctx: JobContext, doc: dict, params, t0: float) -> dict:
+    """Run the two steps; returns the job's summary fields (sizes, sealed bytes)."""
+    requester, provider = doc["requester"], params.providers()[0]
+    admit_all(ctx, [provider])
+    to_requester, to_provider = Outbox(), Outbox()
+    to_requester.put([ctx.header("psi.kkrt_recv", requester)])
+    to_provider.put([ctx.header("psi.kkrt_send", requester)])
+    errors: list[BaseException] = []
+    sender = _Pump(ctx, provider, TO_REQUESTER, to_requester, errors)
+    receiver = _Pump(ctx, requester, TO_PROVIDER, to_provider, errors)
+    thread = threading.Thread(target=sender.run, args=(ctx.step(provider, to_provider),),
+                              name=f"kkrt-{ctx.job_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        receiver.run(ctx.step(requester, to_requester))
+    finally:
+        to_provider.close()
+        thread.join()
+    if errors:
+        raise errors[0]
+    n_x = decode_result("psi.kkrt_recv", receiver.done).own
+    n_y = decode_result("psi.kkrt_send", sender.done).count
+    return {"n_x": n_x, "sizes": {provider: n_y},
+            "sealed_bytes": {"to_provider": receiver.sealed_bytes, "to_requester": sender.sealed_bytes},
+            "elapsed": time.perf_counter() - t0}

@@ -20,7 +20,7 @@ from pc_common.wire import MAX_BLOB, blob_chunks
 from pc_coordinator.admission import admit_all
 from pc_coordinator.directory import Directory
 from pc_coordinator.runner import JobContext
-from pc_coordinator.streams import collect_blobs, send_blobs
+from pc_coordinator.streams import collect_blobs, send_blobs, subject_lists
 from pc_coordinator.verify_compare import Outbox, _read_blob, _read_done
 from pc_node.secure_agg import query_release as qr
 from pc_node.secure_agg.backend import get_backend
@@ -95,8 +95,8 @@ def run(ctx: JobContext, doc: dict) -> None:
         t = time.perf_counter()
         prep_done, blobs = collect_blobs(ctx, requester, [ctx.header("query.prepare", requester)])
         prepared: schema.QueryPrepared = schema.decode_result("query.prepare", prep_done)
-        pubctx = blobs.pop("pubctx")
-        layout = np.frombuffer(blobs.pop("layout"), dtype="<u4").astype(np.int64)
+        pubctx, layout_bytes, lists = subject_lists(blobs, providers)
+        layout = np.frombuffer(layout_bytes, dtype="<u4").astype(np.int64)
         n_slots, n_groups = len(layout), prepared.groups
         if n_slots != p.subjects or n_groups != p.groups or not n_slots or int(layout.max()) >= n_groups:
             raise InvalidInput("the requester's layout does not match the job")
@@ -109,9 +109,7 @@ def run(ctx: JobContext, doc: dict) -> None:
 
         t = time.perf_counter()
         msgs = [ctx.header("query.evaluate", requester)]
-        ev_done, ev_blobs = collect_blobs(ctx, provider, send_blobs(msgs, {
-            "pubctx": pubctx, "sealed": blobs[schema.sealed_stream(provider)],
-            "binding": blobs[schema.binding_stream(provider)]}))
+        ev_done, ev_blobs = collect_blobs(ctx, provider, send_blobs(msgs, lists[provider]))
         evaluated: schema.QueryEvaluated = schema.decode_result("query.evaluate", ev_done)
         names = vectors(plan)
         if evaluated.aggregates != names or evaluated.subjects != n_slots:

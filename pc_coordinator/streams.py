@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+from pc_common import steps_schema as schema
 from pc_common import wire
 from pc_common.errors import InvalidInput, PcError
 from pc_common.pb import node_pb2
@@ -14,6 +15,21 @@ def collect_blobs(ctx: JobContext, node: str, messages: Iterable[node_pb2.StepMe
     """Run one step at ``node``; return (done message, {stream: bytes})."""
     return wire.collect_blobs(node, ctx.step(node, messages),
                               lambda p: ctx.progress(p.step, node, p.done, p.total))
+
+
+def subject_lists(blobs: dict[str, bytes], providers: list[str]) -> tuple[bytes, bytes, dict[str, dict[str, bytes]]]:
+    """From a requester's prepare answer (verification, query): the public key, the layout and,
+    per provider, the streams its evaluate step takes (key, sealed list, signed binding).
+    A missing stream fails the job with a reason naming it."""
+    needed = ["pubctx", "layout"] + [name for p in providers
+                                     for name in (schema.sealed_stream(p), schema.binding_stream(p))]
+    missing = [name for name in needed if name not in blobs]
+    if missing:
+        raise InvalidInput(f"the requester's node did not send {', '.join(missing)}")
+    pubctx = blobs["pubctx"]
+    lists = {p: {"pubctx": pubctx, "sealed": blobs[schema.sealed_stream(p)],
+                 "binding": blobs[schema.binding_stream(p)]} for p in providers}
+    return pubctx, blobs["layout"], lists
 
 
 class Relay:

@@ -24,7 +24,7 @@ from pc_coordinator.admission import admit_all
 from pc_coordinator.directory import Directory
 from pc_coordinator.limits import check_verification_size
 from pc_coordinator.runner import JobContext
-from pc_coordinator.streams import collect_blobs, send_blobs
+from pc_coordinator.streams import collect_blobs, send_blobs, subject_lists
 from pc_coordinator.verify_compare import mask_all, run_compare
 from pc_node.secure_agg import verdict
 from pc_node.secure_agg.backend import HeBackend, get_backend
@@ -81,12 +81,7 @@ def run(ctx: JobContext, doc: dict) -> None:
         t = time.perf_counter()
         prep_done, blobs = collect_blobs(ctx, requester, [ctx.header("verify.prepare", requester)])
         prepared: schema.VerifyPrepared = schema.decode_result("verify.prepare", prep_done)
-        needed = ["pubctx", "layout"] + [name for p in providers
-                                         for name in (schema.sealed_stream(p), schema.binding_stream(p))]
-        missing = [name for name in needed if name not in blobs]
-        if missing:
-            raise InvalidInput(f"the requester's node did not send {', '.join(missing)}")
-        pubctx, layout_bytes = blobs.pop("pubctx"), blobs.pop("layout")
+        pubctx, layout_bytes, lists = subject_lists(blobs, providers)
         layout = np.frombuffer(layout_bytes, dtype="<u4")
         n_slots, n_groups = len(layout), prepared.groups
         if n_slots != params.subjects or (n_slots and int(layout.max()) >= n_groups):
@@ -104,8 +99,7 @@ def run(ctx: JobContext, doc: dict) -> None:
 
         def evaluate(p: str):
             msgs = [ctx.header("verify.evaluate", requester)]
-            return collect_blobs(ctx, p, send_blobs(msgs, {"pubctx": pubctx, "sealed": blobs[schema.sealed_stream(p)],
-                                                           "binding": blobs[schema.binding_stream(p)]}))
+            return collect_blobs(ctx, p, send_blobs(msgs, lists[p]))
         with futures.ThreadPoolExecutor(max_workers=max(1, len(providers))) as pool:
             results = dict(zip(providers, pool.map(evaluate, providers)))
         timings["evaluate_s"] = time.perf_counter() - t

@@ -20,7 +20,7 @@ catalog, the policy or the caller is checked by each side too.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Mapping
 
 from pc_common.errors import InvalidInput
@@ -229,8 +229,9 @@ class QueryParams(JobParams):
     purpose: str = DEFAULT_PURPOSE
     subjects: int = 0                       # set by the requester node: rows after its WHERE
     groups: int = 0                         # and their number of groups
+    epsilon: float = 0.0                    # differential privacy per query (0: none; docs/query.md)
 
-    KEYS: ClassVar[tuple[str, ...]] = ("sql", "min_group_size", "purpose", "subjects", "groups")
+    KEYS: ClassVar[tuple[str, ...]] = ("sql", "min_group_size", "purpose", "subjects", "groups", "epsilon")
 
     @classmethod
     def from_params(cls, params: Mapping) -> "QueryParams":
@@ -241,8 +242,28 @@ class QueryParams(JobParams):
         k = _value(params, "min_group_size", int, 5)
         if not 1 <= k <= 1 << 24:   # type: ignore[operator]
             raise InvalidInput("job parameter 'min_group_size' must be from 1 to 16777216")
+        eps = params.get("epsilon", 0.0)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps == 0 or 0.01 <= eps <= 10):
+            raise InvalidInput("job parameter 'epsilon' must be 0 (no differential privacy) or from 0.01 to 10")
         return cls(sql=sql, min_group_size=k, purpose=_str(params, "purpose") or DEFAULT_PURPOSE,  # type: ignore[arg-type]
-                   subjects=_count(params, "subjects"), groups=_count(params, "groups"))
+                   subjects=_count(params, "subjects"), groups=_count(params, "groups"), epsilon=float(eps))
+
+
+PRIVATE_NO_DP = ("--private cannot carry differential privacy: the requester learns exact per-group match "
+                 "counts (docs/query_private.md); run the query without --private to use --epsilon")
+
+
+@dataclass(frozen=True)
+class QueryPrivateParams(QueryParams):
+    """Query-private federated query (``--private``, docs/query_private.md): the same signed
+    fields as :class:`QueryParams`; differential privacy is refused (exact counts leak)."""
+
+    @classmethod
+    def from_params(cls, params: Mapping) -> "QueryPrivateParams":
+        if isinstance(params, Mapping) and params.get("epsilon") not in (None, 0, 0.0, ""):
+            raise InvalidInput(PRIVATE_NO_DP)
+        q = QueryParams.from_params(params)
+        return cls(**{f.name: getattr(q, f.name) for f in fields(q)})
 
 
 @dataclass(frozen=True)
@@ -257,6 +278,8 @@ KINDS: dict[str, JobKind] = {
     "psi": JobKind("psi", PsiParams, "private set intersection (PSI, PSI-CA, k-party)"),
     "lookup": JobKind("lookup", LookupParams, "query-private lookup (匿踪查询)"),
     "query": JobKind("query", QueryParams, "federated query: joint statistics in SQL (minimum group size)"),
+    "query_private": JobKind("query_private", QueryPrivateParams,
+                             "query-private federated query (--private: providers learn only set sizes)"),
 }
 
 

@@ -216,6 +216,8 @@ class QueryPrepared(Record):
 class QueryEvaluated(Record):
     subjects: int
     aggregates: tuple[str, ...]             # ciphertext streams returned (besides "subjects")
+    noise_scales: tuple[str, ...] = ()      # DP: the discrete Laplace scale per aggregate (ct:noise:<name>)
+    categories: tuple[str, ...] = ()        # GROUP BY a provider column: its declared categories (slots × these)
 
 
 @dataclass(frozen=True)
@@ -225,11 +227,36 @@ class QueryReleaseParams(Record):
     groups: int
     aggregates: tuple[str, ...]             # one masked stream per aggregate vector, in plan order
     decimal_sums: tuple[str, ...] = ()      # summed columns of type decimal (the catalog's, for formatting)
+    categories: tuple[str, ...] = ()        # the provider group column's categories (groups × these)
+    category_type: str = "text"             # that column's type in the catalog (for the sort order)
 
 
 @dataclass(frozen=True)
 class QueryReleased(Record):
     groups: int                             # groups decided (which were released stays at the requester)
+
+
+@dataclass(frozen=True)
+class PrivatePrepared(Record):
+    rows: int                               # the requester's rows (blinded points) after its WHERE
+    groups: int
+
+
+@dataclass(frozen=True)
+class PrivateEvaluated(Record):
+    rows: int                               # the provider's distinct matching identifiers (m)
+    positions: int                          # m + dummy positions: the length of every ct:<vector>
+    aggregates: tuple[str, ...]             # ciphertext vectors, in plan order
+
+
+@dataclass(frozen=True)
+class PrivateReleaseParams(Record):
+    """query_private.release: the provider's sizes and the plan's vectors, checked by the requester."""
+
+    positions: int
+    provider_rows: int
+    aggregates: tuple[str, ...]
+    decimal_sums: tuple[str, ...] = ()
 
 
 # ----- the table ----------------------------------------------------------------------------------
@@ -270,6 +297,15 @@ STEPS: dict[str, Step] = {
     "query.release": Step(QueryReleaseParams, QueryReleased,
                           "requester (bidirectional): masked:subjects, masked:<aggregate>, gc2, gc4, release → gc1,"
                           " gc3; results kept at the node"),
+    "query_private.prepare": Step(NoParams, PrivatePrepared,
+                                  "requester: → pubctx, sizes, sealed:<provider> (sizes and H(x)^a), "
+                                  "binding:<provider>"),
+    "query_private.evaluate": Step(NoParams, PrivateEvaluated,
+                                   "provider: pubctx, sealed, binding → double, own (sealed to the requester), "
+                                   "ct:<vector> over its positions"),
+    "query_private.release": Step(PrivateReleaseParams, QueryReleased,
+                                  "requester (bidirectional): double, own, masked:threshold, masked:<vector>, gc2,"
+                                  " gc4, release → assignment, gc1, gc3; results kept at the node"),
 }
 
 

@@ -39,6 +39,8 @@ def admit_once(ctx: JobContext, parties: list[str]) -> list[str]:
             pending.append(node)
         elif answer != "yes":   # fail closed: no clear yes is a refusal
             raise PermissionDenied(f"node '{node}' did not admit the job")
+        else:
+            ctx.runner.note_admitted(ctx.job_id, node)
     return pending
 
 
@@ -48,7 +50,10 @@ def admit_all(ctx: JobContext, parties: list[str], max_wait: float | None = None
     The wait ends with the job's lifetime (or after ``max_wait`` seconds, when given). Once
     every provider admitted, the job takes a work slot (``JobContext.working``)."""
     deadline = ctx.lifetime_end if max_wait is None else min(ctx.lifetime_end, ctx.now() + max_wait)
-    still = admit_once(ctx, parties)
+    # Providers that admitted the job in SubmitJob's round are not asked again (their steps
+    # still check their own admission record: ``require_admitted``).
+    admitted = ctx.runner.take_admitted(ctx.job_id)
+    still = admit_once(ctx, [p for p in parties if p not in admitted])
     if not still:
         ctx.working()
         return

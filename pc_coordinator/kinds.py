@@ -11,7 +11,7 @@ from typing import Callable
 
 from pc_common import job_kinds
 from pc_common.errors import InvalidInput
-from pc_coordinator import lookup_jobs, psi_jobs, query_jobs, verify_jobs
+from pc_coordinator import lookup_jobs, psi_jobs, query_jobs, query_private_jobs, verify_jobs
 from pc_coordinator.directory import Directory
 from pc_coordinator.runner import Orchestrator
 
@@ -27,6 +27,7 @@ KINDS: dict[str, CoordinatorKind] = {
     "psi": CoordinatorKind(validate=psi_jobs.validate, run=psi_jobs.run),
     "lookup": CoordinatorKind(validate=lookup_jobs.validate, run=lookup_jobs.run),
     "query": CoordinatorKind(validate=query_jobs.validate, run=query_jobs.run),
+    "query_private": CoordinatorKind(validate=query_private_jobs.validate, run=query_private_jobs.run),
 }
 
 job_kinds.check_covers("the coordinator's", KINDS)

@@ -28,7 +28,7 @@ from pc_node.secure_agg.gc import ComparisonGarbler
 from pc_rules.query import QueryPlan, parse_query
 from pc_rules.query_catalog import query_column_uses, validate_query
 
-_RANK = {"none": 0, "predicate": 1, "aggregate": 2, "masked": 3, "plaintext": 4}
+_RANK = {"none": 0, "predicate": 1, "group_by": 1.5, "aggregate": 2, "masked": 3, "plaintext": 4}
 
 
 def vectors(plan: QueryPlan) -> tuple[str, ...]:
@@ -114,43 +114,92 @@ def run(ctx: JobContext, doc: dict) -> None:
         names = vectors(plan)
         if evaluated.aggregates != names or evaluated.subjects != n_slots:
             raise InvalidInput(f"provider '{provider}' answered other aggregates than the query's")
+        cats = evaluated.categories
+        if bool(cats) != bool(plan.provider_group) or len(cats) > 64 or len(set(cats)) != len(cats):
+            raise InvalidInput(f"provider '{provider}' answered no valid categories for the query's GROUP BY")
+        # A provider GROUP BY: slot s of category c at c·n + s; group g of category c is c·groups + g.
+        reps = max(len(cats), 1)
+        layout = np.concatenate([layout + c * n_groups for c in range(reps)])
+        n_groups *= reps
         cvs = {n: backend.load_ciphertext(pub, ev_blobs[schema.ciphertext_stream(n)]) for n in names}
-        if any(cv.length != n_slots for cv in cvs.values()):
+        if any(cv.length != n_slots * reps for cv in cvs.values()):
             raise InvalidInput(f"provider '{provider}' answered another number of slots")
         timings["evaluate_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        tp = qr.threshold_plan(p.min_group_size, int(sizes.max()), pub.plaintext_modulus)
-        cm = qr.mask(backend, tp, cvs["subjects"], [cvs[n] for n in names], layout, n_groups)
-        del cvs, ev_blobs
+        noise = _dp_noise(p, evaluated, ev_blobs, backend, pub, names, len(providers) + 1, n_groups, len(cats))
+        if noise is None:
+            tp = qr.threshold_plan(p.min_group_size, int(sizes.max()), pub.plaintext_modulus)
+        else:
+            tp = qr.dp_threshold_plan(p.min_group_size, int(sizes.max()), pub.plaintext_modulus, noise.shift)
+        cm = qr.mask(backend, tp, cvs["subjects"], [cvs[n] for n in names], layout, n_groups, noise)
+        del cvs, ev_blobs, noise
         timings["mask_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         answer = _release(ctx, requester, tp, cm, names, n_groups, _decimal_sums(plan, ctx.runner.directory),
-                          doc["job_id"].encode(), timings)
+                          doc["job_id"].encode(), timings, cats, _column_type(plan, ctx.runner.directory))
         if answer.groups != n_groups:
             raise InvalidInput("the requester's release does not match the job")
         timings["release_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         ctx.progress("finish", requester, n_slots, n_slots)
         ctx.jobs.record(ctx.job_id, summary={
-            "subjects": n_slots, "groups": n_groups, "providers": providers, "he": "bfv",
-            "min_group_size": p.min_group_size,
+            "subjects": n_slots, "groups": n_groups, **({"categories": len(cats)} if cats else {}),
+            "providers": providers, "he": "bfv",
+            "min_group_size": p.min_group_size, **({"epsilon": p.epsilon} if p.epsilon else {}),
             **{k: round(v, 3) for k, v in timings.items()}},
-            leakage=leakage_report(plan, requester, provider, n_slots, n_groups, p.min_group_size, tp))
+            leakage=leakage_report(plan, requester, provider, n_slots, n_groups, p.min_group_size, tp, p.epsilon,
+                                   len(cats)))
     finally:
         ctx.cleanup([requester] + providers)
 
 
+def _column_type(plan: QueryPlan, directory: Directory) -> str:
+    if not plan.provider_group:
+        return "text"
+    return catalog_view(directory.catalog()).get(plan.join.table.ref, {}).get("columns", {}).get(
+        plan.provider_group, "text")
+
+
+def _dp_noise(p, evaluated, blobs: dict, backend, pub, names, parties: int, n_groups: int, n_categories: int):
+    """DP: the provider's encrypted noise shares, checked, and the coordinator's own (docs/query.md)."""
+    if not p.epsilon:
+        return None
+    try:
+        scales = [float(x) for x in evaluated.noise_scales]
+    except ValueError:
+        scales = []
+    if len(scales) != len(names) or not all(0 < s < 1e15 for s in scales):
+        raise InvalidInput("the provider answered no noise scales for this differentially private query")
+    if abs(scales[0] - qr.dp_subject_scale(p.epsilon, len(names), n_categories)) > 1e-9 * scales[0]:
+        raise InvalidInput("the provider's noise scale of the distinct-subject count is not the signed epsilon's")
+    provider = []
+    for n in names:
+        blob = blobs.get(schema.ciphertext_stream("noise:" + n))
+        cv = backend.load_ciphertext(pub, blob) if blob is not None else None
+        if cv is None or cv.length != n_groups:
+            raise InvalidInput(f"the provider's noise shares of '{n}' do not match the job's groups")
+        provider.append(cv)
+    return qr.DpNoise(provider, qr.coordinator_shares(scales, parties, n_groups),
+                      qr.dp_shift(p.epsilon, len(names), parties, n_categories))
+
+
 def _release(ctx: JobContext, requester: str, tp, cm, names, n_groups: int, decimal_sums, context: bytes,
-             timings: dict) -> schema.QueryReleased:
+             timings: dict, cats: tuple[str, ...] = (), category_type: str = "text") -> schema.QueryReleased:
     garbler = ComparisonGarbler(tp.spec, [cm.garbler_input])
     out = Outbox()
     out.put([ctx.header("query.release", requester, schema.QueryReleaseParams(
-        groups=n_groups, aggregates=tuple(names), decimal_sums=tuple(decimal_sums)))])
+        groups=n_groups, aggregates=tuple(names), decimal_sums=tuple(decimal_sums), categories=tuple(cats),
+        category_type=category_type))])
+    noise = cm.masked_noise or []
     out.put(blob_chunks(schema.masked_stream("threshold"), cm.masked_subjects.serialize()))
-    for name, cv in zip(names, cm.masked_aggregates):
+    if noise:
+        out.put(blob_chunks(schema.masked_stream("noise:threshold"), noise[0].serialize()))
+    for j, (name, cv) in enumerate(zip(names, cm.masked_aggregates)):
         out.put(blob_chunks(schema.masked_stream(name), cv.serialize()))
+        if noise:
+            out.put(blob_chunks(schema.masked_stream("noise:" + name), noise[j + 1].serialize()))
     try:
         answers = iter(ctx.step(requester, out))
         m1 = _read_blob(ctx, requester, answers, schema.gc_stream(1), 1 << 16)
@@ -167,9 +216,10 @@ def _release(ctx: JobContext, requester: str, tp, cm, names, n_groups: int, deci
         out.close()
 
 
-def leakage_report(plan: QueryPlan, requester: str, provider: str, n: int, groups: int, k: int, tp) -> dict:
+def leakage_report(plan: QueryPlan, requester: str, provider: str, n: int, groups: int, k: int, tp,
+                   epsilon: float = 0.0, n_categories: int = 0) -> dict:
     aggs = len(vectors(plan))
-    return {
+    report = {
         "coordinator": [
             f"sizes: {n} requester rows in {groups} opaque groups and each group's row count",
             f"which provider took part ({provider}) and how long each step took",
@@ -191,3 +241,14 @@ def leakage_report(plan: QueryPlan, requester: str, provider: str, n: int, group
             "nothing about groups, group values or results",
         ],
     }
+    if n_categories:
+        report["coordinator"].append(f"the {n_categories} declared categories of {plan.join.table.ref}"
+                                     f".{plan.provider_group} (catalog metadata; groups = requester groups × these)")
+    if epsilon:
+        report["coordinator"].append(f"its own noise shares (it never learns the total noise); epsilon {epsilon:g}")
+        report[requester][0] = (f"per group ({groups}): whether its noisy distinct-subject count reached {k} and, if"
+                                f" released, its aggregates with discrete Laplace noise — epsilon {epsilon:g} spent,"
+                                " split evenly over the aggregates; it knows none of the noise")
+        report[provider].append(f"its own noise shares; epsilon {epsilon:g} charged to '{requester}' in its ledger")
+        report["epsilon_spent"] = f"{epsilon:g} (discrete Laplace, distributed over {provider} and the coordinator)"
+    return report

@@ -95,8 +95,9 @@ class JobContext:
         """Wipe the job's working data at every party, whatever happened to the job.
 
         Not while the coordinator shuts down: the job is resumed (or failed and cleaned up)
-        at the next start, and a job waiting for approval still needs its data."""
-        for p in dict.fromkeys(parties):
+        at the next start, and a job waiting for approval still needs its data. The parties
+        are wiped in parallel (each is one round trip the job's end would otherwise wait for)."""
+        def wipe(p: str) -> None:
             if self.runner.stopping:
                 return
             try:
@@ -104,6 +105,14 @@ class JobContext:
                     pass
             except Exception:  # noqa: BLE001 - a node that is down wipes on its own expiry
                 pass
+        first, *others = list(dict.fromkeys(parties)) or [None]
+        threads = [threading.Thread(target=wipe, args=(p,), daemon=True, name="job-wipe") for p in others]
+        for t in threads:
+            t.start()
+        if first is not None:
+            wipe(first)
+        for t in threads:
+            t.join()
 
     def step(self, node_id: str, messages: Iterable[node_pb2.StepMessage]) -> Iterator[node_pb2.StepMessage]:
         """Open a Step stream to a node; errors become Unavailable with the node named."""
@@ -123,6 +132,7 @@ class JobContext:
 
 RESTARTED = "the coordinator restarted while the job was running"
 MAX_WORKING = 8
+MAX_NOTED = 1024
 
 
 class JobRunner:
@@ -135,6 +145,9 @@ class JobRunner:
         self._working = threading.BoundedSemaphore(MAX_WORKING)
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._contexts: dict[str, JobContext] = {}
+        # Providers that admitted a job in SubmitJob's round (admission.admit_once), so that the
+        # job's own admission does not ask them a second time a few milliseconds later.
+        self._admitted: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -149,6 +162,17 @@ class JobRunner:
                 ch = tls.secure_channel(node["address"], self.tls_files, node_id)
                 self._channels[key] = ch
         return node_pb2_grpc.NodeStub(ch)
+
+    def note_admitted(self, job_id: str, node_id: str) -> None:
+        with self._lock:
+            if job_id not in self._admitted and len(self._admitted) >= MAX_NOTED:
+                self._admitted.pop(next(iter(self._admitted)))    # oldest: a job refused at submit
+            self._admitted.setdefault(job_id, set()).add(node_id)
+
+    def take_admitted(self, job_id: str) -> set[str]:
+        """The providers that already admitted ``job_id`` in this process (once: then forgotten)."""
+        with self._lock:
+            return self._admitted.pop(job_id, set())
 
     def start(self, job_id: str, orchestrate: Orchestrator, doc: dict, wait_for: list[str] | None = None) -> None:
         """Run a job's orchestrator in the pool; ``wait_for``: parties to give a short while to

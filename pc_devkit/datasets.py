@@ -64,6 +64,18 @@ DATASETS: dict[str, dict] = {
 }
 
 
+# Declared bounds (a differentially private SUM clips each subject into them) and categories (a
+# federated query may GROUP BY them at the provider): docs/query.md.
+_EXTRA: dict[tuple[str, str], str] = {
+    ("public_security.vehicles", "vehicle_type"): 'categories = ["car", "truck", "motorcycle"]',
+    ("housing.properties", "usage"): 'categories = ["residential", "commercial"]',
+    ("housing.properties", "area_m2"): "min = 0\nmax = 1000",
+    ("hrss.pensions", "monthly_amount"): "min = 0\nmax = 20000",
+    ("tax.wages", "monthly_income"): "min = 0\nmax = 100000",
+    ("market_regulation.businesses", "status"): 'categories = ["active", "revoked"]',
+}
+
+
 def catalog() -> dict[str, dict]:
     """The synthetic city's catalog: ``{"agency.dataset": {"key_column", "columns"}}``."""
     return {
@@ -93,6 +105,8 @@ def metadata_toml(dataset: str) -> str:
         lines.append(f"sensitivity = {sens}")
         if unit:
             lines.append(f"unit = {_toml_str(unit)}")
+        if (dataset, name) in _EXTRA:
+            lines.append(_EXTRA[dataset, name])
         lines.append("")
     return "\n".join(lines)
 

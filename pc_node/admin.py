@@ -18,6 +18,7 @@ import logging
 import os
 import pathlib
 import re
+import tomllib
 
 from pc_common.config import NodeConfig
 from pc_common.errors import InvalidInput, NotFound
@@ -27,7 +28,7 @@ from pc_node.importer import ImportReport, detect_key_column, import_file
 from pc_node.policy import DEFAULT_QUOTA, Grant, Policy, parse_policy, pins_toml
 from pc_node.runtime import open_store
 from pc_node.sources import Attachment, PostgresSource, pg_column_type
-from pc_rules.metadata import ColumnMeta, DatasetMeta, load_metadata
+from pc_rules.metadata import ColumnMeta, DatasetMeta, load_metadata, parse_metadata
 from pc_rules.where import COLUMN_NAME_RE
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = ["NodeAdmin", "Grant", "ImportReport", "AttachReport", "attach_dataset", "DatasetMeta", "ColumnMeta", "import_dataset", "datasets",
            "key_column_of", "source_fingerprint", "grants_toml", "write_grants", "grants_for", "unsuspend"]
 
+POSTGRES_SUFFIX = ".postgres.toml"   # the sandbox: DIR/<agency>/<dataset>.postgres.toml attaches a table
 SOURCE_KIND = "importsource"     # store blob kind: the fingerprint of the file a dataset came from
 DEFAULT_KEY_COLUMN = "id_number"
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -87,15 +89,16 @@ class NodeAdmin:
 
     def import_dataset(self, path, dataset: str | None = None, metadata=None, skip_invalid: bool = False,
                        rejects=None, replace: bool = False, key_column: str | None = None,
-                       rejects_with_values: bool = True) -> ImportReport:
+                       rejects_with_values: bool = True, progress=None) -> ImportReport:
         """Import a CSV or Parquet file (all-or-nothing unless ``skip_invalid``; see ``importer``)
-        and remember the file's fingerprint for :meth:`imported_unchanged`."""
+        and remember the file's fingerprint for :meth:`imported_unchanged`. ``progress``: True
+        for a bar on stderr, or a callable given the fraction done."""
         path = pathlib.Path(path)
         source = source_fingerprint(path, metadata) if path.exists() else None   # before reading it
         rep = import_file(self._store, path, dataset=dataset,
                           metadata=pathlib.Path(metadata) if metadata else None, skip_invalid=skip_invalid,
                           rejects=pathlib.Path(rejects) if rejects else None, replace=replace,
-                          key_column=key_column, rejects_with_values=rejects_with_values)
+                          key_column=key_column, rejects_with_values=rejects_with_values, progress=progress)
         if source is not None:
             self._store.put_blob(SOURCE_KIND, rep.dataset, source)
         return rep
@@ -105,6 +108,31 @@ class NodeAdmin:
         exactly one of ``dsn`` (kept encrypted in the store), ``dsn_file``, ``dsn_env``; optional
         ``key_column``, ``metadata`` (TOML), ``replace``."""
         return _attach(self, dataset, table, **options)
+
+    def attach_from_file(self, path, replace: bool = True) -> "AttachReport":
+        """Attach the table a ``<dataset>.postgres.toml`` describes (the sandbox's way): keys
+        ``table``, one of ``dsn`` / ``dsn_file`` / ``dsn_env``, optional ``key``, and the
+        metadata keys of rules.md ("Dataset metadata": ``description``, ``[columns.<name>]``)."""
+        path = pathlib.Path(path)
+        name = path.name.removesuffix(POSTGRES_SUFFIX)
+        try:
+            spec = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise InvalidInput(f"{path.name}: not a readable TOML file ({type(e).__name__})") from None
+        allowed = ("table", "dsn", "dsn_file", "dsn_env", "key", "description", "columns")
+        unknown = [k for k in spec if k not in allowed]
+        if unknown or not isinstance(spec.get("table"), str):
+            raise InvalidInput(f"{path.name}: needs table = \"SCHEMA.TABLE\" and one of dsn, dsn_file, dsn_env "
+                               f"(allowed keys: {', '.join(allowed)})")
+        key = spec.get("key")
+        declared = parse_metadata("\n".join(f"{_toml_key(k)} = {_toml_value(spec[k])}"
+                                            for k in ("description", "columns") if k in spec),
+                                  path.name, name=name, default_key=key or DEFAULT_KEY_COLUMN)
+        dsn_file = spec.get("dsn_file")
+        if dsn_file:
+            dsn_file = path.parent / dsn_file
+        return _attach(self, name, spec["table"], dsn=spec.get("dsn"), dsn_file=dsn_file, dsn_env=spec.get("dsn_env"),
+                       key_column=key, declared=declared, replace=replace)
 
     def imported_unchanged(self, path, dataset: str | None = None, metadata=None) -> bool:
         """Whether dataset ``dataset`` (default: the file name) was imported from ``path`` as it is now."""
@@ -131,7 +159,7 @@ class AttachReport:
 
 def _attach(node: NodeAdmin, dataset: str, table: str, *, dsn: str | None = None, dsn_file=None,
             dsn_env: str | None = None, key_column: str | None = None, metadata=None,
-            replace: bool = False) -> AttachReport:
+            replace: bool = False, declared: DatasetMeta | None = None) -> AttachReport:
     name = check_name("dataset", dataset)
     given = [x for x in (dsn, dsn_file, dsn_env) if x]
     if len(given) != 1:
@@ -140,8 +168,10 @@ def _attach(node: NodeAdmin, dataset: str, table: str, *, dsn: str | None = None
     schema = schema or "public"
     if not tbl or "." in schema:
         raise InvalidInput(f"--table must be TABLE or SCHEMA.TABLE, not '{table[:60]}'")
-    declared = load_metadata(pathlib.Path(metadata) if metadata else None,
-                             default_key=key_column or DEFAULT_KEY_COLUMN)
+    meta_name = pathlib.Path(metadata).name if metadata else f"{dataset}{POSTGRES_SUFFIX}"
+    if declared is None:
+        declared = load_metadata(pathlib.Path(metadata) if metadata else None,
+                                 default_key=key_column or DEFAULT_KEY_COLUMN)
     key = key_column or declared.key_column
     att = Attachment(dataset=name, schema=schema, table=tbl, key=key, columns=[], dsn=dsn or "",
                      dsn_file=str(pathlib.Path(dsn_file).resolve()) if dsn_file else "", dsn_env=dsn_env or "")
@@ -150,7 +180,7 @@ def _attach(node: NodeAdmin, dataset: str, table: str, *, dsn: str | None = None
     described = {c.name: c for c in declared.columns}
     for col in described:
         if col not in info.columns:
-            raise InvalidInput(f"{pathlib.Path(metadata).name}: describes column '{col}' which table "
+            raise InvalidInput(f"{meta_name}: describes column '{col}' which table "
                                f"{att.qualified} does not have")
     columns = []
     for col, pg_type in info.columns.items():
@@ -162,6 +192,7 @@ def _attach(node: NodeAdmin, dataset: str, table: str, *, dsn: str | None = None
         d = described.get(col) or ColumnMeta(col, "")
         columns.append(dataclasses.replace(d, type=d.type or pg_column_type(pg_type)))
     att.columns = [c.name for c in columns]
+    att.key_type = re.sub(r"\(.*\)", "", info.columns[key]).strip()
     ids = src.keys()
     if not ids:
         raise InvalidInput(f"table {att.qualified}: no row with a valid identifier in '{key}'")
@@ -207,6 +238,19 @@ def _toml_key(k: str) -> str:
 
 def _toml_str(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
+
+
+def _toml_value(v) -> str:
+    """A parsed TOML value written back as TOML (inline tables), for ``parse_metadata``."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return _toml_str(str(v))
 
 
 def grants_toml(grants: list[Grant], comment: str = "") -> str:

@@ -38,6 +38,8 @@ CREATE INDEX IF NOT EXISTS evaluations_by_subject ON evaluations (requester, sub
 CREATE TEMP TABLE IF NOT EXISTS job_subjects (ix TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lookup_points (requester TEXT NOT NULL, dataset TEXT NOT NULL, epoch INTEGER NOT NULL,
     points INTEGER NOT NULL, PRIMARY KEY (requester, dataset, epoch));
+CREATE TABLE IF NOT EXISTS epsilon_spent (requester TEXT NOT NULL, dataset TEXT NOT NULL, at REAL NOT NULL,
+    micro INTEGER NOT NULL);
 """
 KEEP_EVALUATIONS_SECONDS = 7 * 86400   # the longest evaluation period a grant may set
 KEEP_EXPIRED_SECONDS = 86400     # replay records and markers outlive their job spec by a day
@@ -299,6 +301,46 @@ class Governance:
             return self._db.execute("SELECT COALESCE(SUM(points),0) FROM lookup_points WHERE requester = ? AND"
                                     " dataset = ? AND epoch = ?", (requester, dataset, epoch)).fetchone()[0]
 
+    # ----- differential privacy: the ε ledger (micro-ε integers, so sums never drift) ----------
+    def charge_epsilon(self, marker: str, requester: str, epsilon: float,
+                       budgets: Sequence[tuple[str, float | None, float]], expires_at: float) -> bool:
+        """Spend ``epsilon`` of ``requester`` on every (dataset, budget or None, period in s), once per ``marker``.
+
+        All or nothing: RESOURCE_EXHAUSTED, with nothing spent and the marker left unset, when
+        some dataset's budget has less than ``epsilon`` left within its period; the message
+        gives the remaining budget. True when this call spent it, False when spent before."""
+        now, want = self.clock(), _micro(epsilon)
+        refusal = None
+        with self._transaction() as db:
+            if not db.execute("INSERT OR IGNORE INTO markers VALUES (?, ?)", (marker, expires_at)).rowcount:
+                return False
+            for dataset, budget, period in budgets:
+                if budget is None:
+                    continue
+                used = db.execute("SELECT COALESCE(SUM(micro),0) FROM epsilon_spent WHERE requester = ? AND"
+                                  " dataset = ? AND at > ?", (requester, dataset, now - period)).fetchone()[0]
+                if used + want > _micro(budget):
+                    left = max(_micro(budget) - used, 0) / 1e6
+                    refusal = (f"privacy budget exhausted for requester '{requester}' on '{dataset}': {left:g} of"
+                               f" epsilon {budget:g} left within {_period_text(period)}, the query asks {epsilon:g}")
+                    break
+            if refusal:
+                db.execute("DELETE FROM markers WHERE name = ?", (marker,))
+            else:
+                for dataset, _, _ in budgets:
+                    db.execute("INSERT INTO epsilon_spent VALUES (?, ?, ?, ?)", (requester, dataset, now, want))
+                db.execute("DELETE FROM epsilon_spent WHERE at < ?", (now - KEEP_EVALUATIONS_SECONDS,))
+        if refusal:
+            raise ResourceExhausted(refusal)
+        return True
+
+    def epsilon_spent(self, requester: str, dataset: str, period: float) -> float:
+        """The ε spent by ``requester`` on ``dataset`` in the last ``period`` seconds."""
+        with self._lock:
+            used = self._db.execute("SELECT COALESCE(SUM(micro),0) FROM epsilon_spent WHERE requester = ? AND"
+                                    " dataset = ? AND at > ?", (requester, dataset, self.clock() - period)).fetchone()
+        return used[0] / 1e6
+
     def usage(self, requester: str, seconds: float = 86400) -> dict:
         """``{"jobs": …, "subjects": …}`` charged to ``requester`` in the last ``seconds``."""
         with self._lock:
@@ -306,6 +348,10 @@ class Governance:
                                               " WHERE requester = ? AND at > ?",
                                               (requester, self.clock() - seconds)).fetchone()
         return {"jobs": jobs, "subjects": subjects}
+
+
+def _micro(epsilon: float) -> int:
+    return int(round(float(epsilon) * 1e6))
 
 
 def _period_text(seconds: float) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "validate",
     "validate_many",
     "is_valid_many",
+    "valid_codes",
     "make_id",
     "birth_date",
     "is_male",
@@ -158,11 +159,14 @@ def _fast_checker(today: date):
         n = len(chunk)
         lengths = np.fromiter(map(len, chunk), dtype=np.int32, count=n)
         codes = np.array(chunk, dtype="U18").view(np.uint32).reshape(n, 18)
+        return (check_codes(codes) & (lengths == 18)).tolist()
+
+    def check_codes(codes):
         d = codes.astype(np.int32)
         d -= 48
         is_x = codes[:, 17] == 88  # "X" counts 10
         d[is_x, 17] = 10
-        ok = (lengths == 18) & (d.min(axis=1) >= 0) & (d[:, :17].max(axis=1) <= 9) & (d[:, 17] <= 10)
+        ok = (d.min(axis=1) >= 0) & (d[:, :17].max(axis=1) <= 9) & (d[:, 17] <= 10)
         ok &= (d[:, 0] >= 1) & (d[:, 0] <= 8)
         y = d[:, 6] * 1000 + d[:, 7] * 100 + d[:, 8] * 10 + d[:, 9]
         m = d[:, 10] * 10 + d[:, 11]
@@ -173,9 +177,16 @@ def _fast_checker(today: date):
         ok &= (y >= 1900) & (m >= 1) & (m <= 12) & (day >= 1) & (day <= dim)
         ok &= (y * 10000 + m * 100 + day) <= today_ymd
         ok &= (d @ weights) % 11 == 1
-        return ok.tolist()
+        return ok
 
+    check.codes = check_codes
     return check
+
+
+def valid_codes(codes, *, today: date | None = None):
+    """Bool array: which rows of ``codes`` (an (n, 18) integer array of character codes, e.g.
+    the ASCII bytes of an Arrow string column) are normalised, valid identity numbers."""
+    return _fast_checker(today or date.today()).codes(codes)
 
 
 def is_valid_many(values: Iterable[str], *, today: date | None = None) -> list[bool]:

@@ -8,7 +8,9 @@ policy.toml::
     purposes = ["social_assistance.eligibility"]
     approval = "auto"                 # or "manual" (事前审批)
     reveal = "verdict"                # the most a requester may see: verdict | reasons
-    [grants.columns]                  # column -> join_key|predicate|aggregate|masked|plaintext|none
+    # federated queries (docs/query.md): min_group_size = 5; epsilon = 0.5 (DP demanded, the most ε per
+    # query); epsilon_budget = 5 (ε per requester per evaluation_period, the ledger in governance)
+    [grants.columns]                  # column -> join_key|predicate|group_by|aggregate|masked|plaintext|none
     id_number = "join_key"
     vehicle_type = "predicate"
     [grants.quota]
@@ -49,8 +51,10 @@ from pc_common.errors import InvalidInput, PermissionDenied
 from pc_common.identity import check_name
 from pc_rules import pinning
 
-USES = ("none", "join_key", "predicate", "aggregate", "masked", "plaintext")
-RANK = {"none": 0, "predicate": 1, "aggregate": 2, "masked": 3, "plaintext": 4}
+USES = ("none", "join_key", "predicate", "group_by", "aggregate", "masked", "plaintext")
+#: ``group_by`` (a federated query's GROUP BY on a column with declared categories) sits between
+#: ``predicate`` and ``aggregate``: per-category aggregates say more than pass/fail bits.
+RANK = {"none": 0, "predicate": 1, "group_by": 1.5, "aggregate": 2, "masked": 3, "plaintext": 4}
 QUOTA_KEYS = ("jobs_per_hour", "jobs_per_day", "subjects_per_hour", "subjects_per_day")
 DEFAULT_QUOTA = {"jobs_per_hour": 120, "jobs_per_day": 1000, "subjects_per_hour": 5_000_000,
                  "subjects_per_day": 20_000_000}
@@ -61,7 +65,8 @@ DEFAULT_PERIOD = "day"
 DEFAULT_MAX_COMPARISONS = 1      # once a grant bounds thresholds
 DEFAULT_MIN_GROUP_SIZE = 5       # federated queries: smaller groups are suppressed (docs/query.md)
 GRANT_KEYS = ("dataset", "requester", "purposes", "columns", "approval", "reveal", "quota", "rules", "thresholds",
-              "max_comparisons", "max_evaluations_per_subject", "evaluation_period", "min_group_size")
+              "max_comparisons", "max_evaluations_per_subject", "evaluation_period", "min_group_size",
+              "epsilon", "epsilon_budget")
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}\Z")
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
@@ -86,6 +91,10 @@ class Grant:
     evaluation_period: str = DEFAULT_PERIOD
     #: Federated queries: a group with fewer distinct subjects is omitted (decided under encryption).
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE
+    #: Federated queries: differential privacy demanded, the most ε one query may spend, and the
+    #: ε a requester may spend per ``evaluation_period`` (the ledger in governance; docs/query.md).
+    epsilon: float | None = None
+    epsilon_budget: float | None = None
 
     def allows(self, column: str, use: str, key_column: str) -> bool:
         granted = self.columns.get(column, "none")
@@ -202,6 +211,12 @@ def _parse_pins(where: str, g: dict) -> dict:
             if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
                 raise InvalidInput(f"{where}: '{k}' must be an integer >= {lowest}")
             out[k] = v
+    for k in ("epsilon", "epsilon_budget"):
+        if k in g:
+            v = g[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1000:
+                raise InvalidInput(f"{where}: '{k}' must be a number > 0 (at most 1000)")
+            out[k] = float(v)
     if "evaluation_period" in g:
         if g["evaluation_period"] not in PERIODS:
             raise InvalidInput(f"{where}: 'evaluation_period' must be one of {', '.join(PERIODS)}")
@@ -233,6 +248,9 @@ def pins_toml(g: Grant) -> str:
         lines.append(f'evaluation_period = "{g.evaluation_period}"')
     if g.min_group_size != DEFAULT_MIN_GROUP_SIZE:
         lines.append(f"min_group_size = {int(g.min_group_size)}")
+    for name in ("epsilon", "epsilon_budget"):
+        if getattr(g, name) is not None:
+            lines.append(f"{name} = {float(getattr(g, name))!r}")
     return "".join(line + "\n" for line in lines)
 
 

@@ -47,6 +47,10 @@ class NodeCipher:
     def blind_index(self, key: str) -> bytes:
         return self._field.blind_index(key)
 
+    def blind_index_rows(self, identifiers):
+        """Blind indexes of the rows of an (n, L) uint8 array, in bulk (see FieldCipher)."""
+        return self._field.blind_index_rows(identifiers)
+
 
 def open_cipher(data_dir: pathlib.Path, master_key_file: pathlib.Path | None) -> NodeCipher:
     """The node's data key, created on first use and kept wrapped by the master key."""

@@ -23,6 +23,8 @@ from pc_common.identity import Identity
 from pc_common.pb import coordinator_pb2, node_pb2, node_pb2_grpc
 from pc_common.rpc import rpc
 from pc_node import steps
+from pc_node.quota_report import quota_report
+from pc_node.steps import psi_kkrt
 from pc_node.steps.common import hours_from_now
 from pc_node.runtime import VERSION, NodeRuntime
 
@@ -134,6 +136,10 @@ class NodeService(node_pb2_grpc.NodeServicer):
                              requester=a["requester"], purpose=a["purpose"], detail=f"officer {caller.user}")
         return _approval_pb(a)
 
+    @rpc("officer", check=_own_agency)
+    def QuotaUsage(self, request, context, caller):
+        return quota_report(self.rt)
+
     @rpc("coordinator")
     def Step(self, request_iterator, context, caller):
         first = next(request_iterator, None)
@@ -166,7 +172,19 @@ def create_server(config: NodeConfig, max_workers: int = 32):
         raise
     server.start()
     runtime.address = f"{config.listen.rsplit(':', 1)[0]}:{port}"
+    psi_kkrt.warm_up_in_background()
+    threading.Thread(target=_warm_up_blind_index, name="sm3-warm-up", daemon=True).start()
     return server, port, runtime
+
+
+def _warm_up_blind_index() -> None:
+    """Load the bulk HMAC-SM3 kernel (the store's blind index) before the first job needs it."""
+    try:
+        import numpy as np
+        from pc_node.sm3_bulk import hmac_sm3_rows
+        hmac_sm3_rows(bytes(32), np.zeros((1, 18), np.uint8))
+    except Exception:  # noqa: BLE001 - a job would then load it itself (and report any error)
+        log.exception("blind-index kernel warm-up failed")
 
 
 class Presence:

@@ -38,6 +38,9 @@ _PG_TYPES = {
     "numeric": "decimal", "real": "decimal", "double precision": "decimal",
     "date": "date",
 }
+# Key column types whose index a text array would bypass, and the cast that keeps it usable.
+_ARRAY_CASTS = {"character": "::bpchar[]", "bpchar": "::bpchar[]", "character varying": "::varchar[]",
+                "text": "::text[]"}
 _SECRETISH = re.compile(r"(password|passwd|pwd)\s*=\s*\S+", re.I)
 _URI_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
@@ -68,6 +71,7 @@ class Attachment:
     dsn: str = ""                      # only when given on the command line; encrypted at rest
     dsn_file: str = ""
     dsn_env: str = ""
+    key_type: str = ""                 # the key column's PostgreSQL type (records from before: "")
 
     @property
     def qualified(self) -> str:
@@ -179,17 +183,22 @@ class PostgresSource:
             return TableInfo(cols, bool(writable), bool(indexed))
         return self._run(go)
 
-    def _select(self, where: str = ""):
-        """SELECT key, columns… FROM table; ``where``: "key" (= ANY(%s), by the index) or "messy"
-        (identifiers not stored in normal form: blanks, lower-case x — a scan of the key column)."""
+    def _select(self, where: str = "", columns: Sequence[str] | None = None):
+        """SELECT key, columns… FROM table (all the dataset's columns, or ``columns``); ``where``:
+        "key" (= ANY(%s), by the index) or "messy" (identifiers not stored in normal form:
+        blanks, lower-case x — a scan of the key column)."""
         from psycopg import sql
-        cols = [self.att.key, *self.att.columns]
+        cols = [self.att.key, *(self.att.columns if columns is None else columns)]
         q = sql.SQL("SELECT {} FROM {}.{}").format(
             sql.SQL(", ").join(sql.Identifier(c) for c in cols),
             sql.Identifier(self.att.schema), sql.Identifier(self.att.table))
         key = sql.Identifier(self.att.key)
         if where == "key":
-            q = q + sql.SQL(" WHERE {} = ANY(%s)").format(key)
+            # The array in the key column's own type, so the comparison is the one its index
+            # serves (psycopg sends strings untyped and PostgreSQL infers it; a typed text[]
+            # against char(18) would compare as text and scan the table).
+            cast = _ARRAY_CASTS.get(self.att.key_type, "")
+            q = q + sql.SQL(" WHERE {} = ANY(%s" + cast + ")").format(key)
         elif where == "messy":
             q = q + sql.SQL(" WHERE {} IS NOT NULL AND {} !~ '^[0-9]{{17}}[0-9X]$'").format(key, key)
         return q
@@ -232,11 +241,15 @@ class PostgresSource:
             log.warning("dataset %s: %d row(s) with an invalid identifier skipped", self.att.dataset, skipped)
         return out
 
-    def rows_for_keys(self, keys: Sequence[str]) -> dict[str, list[list[str]]]:
+    def rows_for_keys(self, keys: Sequence[str], columns: Sequence[str] | None = None) -> dict[str, list[list[str]]]:
         """By the key column's index for identifiers stored in normal form, plus the rows whose
-        identifier is not stored normalised (found by a pattern; normalised here)."""
+        identifier is not stored normalised (found by a pattern; normalised here). With
+        ``columns`` only those are read; the others are "" in the rows returned."""
         wanted = set(keys)
         found: dict[str, list[list[str]]] = {}
+        read = self.att.columns if columns is None else [c for c in self.att.columns if c in set(columns)]
+        where = [self.att.columns.index(c) for c in read]
+        width = len(self.att.columns)
 
         def take(rows) -> None:
             for row in rows:
@@ -244,13 +257,36 @@ class PostgresSource:
                     continue
                 k = idnum.normalise(row[0])
                 if k in wanted:
-                    found.setdefault(k, []).append([_text(v) for v in row[1:]])
+                    values = [""] * width
+                    for j, v in zip(where, row[1:]):
+                        values[j] = _text(v)
+                    found.setdefault(k, []).append(values)
 
         def go(conn):
             probe = sorted(wanted)
-            q = self._select("key")
+            q = self._select("key", read)
             for i in range(0, len(probe), BATCH):
                 take(conn.execute(q, (probe[i:i + BATCH],)))
-            take(conn.execute(self._select("messy")))
+            take(conn.execute(self._select("messy", read)))
         self._run(go)
         return found
+
+    def stamp(self) -> tuple:
+        """A snapshot that changes whenever the table's rows do: its oid and file, row count and
+        newest ``xmin`` (an insert, update, delete, truncate or reload each move one of them).
+        Views and foreign tables have no ``xmin``: a fresh value each time (always re-read)."""
+        from psycopg import sql
+
+        def go(conn):
+            rel = conn.execute(
+                "SELECT c.oid, c.relfilenode, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = %s", (self.att.schema, self.att.table)).fetchone()
+            if rel is None:
+                raise FailedPrecondition(f"dataset '{self.att.dataset}': table {self.att.qualified} "
+                                         "not found in the database")
+            if rel[2] not in ("r", "p", "m"):
+                return (rel[0], os.urandom(8).hex())
+            count, newest = conn.execute(sql.SQL("SELECT count(*), max(xmin::text::bigint) FROM {}.{}").format(
+                sql.Identifier(self.att.schema), sql.Identifier(self.att.table))).fetchone()
+            return (int(rel[0]), int(rel[1]), int(count), int(newest or 0))
+        return self._run(go)

@@ -60,7 +60,7 @@ def validate_against_catalog(rule: Rule, catalog: Mapping[str, Mapping[str, Any]
 
 
 #: Column uses a rule can ask for, lowest first: a column's use is the highest any criterion needs.
-USE_RANK = {"join_key": 0, "predicate": 1, "aggregate": 2, "masked": 3, "plaintext": 4}
+USE_RANK = {"join_key": 0, "predicate": 1, "group_by": 1.5, "aggregate": 2, "masked": 3, "plaintext": 4}
 
 
 def column_uses(rule: Rule, agency: str) -> dict[str, dict[str, str]]:

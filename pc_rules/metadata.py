@@ -14,8 +14,10 @@ naming the file and the column, e.g. ``v.toml: column 'weight': type must be one
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import tomllib
+from decimal import Decimal
 from typing import Optional
 
 from pc_common.errors import InvalidInput
@@ -26,7 +28,8 @@ __all__ = ["SHARING_CLASSES", "ColumnMeta", "DatasetMeta", "load_metadata", "par
 #: 共享属性: open 无条件共享, conditional 有条件共享, closed 不予共享.
 SHARING_CLASSES = ("open", "conditional", "closed")
 _META_KEYS = ("key_column", "description", "columns")
-_COLUMN_KEYS = ("type", "description", "sharing", "sensitivity", "unit")
+_COLUMN_KEYS = ("type", "description", "sharing", "sensitivity", "unit", "min", "max", "categories")
+MAX_CATEGORIES = 64
 
 
 @dataclasses.dataclass
@@ -37,6 +40,12 @@ class ColumnMeta:
     sharing: str = "conditional"
     sensitivity: int = 3           # 1 (public) … 4 (most sensitive)
     unit: str = ""
+    #: Bounds of one subject's contribution (decimal text, "" = none): a differentially private
+    #: query clips each subject's SUM into [min, max] and needs both (docs/query.md).
+    min: str = ""
+    max: str = ""
+    #: The values a column may hold (at most 64): a federated query may GROUP BY it at a provider.
+    categories: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -85,7 +94,25 @@ def _column(source_name: str, name: object, spec: object) -> ColumnMeta:
     unit = spec.get("unit", "")
     if not isinstance(unit, str):
         raise InvalidInput(f"{where}: unit must be a string")
-    return ColumnMeta(name, ctype, desc, sharing, sens, unit)
+    low, high = (_bound(where, k, spec[k]) if k in spec else "" for k in ("min", "max"))
+    if low and high and Decimal(low) > Decimal(high):
+        raise InvalidInput(f"{where}: min must not exceed max")
+    cats = spec.get("categories", [])
+    if not isinstance(cats, list) or not all(isinstance(c, str) and len(c) <= 64 for c in cats) \
+            or len(set(cats)) != len(cats) or len(cats) > MAX_CATEGORIES or ("categories" in spec and not cats):
+        raise InvalidInput(f"{where}: categories must be a list of 1 to {MAX_CATEGORIES} distinct strings"
+                           " (each at most 64 characters)")
+    return ColumnMeta(name, ctype, desc, sharing, sens, unit, low, high, list(cats))
+
+
+def _bound(where: str, key: str, v: object) -> str:
+    """A ``min`` / ``max`` bound as canonical decimal text (at most two decimals: cents)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        raise InvalidInput(f"{where}: {key} must be a number")
+    d = Decimal(repr(v) if isinstance(v, float) else str(v))
+    if d != d.quantize(Decimal("0.01")) or abs(d) > 10 ** 8:
+        raise InvalidInput(f"{where}: {key} must have at most two decimals and magnitude at most 100000000")
+    return str(int(d)) if d == d.to_integral_value() else str(d)
 
 
 def parse_metadata(text: str, source_name: str = "dataset.toml", *, name: str = "",

@@ -16,7 +16,8 @@ Accepted (standard SQL semantics on the joined rows)::
 * provider datasets in ``EXISTS`` / ``NOT EXISTS (SELECT … FROM agency.dataset x WHERE
   x.key = a.key AND …)`` semi-joins;
 * aggregates ``COUNT(*)``, ``COUNT(DISTINCT a.<key>)``, ``SUM(col)``, ``AVG(col)``;
-* ``GROUP BY`` requester columns (every selected column must be one of them);
+* ``GROUP BY`` requester columns and at most one column of the JOINed dataset whose metadata
+  declares its categories (every selected column must be a group column);
 * ``WHERE`` conjuncts, each on one table, in the ``where`` grammar's operators
   (:mod:`pc_rules.where`): each is evaluated only by that table's owner.
 
@@ -42,6 +43,8 @@ from pc_rules.expr import COLUMN_NAME_RE, Expr
 from pc_rules.query_refusals import ALLOWED_SELECT as _ALLOWED_SELECT
 from pc_rules.query_refusals import SELECT_CLAUSES as _SELECT_CLAUSES
 from pc_rules.query_refusals import fail as _fail
+from pc_rules.query_refusals import header as _header
+from pc_rules.query_refusals import literal as _literal
 from pc_rules.query_refusals import name_of as _name
 from pc_rules.query_refusals import unsupported as _unsupported
 from pc_rules.where import parse_where
@@ -101,6 +104,10 @@ class QueryPlan:
     join: SemiJoin | None = None
     semijoins: tuple[SemiJoin, ...] = ()
     sql: str = field(default="", compare=False)
+    #: A column of the JOINed dataset in GROUP BY (declared categories, one-hot under encryption),
+    #: and its position among the GROUP BY columns ("" / 0: none).
+    provider_group: str = ""
+    provider_group_at: int = 0
 
     @property
     def requester(self) -> str:
@@ -172,20 +179,6 @@ def _column(node: exp.Expression, aliases: Mapping[str, TableRef]) -> tuple[str,
     if alias not in aliases:
         raise _fail(f"unknown table alias '{alias}' in {alias}.{col}")
     return alias, col
-
-
-def _literal(node: exp.Expression) -> str:
-    """A literal in the where grammar's text form."""
-    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and not node.this.is_string:
-        return "-" + _literal(node.this)
-    if isinstance(node, exp.Literal):
-        text = str(node.this)
-        if node.is_string:
-            return "'" + text.replace("'", "''") + "'"
-        return text
-    if isinstance(node, exp.Paren):
-        return _literal(node.this)
-    raise _unsupported(node)
 
 
 def _condition_text(node: exp.Expression, aliases: Mapping[str, TableRef], used: set[str], depth: int = 0) -> str:
@@ -297,14 +290,6 @@ def _exists(node: exp.Expression, negated: bool, outer: TableRef, aliases: dict[
     return SemiJoin(table, keys[0], keys[1], "not_exists" if negated else "exists", local.get(table.alias))
 
 
-def _header(item: exp.Expression, inner: exp.Expression) -> str:
-    if isinstance(item, exp.Alias):
-        return _ident(item.args["alias"], "alias")
-    if isinstance(inner, exp.Column):
-        return inner.name
-    return "".join(inner.sql().lower().split())
-
-
 def parse_query(sql: str) -> QueryPlan:
     """Parse and check the SQL subset (no catalog); ``InvalidInput`` names the first refused construct."""
     if not isinstance(sql, str) or not sql.strip():
@@ -377,6 +362,7 @@ def parse_query(sql: str) -> QueryPlan:
         join = SemiJoin(join.table, join.key, join.outer_key, "join", conds[join.table.alias])
 
     group_by: list[str] = []
+    provider_group, provider_at = "", 0
     group = sel.args.get("group")
     if group is not None:
         for key in ("grouping_sets", "cube", "rollup", "totals"):
@@ -386,9 +372,12 @@ def parse_query(sql: str) -> QueryPlan:
             if isinstance(g, exp.Literal):
                 raise _fail("GROUP BY positions are not supported: name the columns")
             alias, col = _column(g, aliases)
+            if join is not None and alias == join.table.alias and provider_group in ("", col):
+                provider_group, provider_at = col, provider_at if provider_group else len(group_by)
+                continue
             if alias != source.alias:
-                raise _fail(f"GROUP BY {alias}.{col}: grouping by provider columns is not supported yet"
-                            " (group by your own dataset's columns)")
+                raise _fail(f"GROUP BY {alias}.{col}: group by your own dataset's columns and at most one column of"
+                            " the JOINed dataset (with declared categories)")
             if col not in group_by:
                 group_by.append(col)
 
@@ -401,6 +390,9 @@ def parse_query(sql: str) -> QueryPlan:
             raise _fail("SELECT * is not supported: name group columns and aggregates")
         if isinstance(inner, exp.Column):
             alias, col = _column(inner, aliases)
+            if provider_group and join is not None and (alias, col) == (join.table.alias, provider_group):
+                items.append(Aggregate("group", _header(item, inner), alias, col))
+                continue
             if alias != source.alias or col not in group_by:
                 raise _fail(f"{alias}.{col} is selected but not in GROUP BY (select group columns and aggregates)")
             items.append(Aggregate("group", _header(item, inner), alias, col))
@@ -437,7 +429,8 @@ def parse_query(sql: str) -> QueryPlan:
         raise _fail("two SELECT items have the same name; give them distinct aliases")
     if join is None and not semijoins:
         raise _fail("the query reads only your own dataset; run it locally, not through the federation")
-    plan = QueryPlan(source, tuple(items), tuple(group_by), conds.get(source.alias), join, tuple(semijoins), sql)
+    plan = QueryPlan(source, tuple(items), tuple(group_by), conds.get(source.alias), join, tuple(semijoins), sql=sql,
+                     provider_group=provider_group, provider_group_at=provider_at)
     if len(plan.providers()) > 1:
         raise _fail("datasets of one provider agency only per query (combining several providers is not supported yet)")
     if plan.requester in plan.providers():

@@ -52,6 +52,10 @@ def validate_query(plan: QueryPlan, catalog: Mapping[str, Mapping[str, Any]], re
     src_key = key_of(plan.source)
     for g in plan.group_by:
         need(plan.source, g)
+    if plan.provider_group:
+        need(plan.join.table, plan.provider_group)
+        if plan.provider_group == key_of(plan.join.table):
+            raise _fail(f"GROUP BY {plan.join.table.alias}.{plan.provider_group}: the key column cannot be a group")
     if plan.where is not None:
         _types(plan.where, columns(plan.source), plan.source)
     for s in plan.providers_sources():
@@ -86,7 +90,8 @@ def _types(where: Expr, cols: Mapping[str, str], t: TableRef) -> None:
 
 def query_column_uses(plan: QueryPlan, agency: str) -> dict[str, dict[str, str]]:
     """What the query asks of ``agency``'s datasets: ``{dataset: {column: use}}`` — ``aggregate``
-    for SUM/AVG columns, ``predicate`` for condition columns (the key's ``join_key`` is implied)."""
+    for SUM/AVG columns, ``group_by`` for a provider group column, ``predicate`` for condition columns
+    (the key's ``join_key`` is implied)."""
     out: dict[str, dict[str, str]] = {}
 
     def need(dataset: str, col: str, use: str) -> None:
@@ -103,4 +108,6 @@ def query_column_uses(plan: QueryPlan, agency: str) -> dict[str, dict[str, str]]
         for a in plan.select:
             if a.func in ("sum", "avg") and a.alias == s.table.alias:
                 need(s.table.dataset, a.column, "aggregate")
+        if s.kind == "join" and plan.provider_group:
+            need(s.table.dataset, plan.provider_group, "group_by")
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from pc_common.errors import InvalidInput
+from pc_rules.expr import COLUMN_NAME_RE
 
 # Names of refused constructs, by sqlglot node class name (fallback: the class name in capitals).
 NAMES = {
@@ -56,3 +57,29 @@ def unsupported(node: exp.Expression) -> InvalidInput:
     name = name_of(node)
     verb = "are" if name.endswith("s") and not name.startswith("the function") else "is"
     return fail(f"{name} {verb} not supported")
+
+
+def literal(node: exp.Expression) -> str:
+    """A literal in the where grammar's text form."""
+    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and not node.this.is_string:
+        return "-" + literal(node.this)
+    if isinstance(node, exp.Literal):
+        text = str(node.this)
+        if node.is_string:
+            return "'" + text.replace("'", "''") + "'"
+        return text
+    if isinstance(node, exp.Paren):
+        return literal(node.this)
+    raise unsupported(node)
+
+
+def header(item: exp.Expression, inner: exp.Expression) -> str:
+    """A SELECT item's name in the results file: the alias, the bare column, or the expression."""
+    if isinstance(item, exp.Alias):
+        name = item.args["alias"].name if isinstance(item.args["alias"], exp.Expression) else str(item.args["alias"])
+        if not COLUMN_NAME_RE.match(name or ""):
+            raise fail(f"alias '{str(name)[:40]}' is not a valid name (letters, digits and _)")
+        return name
+    if isinstance(inner, exp.Column):
+        return inner.name
+    return "".join(inner.sql().lower().split())

@@ -40,7 +40,8 @@ SANDBOX_EVALUATIONS_PER_DAY = 100
 def agencies_of(directory: pathlib.Path) -> list[str]:
     out = []
     for p in sorted(directory.iterdir()):
-        if p.is_dir() and not p.name.startswith(".") and p.name != "rules" and any(p.glob("*.csv")):
+        if p.is_dir() and not p.name.startswith(".") and p.name != "rules" and (
+                any(p.glob("*.csv")) or any(p.glob("*" + admin.POSTGRES_SUFFIX))):
             if not NAME_RE.match(p.name):
                 raise InvalidInput(f"agency folder '{p.name}' must be named [a-z][a-z0-9_]*")
             out.append(p.name)
@@ -102,7 +103,7 @@ class Sandbox:
         return Federation(st["coordinator"], files, node=st["nodes"].get(agency))
 
     # ----- up ---------------------------------------------------------------------------------
-    def up(self, log=print, timeout: float = 60) -> dict:
+    def up(self, log=print, timeout: float = 60, console: bool = False) -> dict:
         if not self.dir.is_dir():
             raise InvalidInput(f"no such folder: {self.dir}")
         if self.running():
@@ -152,7 +153,27 @@ class Sandbox:
             state["nodes"][a] = self._wait_address(self.root / a, pids[a], timeout)
         self._save(state)
         self._wait_registered(agencies, timeout)
+        if console:
+            self._start_consoles(state, timeout)
         return state
+
+    def _start_consoles(self, state: dict, timeout: float) -> None:
+        """The web consoles (``pc_console.provision``): one per agency and one for the platform,
+        their HTTPS addresses under ``consoles``, their users in .sandbox/console-users.json (0600)."""
+        from pc_console.provision import provision, write_users
+        rules = self.dir / "rules"
+        configs, users = provision(self.root, self.certs, state["coordinator"], state["nodes"],
+                                   rules if rules.is_dir() else None)
+        write_users(self.root, users)
+        state["consoles"] = {}
+        for party, config in configs.items():
+            (config.parent / "address").unlink(missing_ok=True)
+            state["pids"][f"console:{party}"] = self._spawn(["console", "serve", "--config", str(config)],
+                                                            config.parent / "console.log")
+            self._save(state)
+        for party, config in configs.items():
+            state["consoles"][party] = self._wait_address(config.parent, state["pids"][f"console:{party}"], timeout)
+        self._save(state)
 
     def _save(self, state: dict) -> None:
         tmp = self.root / (STATE + ".tmp")
@@ -174,7 +195,7 @@ class Sandbox:
                 return addr.read_text().strip()
             if not _alive(pid):
                 log_tail = ""
-                for name in ("node.log", "coordinator.log"):
+                for name in ("node.log", "coordinator.log", "console.log"):
                     if (data_dir / name).exists():
                         log_tail = (data_dir / name).read_text(errors="replace").strip().splitlines()[-1:]
                         log_tail = log_tail[0] if log_tail else ""
@@ -186,7 +207,8 @@ class Sandbox:
 
     def _wait_registered(self, agencies: list[str], timeout: float) -> None:
         deadline = time.time() + timeout
-        expected = {a: len(list((self.dir / a).glob("*.csv"))) for a in agencies}
+        expected = {a: len(list((self.dir / a).glob("*.csv"))) + len(list((self.dir / a).glob("*" + admin.POSTGRES_SUFFIX)))
+                    for a in agencies}
         with self.federation() as fed:
             while time.time() < deadline:
                 try:
@@ -231,7 +253,9 @@ class Sandbox:
         """Sandbox grants: PSI on every dataset between sandbox agencies, and what each rule needs,
         pinned to that rule (its id and the digest of its criteria touching ``agency``): edit a
         rule's thresholds and ``pc sandbox up`` again to serve the edited rule."""
-        datasets = sorted(p.stem for p in (self.dir / agency).glob("*.csv"))
+        datasets = sorted([p.stem for p in (self.dir / agency).glob("*.csv")]
+                          + [p.name.removesuffix(admin.POSTGRES_SUFFIX)
+                             for p in (self.dir / agency).glob("*" + admin.POSTGRES_SUFFIX)])
         key_of = {ds: (keys or {}).get(agency, {}).get(ds) or admin.key_column_of(self.dir / agency / f"{ds}.csv")
                   for ds in datasets}
         out = [admin.Grant(ds, other, (SANDBOX_PURPOSE_PSI,), {key_of[ds]: "join_key"}, approval="auto")
@@ -281,7 +305,8 @@ class Sandbox:
 
 
 def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, str], list[str]]:
-    """Import every CSV of the agency folder; returns ({dataset: key column}, warnings).
+    """Import every CSV of the agency folder and attach every ``<dataset>.postgres.toml``;
+    returns ({dataset: key column}, warnings).
 
     A sandbox is for trying things out, so it is lenient where a production import is
     strict: invalid rows are skipped (and written to .sandbox/AGENCY/DATASET.rejects.csv),
@@ -308,6 +333,16 @@ def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, st
                 warnings.append(f"warning: {agency}/{csv_path.name}: {rep.rejected} invalid row(s) skipped,"
                                 f" see {rejects}")
             keys[rep.dataset] = node.dataset(rep.dataset).key_column
+        for spec in sorted((dir_ / agency).glob("*" + admin.POSTGRES_SUFFIX)):   # attached, not imported
+            try:
+                att = node.attach_from_file(spec, replace=True)
+            except PcError as exc:
+                raise type(exc)(f"{agency}/{spec.name}: {exc}") from None
+            warnings += [f"warning: {agency}/{spec.name}: {w}" for w in att.warnings
+                         if "can write" not in w]          # a sandbox's database role usually can
+            if att.skipped:
+                warnings.append(f"warning: {agency}/{spec.name}: {att.skipped} row(s) with an invalid identifier skipped")
+            keys[att.dataset] = node.dataset(att.dataset).key_column
     return keys, warnings
 
 
@@ -319,15 +354,19 @@ def connect(directory, user: str | None = None) -> Federation:
 
 def query_grants(agency: str, queries: list[str], key_of: dict[str, str]) -> list:
     """Grants of ``agency`` for each query (SQL text; ``DIR/queries/*.sql`` in a sandbox): what the
-    query needs, to the agency of its FROM dataset, with the minimum group size 5 (docs/query.md)."""
+    query needs, to the agency of its FROM dataset, with the minimum group size 5 (docs/query.md);
+    a first line ``-- epsilon: E`` makes the grant demand DP: ε E per query, 10·E per day."""
+    import re
     from pc_common.job_kinds import DEFAULT_PURPOSE
     from pc_rules.query import parse_query
     from pc_rules.query_catalog import query_column_uses
     out = []
     for sql in queries:
         plan = parse_query(sql)
+        first = re.match(r"\s*--\s*epsilon\s*:\s*([0-9]+(?:\.[0-9]+)?)\s*(?:\n|$)", sql)
+        dp = {"epsilon": float(first.group(1)), "epsilon_budget": 10 * float(first.group(1))} if first else {}
         for ds, cols in sorted(query_column_uses(plan, agency).items()):
             columns = {key_of.get(ds, admin.DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
             out.append(admin.Grant(ds, plan.requester, (DEFAULT_PURPOSE,), columns, approval="auto",
-                                   max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY, min_group_size=5))
+                                   max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY, min_group_size=5, **dp))
     return out

@@ -191,3 +191,49 @@ class ApprovalDecision(_message.Message):
     approve: bool
     reason: str
     def __init__(self, job_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class QuotaCounter(_message.Message):
+    __slots__ = ("name", "limit", "used")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    limit: int
+    used: int
+    def __init__(self, name: _Optional[str] = ..., limit: _Optional[int] = ..., used: _Optional[int] = ...) -> None: ...
+
+class GrantQuota(_message.Message):
+    __slots__ = ("dataset", "requester", "purposes", "counters", "suspended", "max_evaluations_per_subject", "evaluation_period", "epsilon_budgeted", "epsilon_budget", "epsilon_spent", "epsilon_left")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    PURPOSES_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    SUSPENDED_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVALUATIONS_PER_SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGETED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_LEFT_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    requester: str
+    purposes: _containers.RepeatedScalarFieldContainer[str]
+    counters: _containers.RepeatedCompositeFieldContainer[QuotaCounter]
+    suspended: bool
+    max_evaluations_per_subject: int
+    evaluation_period: str
+    epsilon_budgeted: bool
+    epsilon_budget: float
+    epsilon_spent: float
+    epsilon_left: float
+    def __init__(self, dataset: _Optional[str] = ..., requester: _Optional[str] = ..., purposes: _Optional[_Iterable[str]] = ..., counters: _Optional[_Iterable[_Union[QuotaCounter, _Mapping]]] = ..., suspended: _Optional[bool] = ..., max_evaluations_per_subject: _Optional[int] = ..., evaluation_period: _Optional[str] = ..., epsilon_budgeted: _Optional[bool] = ..., epsilon_budget: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., epsilon_left: _Optional[float] = ...) -> None: ...
+
+class QuotaReport(_message.Message):
+    __slots__ = ("node_id", "as_of", "grants")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    as_of: str
+    grants: _containers.RepeatedCompositeFieldContainer[GrantQuota]
+    def __init__(self, node_id: _Optional[str] = ..., as_of: _Optional[str] = ..., grants: _Optional[_Iterable[_Union[GrantQuota, _Mapping]]] = ...) -> None: ...

@@ -78,6 +78,11 @@ class NodeStub:
                 request_serializer=pc_dot_v1_dot_node__pb2.ApprovalDecision.SerializeToString,
                 response_deserializer=pc_dot_v1_dot_node__pb2.Approval.FromString,
                 _registered_method=True)
+        self.QuotaUsage = channel.unary_unary(
+                '/pc.v1.Node/QuotaUsage',
+                request_serializer=pc_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=pc_dot_v1_dot_node__pb2.QuotaReport.FromString,
+                _registered_method=True)
         self.Step = channel.stream_stream(
                 '/pc.v1.Node/Step',
                 request_serializer=pc_dot_v1_dot_node__pb2.StepMessage.SerializeToString,
@@ -141,6 +146,14 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QuotaUsage(self, request, context):
+        """The node's grants with their quota limits and what is used in the current periods
+        (officers of this agency only; counts only, never an identifier).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Step(self, request_iterator, context):
         """--- coordinator only: one protocol step of a job, streamed both ways ---
         """
@@ -185,6 +198,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.DecideApproval,
                     request_deserializer=pc_dot_v1_dot_node__pb2.ApprovalDecision.FromString,
                     response_serializer=pc_dot_v1_dot_node__pb2.Approval.SerializeToString,
+            ),
+            'QuotaUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuotaUsage,
+                    request_deserializer=pc_dot_v1_dot_common__pb2.Empty.FromString,
+                    response_serializer=pc_dot_v1_dot_node__pb2.QuotaReport.SerializeToString,
             ),
             'Step': grpc.stream_stream_rpc_method_handler(
                     servicer.Step,
@@ -388,6 +406,33 @@ class Node:
             '/pc.v1.Node/DecideApproval',
             pc_dot_v1_dot_node__pb2.ApprovalDecision.SerializeToString,
             pc_dot_v1_dot_node__pb2.Approval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuotaUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pc.v1.Node/QuotaUsage',
+            pc_dot_v1_dot_common__pb2.Empty.SerializeToString,
+            pc_dot_v1_dot_node__pb2.QuotaReport.FromString,
             options,
             channel_credentials,
             insecure,

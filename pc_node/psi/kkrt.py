@@ -80,13 +80,13 @@ def _count(value: int, what: str) -> int:
     return value
 
 
-def _encoded(ids) -> tuple[list[str], list[bytes]]:
+def _normalised(ids) -> list[str]:
     if isinstance(ids, (str, bytes)):
         raise InvalidInput("identifiers must be a sequence of strings")
     norm = normalise_ids(ids)
     if len(norm) > MAX_ITEMS:
         raise InvalidInput("too many identifiers")
-    return norm, [s.encode("utf-8") for s in norm]
+    return norm
 
 
 def message_size(round_no: int, n_receiver: int, n_sender: int) -> int:
@@ -155,9 +155,9 @@ class KkrtSender(_Timed):
         self._bins = bins                    # tests only: the receiver's forced table size
         self._rng = default_rng(rng)
         self._domain = bytes(domain)
-        _, encoded = _encoded(ids)
-        self.count = len(encoded)
-        self._items = hash_items(encoded, _item_key(self._domain))
+        norm = _normalised(ids)
+        self.count = len(norm)
+        self._items = hash_items(norm, _item_key(self._domain))
         self._steps = Steps("start", "extend", "masks")
         self._mark("hash", t0)
 
@@ -220,9 +220,9 @@ class KkrtReceiver(_Timed):
         t0 = time.perf_counter()
         self._rng = default_rng(rng)
         self._domain = bytes(domain)
-        self._ids, encoded = _encoded(ids)
-        self.count = len(encoded)
-        self._items = hash_items(encoded, _item_key(self._domain))
+        self._ids = _normalised(ids)
+        self.count = len(self._ids)
+        self._items = hash_items(self._ids, _item_key(self._domain))
         self._m = bin_count(self.count) if bins is None else int(bins)   # ``bins``: tests only
         self._max_rehash = max_rehash
         self._steps = Steps("respond", "correct", "finish")
@@ -286,6 +286,17 @@ class KkrtReceiver(_Timed):
         self._t = None
         self._mark("match", t0)
         return [self._ids[i] for i in np.nonzero(hit)[0]]
+
+
+def warm_up() -> float:
+    """Load the numba kernels with the signatures a job uses (from numba's on-disk cache, or
+    compiled once after installation) by running a tiny intersection; returns its seconds.
+    Node processes call it in the background at start, so no job pays it."""
+    t0 = time.perf_counter()
+    ids = [f"W{i:03d}" for i in range(96)]           # already in normal form
+    if intersect(ids[:64], ids[32:]) != ids[32:64]:
+        raise AssertionError("KKRT warm-up intersection is wrong")
+    return time.perf_counter() - t0
 
 
 def intersect(receiver_ids, sender_ids, *, rng: Rng | None = None, domain: bytes = b"") -> list[str]:

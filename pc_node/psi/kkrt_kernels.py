@@ -1,7 +1,7 @@
 """numba kernels of KKRT16 PSI: single-block BLAKE3, cuckoo insertion, OPRF row hashing.
 
-* :func:`blake3_rows` — BLAKE3 (keyed-hash mode) of many messages of at most 64 bytes each,
-  one compression per message, vectorised over rows. For a message of ≤ 64 bytes BLAKE3 is a
+* :func:`blake3_rows` / :func:`blake3_spans` — BLAKE3 (keyed-hash mode) of many messages of at
+  most 64 bytes each (rows of a matrix / spans of one buffer), one compression per message. For a message of ≤ 64 bytes BLAKE3 is a
   single ``compress(key, block, counter=0, len, CHUNK_START|CHUNK_END|ROOT|KEYED_HASH)``, so
   this is exactly the standard function; tests compare it with the ``blake3`` package (the
   reference implementation's Rust/C code) for every length 0..64.
@@ -88,6 +88,21 @@ def blake3_rows(key, rows, lengths, out_len):
         m = np.empty(16, dtype=np.uint64)
         _load(rows[i], m)
         _compress(key, m, lengths[i], FLAGS_KEYED, out[i], out_len)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def blake3_spans(key, buf, starts, lengths, out_len):
+    """BLAKE3-keyed(key, buf[starts[i]:starts[i] + lengths[i]])[:out_len] for spans of ≤ 64
+    bytes (identifiers concatenated without separators: no (n, 64) copy)."""
+    n = starts.shape[0]
+    out = np.empty((n, out_len), dtype=np.uint8)
+    for i in prange(n):
+        m = np.zeros(16, dtype=np.uint64)
+        s, length = starts[i], lengths[i]
+        for j in range(length):
+            m[j // 4] |= np.uint64(buf[s + j]) << np.uint64(8 * (j % 4))
+        _compress(key, m, length, FLAGS_KEYED, out[i], out_len)
     return out
 
 

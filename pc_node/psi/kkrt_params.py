@@ -46,22 +46,33 @@ def derive_key(context: str, material: bytes) -> np.ndarray:
     return np.frombuffer(key, dtype="<u4").copy()
 
 
-def hash_items(ids: list[bytes], key_words: np.ndarray, out_len: int = ITEM_BYTES) -> np.ndarray:
-    """BLAKE3-keyed(key, id)[:out_len] for every id, (n, out_len) uint8.
+def hash_items(ids: list[str] | list[bytes], key_words: np.ndarray, out_len: int = ITEM_BYTES) -> np.ndarray:
+    """BLAKE3-keyed(key, id)[:out_len] for every id (str: its UTF-8), (n, out_len) uint8.
 
-    Identifiers of at most 64 bytes go through the vectorised single-block kernel; longer ones
-    (rare) through the ``blake3`` package.
+    The identifiers are concatenated once (for ASCII ``str`` one join and one encode; byte
+    lengths item by item otherwise) and hashed in place by the vectorised single-block kernel;
+    identifiers longer than 64 bytes (rare) go through the ``blake3`` package.
     """
     n = len(ids)
+    data = b""
+    if n and isinstance(ids[0], str):
+        joined = "".join(ids)
+        data = joined.encode("utf-8")
+        if len(data) != len(joined):              # non-ASCII: byte lengths differ from lengths
+            ids = [s.encode("utf-8") for s in ids]
+    elif n:
+        data = b"".join(ids)
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
     short = lengths <= 64
-    packed = np.array([b if len(b) <= 64 else b"" for b in ids], dtype="S64")
-    rows = packed.view(np.uint8).reshape(n, 64) if n else np.zeros((0, 64), dtype=np.uint8)
-    out = K.blake3_rows(key_words, rows, np.where(short, lengths, 0), out_len)
+    buf = np.frombuffer(data, dtype=np.uint8) if data else np.zeros(1, dtype=np.uint8)
+    out = K.blake3_spans(key_words, buf, starts, np.where(short, lengths, 0), out_len)
     if not short.all():
         key = key_words.astype("<u4").tobytes()
         for i in np.nonzero(~short)[0]:
-            out[i] = np.frombuffer(blake3.blake3(ids[i], key=key).digest(out_len), dtype=np.uint8)
+            item = data[starts[i]:starts[i] + lengths[i]]
+            out[i] = np.frombuffer(blake3.blake3(item, key=key).digest(out_len), dtype=np.uint8)
     return out
 
 

@@ -138,6 +138,13 @@ def _centre(values: list[int]) -> list[int]:
     return out
 
 
+def _centre_array(values: np.ndarray) -> list[int]:
+    """:func:`_centre` of a 1-D int64/uint64 array in bulk (what masks and pads come as)."""
+    t = np.int64(PLAIN_MODULUS)
+    v = (values % np.uint64(PLAIN_MODULUS)).astype(np.int64) if values.dtype.kind == "u" else values % t
+    return np.where(v > t // 2, v - t, v).tolist()
+
+
 def _padded_chunks(ints: list[int], n_chunks: int) -> list[list[int]]:
     n = POLY_MODULUS_DEGREE
     chunks = []
@@ -216,7 +223,10 @@ class BfvBackend(HeBackend):
 
     def add_plain(self, cv: CipherVector, values: IntVector | int) -> BfvCipherVector:
         check_backend(cv, BfvCipherVector)
-        ints = _centre(as_int_list(values, cv.length))
+        if isinstance(values, np.ndarray) and values.dtype in (np.int64, np.uint64) and values.shape == (cv.length,):
+            ints = _centre_array(values)
+        else:
+            ints = _centre(as_int_list(values, cv.length))
         parts = _padded_chunks(ints, len(cv.chunks))
         chunks = [c if not any(p) else c + p for c, p in zip(cv.chunks, parts)]
         return BfvCipherVector(cv.public, chunks, cv.length, cv.depth)

@@ -21,6 +21,15 @@ clipped SUMs). C knows the slot→group layout (group sizes, no identifiers) and
 
 Groups of a plan are bounded so that no value wraps modulo t: counts below
 :data:`MAX_GROUP_ROWS` and sums clamped per subject to ±``MAX_VALUE_CENTS``.
+
+**Differential privacy** (:mod:`.dp_noise`). Each provider sends, per aggregate vector, one
+encrypted noise share per group (``ct:noise:<name>``, length = groups); C adds its own share to
+its per-group targets and masks the providers' noise ciphertexts like one more slot of each
+group (:class:`DpNoise`, the layout extended by one slot per group). R's per-group sums are
+then a + N + pad with N = the sum of all shares, the mechanism's noise, known to nobody. The
+threshold stream carries the same noise as the released distinct-subject count, shifted by
+:func:`dp_shift` so the noisy count is never negative: the suppression is decided on the noisy
+count (post-processing, no extra ε).
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ import numpy as np
 from pc_common.errors import InvalidInput
 from pc_common.wire import MAX_VALUE_CENTS
 
+from . import dp_noise
 from .backend import CipherVector, HeBackend
 from .gc.masking import STAT_BITS, modular_mask
 from .gc.primitives import U64
@@ -99,11 +109,49 @@ def slot_masks(targets, layout: np.ndarray, n_groups: int, t: int) -> np.ndarray
     return u
 
 
-def group_values(decrypted: np.ndarray, layout: np.ndarray, n_groups: int, t: int) -> np.ndarray:
-    """R: Σ of its decrypted per-slot values per group, mod t."""
+def group_values(decrypted: np.ndarray, layout: np.ndarray, n_groups: int, t: int,
+                 noise: np.ndarray | None = None) -> np.ndarray:
+    """R: Σ of its decrypted per-slot values per group (and, DP, the group's masked noise), mod t."""
+    if noise is not None:
+        a, b = np.asarray(decrypted), np.asarray(noise)
+        same = a.dtype == b.dtype and a.dtype.kind in "iu"          # never let numpy mix them into floats
+        decrypted = np.concatenate([a, b] if same else [a.astype(object), b.astype(object)])
+        layout = np.concatenate([np.asarray(layout, dtype=np.int64), np.arange(n_groups)])
     v = np.asarray(decrypted)
-    res = np.array([int(x) % t for x in v.tolist()], dtype=U64)
+    if v.dtype.kind in "iu" and t < (1 << 63):      # residues in bulk (numpy's % is non-negative for t > 0)
+        res = (v.astype(np.int64) % np.int64(t)).astype(U64) if v.dtype.kind == "i" else v % U64(t)
+    else:
+        res = np.array([int(x) % t for x in v.tolist()], dtype=U64)
     return _group_sums(res, np.asarray(layout, dtype=np.int64), n_groups, t)
+
+
+# ----- differential privacy: both sides --------------------------------------------------------------
+def dp_shift(epsilon: float, vectors: int, parties: int, n_categories: int = 0) -> int:
+    """The largest |noise| of the distinct-subject count (every share clamped): added before the threshold."""
+    return parties * dp_noise.share_bound(dp_noise.subject_scale(epsilon, vectors, n_categories))
+
+
+def dp_subject_scale(epsilon: float, vectors: int, n_categories: int = 0) -> float:
+    return dp_noise.subject_scale(epsilon, vectors, n_categories)
+
+
+def dp_threshold_plan(k: int, max_group: int, t: int, shift: int) -> ThresholdPlan:
+    """[c + N + shift < k + shift] with c + N + shift in [0, max_group + 2·shift]."""
+    return threshold_plan(k + shift, max_group + 2 * shift, t)
+
+
+@dataclass
+class DpNoise:
+    provider: list[CipherVector]   # per aggregate vector: the providers' encrypted shares, one per group
+    coordinator: np.ndarray        # (aggregates, groups) C's own shares (int64)
+    shift: int
+
+
+def coordinator_shares(scales: list[float], parties: int, n_groups: int) -> np.ndarray:
+    """C's noise shares: one per group for each aggregate vector, drawn from :func:`dp_noise.fresh_source`."""
+    source = dp_noise.fresh_source()
+    return np.array([source.share(s, parties, n_groups) for s in scales], dtype=np.int64).reshape(len(scales),
+                                                                                                  n_groups)
 
 
 # ----- coordinator -------------------------------------------------------------------------------------
@@ -113,24 +161,39 @@ class CoordinatorMasks:
     masked_aggregates: list[CipherVector]
     garbler_input: object
     pads: np.ndarray               # (groups, aggregates) residues mod t, kept by C only
+    masked_noise: list[CipherVector] | None = None   # DP: threshold's, then each aggregate's
 
 
 def mask(backend: HeBackend, tp: ThresholdPlan, subjects: CipherVector, aggregates: list[CipherVector],
-         layout: np.ndarray, n_groups: int) -> CoordinatorMasks:
-    """C: masks (plaintext additions only) for R, the circuit input and the pads."""
+         layout: np.ndarray, n_groups: int, noise: DpNoise | None = None) -> CoordinatorMasks:
+    """C: masks (plaintext additions only) for R, the circuit input and the pads; with ``noise``
+    also C's noise shares (in the targets) and the masks of the providers' noise ciphertexts."""
     if backend.supports_group_sum:
         raise InvalidInput("federated queries run under BFV")
     t = subjects.public.plaintext_modulus
+    n = len(layout)
+    ext = layout if noise is None else np.concatenate([np.asarray(layout, dtype=np.int64), np.arange(n_groups)])
+    masked_noise: list[CipherVector] = []
+
+    def add(cv: CipherVector, targets, j: int) -> CipherVector:
+        if noise is None:
+            return backend.add_plain(cv, slot_masks(targets, ext, n_groups, t))
+        targets = [int(x) + int(c) for x, c in zip(targets, noise.coordinator[j].tolist())]
+        m = slot_masks(targets, ext, n_groups, t)
+        masked_noise.append(backend.add_plain(noise.provider[j], m[n:]))
+        return backend.add_plain(cv, m[:n])
+
     thr = np.full(n_groups, tp.k, dtype=np.int64)
     targets, g_in = garbler_targets(tp.plan, thr, t)
-    masked_subjects = backend.add_plain(subjects, slot_masks(targets, layout, n_groups, t))
+    shift = noise.shift if noise is not None else 0
+    masked_subjects = add(subjects, [int(x) + shift for x in targets], 0)
     pads = np.zeros((n_groups, len(aggregates)), dtype=object)
     masked = []
     for j, cv in enumerate(aggregates):
         p, _ = modular_mask(t, 0, n_groups)
         pads[:, j] = [int(x) for x in p.tolist()]
-        masked.append(backend.add_plain(cv, slot_masks(pads[:, j].tolist(), layout, n_groups, t)))
-    return CoordinatorMasks(masked_subjects, masked, g_in, pads)
+        masked.append(add(cv, pads[:, j].tolist(), j))
+    return CoordinatorMasks(masked_subjects, masked, g_in, pads, masked_noise if noise is not None else None)
 
 
 def _keystream(label: np.ndarray, context: bytes, group: int, n: int) -> bytes:
@@ -195,5 +258,6 @@ def fresh_context() -> bytes:
     return secrets.token_bytes(16)
 
 
-__all__ = ["MAX_GROUP_ROWS", "ROW_CAP", "CoordinatorMasks", "ThresholdPlan", "clamp_subject_sum", "group_values",
-           "mask", "open_released", "release_message", "requester_input", "slot_masks", "threshold_plan"]
+__all__ = ["MAX_GROUP_ROWS", "ROW_CAP", "CoordinatorMasks", "DpNoise", "ThresholdPlan", "clamp_subject_sum",
+           "coordinator_shares", "dp_shift", "dp_subject_scale", "dp_threshold_plan", "group_values", "mask",
+           "open_released", "release_message", "requester_input", "slot_masks", "threshold_plan"]

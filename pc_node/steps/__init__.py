@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from pc_common import job_kinds, steps_schema
 from pc_common.errors import InvalidInput
 from pc_common.pb import node_pb2
-from pc_node.steps import admit, lookup, psi, psi_kkrt, query, verify, verify_compare
+from pc_node.steps import admit, lookup, psi, psi_kkrt, query, query_private, verify, verify_compare
 
 Handler = Callable[..., Iterator[node_pb2.StepMessage]]
 
@@ -36,6 +36,7 @@ KINDS: dict[str, NodeKind] = {
     "psi": NodeKind(prepare=psi.prepare_job, admission=psi.admission),
     "lookup": NodeKind(prepare=lookup.prepare_job, admission=psi.admission),
     "query": NodeKind(prepare=query.prepare_job, admission=query.admission),
+    "query_private": NodeKind(prepare=query_private.prepare_job, admission=query_private.admission),
 }
 
 STEPS: dict[str, Handler] = {
@@ -60,6 +61,9 @@ STEPS: dict[str, Handler] = {
     "query.prepare": query.prepare,
     "query.evaluate": query.evaluate,
     "query.release": query.release,
+    "query_private.prepare": query_private.prepare,
+    "query_private.evaluate": query_private.evaluate,
+    "query_private.release": query_private.release,
 }
 
 job_kinds.check_covers("the node's", KINDS)

@@ -99,10 +99,12 @@ def provider_for(runtime, dataset: str, requester: str, columns: list[str], mask
     with runtime.lookup_lock:
         epoch, live = _live_keys(runtime, dataset, requester)
         entry = cache.get(cache_key)
-        keys = runtime.store.keys(dataset)
-        stamp = (meta.version, meta.updated_at)
+        # Imported: the dataset's version; attached: a snapshot of the table (it may change
+        # between jobs without the node knowing), so an unchanged table is not read again.
+        stamp = runtime.store.change_stamp(dataset)
         if entry is not None and entry["version"] == stamp:
             return entry["provider"]
+        keys = runtime.store.keys(dataset)
         if entry is not None and not columns:
             old, new = entry["keys"], set(keys)
             entry["provider"].apply_changes(added=sorted(new - old), removed=sorted(old - new),

@@ -11,22 +11,23 @@ Requester node:
 Provider node:
   ``query.evaluate`` opens its list, evaluates JOIN / EXISTS / NOT EXISTS and its conditions
                      locally, and returns per slot under the requester's key: the 0/1 subject
-                     indicator, its matched-row count and its clipped sums.
+                     indicator, its matched-row count and its clipped sums — per category and slot
+                     for a provider GROUP BY (one-hot); with DP (signed ε) also its encrypted noise
+                     shares per group, after the ε ledger (``query_disclosure``) charged the job.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
-from decimal import ROUND_HALF_UP, Decimal
+import logging
+import time
 
 import numpy as np
 
-from pc_common import job_kinds, money
+from pc_common import job_kinds
 from pc_common import steps_schema as schema
 from pc_common.errors import InvalidInput, PermissionDenied
 from pc_common.wire import MAX_BLOB
-from pc_node.secure_agg import get_backend
+from pc_node.secure_agg import dp_noise, get_backend
 from pc_node.secure_agg import query_release as qr
 from pc_node.secure_agg.gc import ComparisonEvaluator
 from pc_node.steps.admit import (
@@ -44,28 +45,43 @@ from pc_node.steps.common import (
     store_results,
 )
 from pc_node.steps import subject_lists
+from pc_node.steps.query_disclosure import (  # noqa: F401  (check_group_size: admit.authorise's hook)
+    admit_query,
+    categories,
+    charge_epsilon,
+    check_group_size,
+    dp_bounds,
+    dp_scales,
+    plan_of,
+    vectors,
+)
+from pc_node.steps.query_disclosure import params_of as _params
+from pc_node.steps.query_eval import evaluate_slots
+from pc_node.steps.query_results import full_group, results_csv
 from pc_node.steps.verify import WORKING_DATA_HOURS, wipe
 from pc_rules.query import QueryPlan, parse_query
 from pc_rules.query_catalog import query_column_uses
 from pc_rules.where import check_types
 
+log = logging.getLogger(__name__)
 _MASKED_LIMIT = 1 << 31
+#: The last query's own rows at this node, by (SQL, dataset, change stamp): one entry.
+_own_cache: dict = {}
 
 
-def _params(doc: dict) -> job_kinds.QueryParams:
-    return job_kinds.params_of(doc, "query")
+class _Clock:
+    """Step timings for the node's log (sizes and seconds only)."""
 
+    def __init__(self) -> None:
+        self.t, self.laps = time.perf_counter(), []
 
-def plan_of(doc: dict) -> QueryPlan:
-    plan = parse_query(_params(doc).sql)
-    if plan.requester != doc["requester"]:
-        raise PermissionDenied(f"FROM must be a dataset of the requester ({doc['requester']})")
-    return plan
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps.append(f"{name} {now - self.t:.2f} s")
+        self.t = now
 
-
-def vectors(plan: QueryPlan) -> tuple[str, ...]:
-    """The aggregate vectors of a plan, in order: distinct subjects, joined rows, one sum per column."""
-    return ("subjects", "rows") + tuple(f"sum:{c}" for c in plan.sum_columns())
+    def __str__(self) -> str:
+        return ", ".join(self.laps)
 
 
 def _own_catalog(runtime) -> dict:
@@ -74,22 +90,31 @@ def _own_catalog(runtime) -> dict:
 
 
 def own_rows(runtime, plan: QueryPlan) -> tuple[list[str], list[tuple[str, ...]]]:
-    """(identifiers, group values) of the requester's rows passing its WHERE, one row per subject."""
+    """(identifiers, group values) of the requester's rows passing its WHERE, one row per subject.
+
+    Kept for the dataset's current version and the query (submission and ``query.prepare`` both
+    need it; a changed dataset reads anew, and ``prepare`` compares the counts with the signed ones)."""
+    stamp = (plan.sql, plan.source.dataset, runtime.store.change_stamp(plan.source.dataset))
+    cached = _own_cache.get("rows")
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     meta = runtime.store.dataset(plan.source.dataset)
     names = [c.name for c in meta.columns]
+    at = [names.index(g) for g in plan.group_by]
+    wanted = set(plan.group_by) | (plan.where.columns() if plan.where is not None else set())
     keys = list(dict.fromkeys(runtime.store.keys(plan.source.dataset)))
-    found = runtime.store.rows_for_keys(plan.source.dataset, keys)
-    ids, groups = [], []
-    for k in keys:
-        rows = [dict(zip(names, r)) for r in found.get(k, [])]
-        if plan.where is not None:
-            rows = [r for r in rows if plan.where.evaluate(r)]
-        if len(rows) > 1:
-            raise InvalidInput(f"{plan.source.ref} has several rows for one identifier (after WHERE); a query needs"
-                               " one row per subject")
-        if rows:
-            ids.append(k)
-            groups.append(tuple(rows[0][g] for g in plan.group_by))
+    found = runtime.store.rows_for_keys(plan.source.dataset, keys, columns=sorted(wanted))
+    where = plan.where
+    per_key = [found.get(k, ()) for k in keys]
+    if where is not None:
+        per_key = [[r for r in rs if where.evaluate(dict(zip(names, r)))] if rs else rs for rs in per_key]
+    if any(len(rs) > 1 for rs in per_key):
+        raise InvalidInput(f"{plan.source.ref} has several rows for one identifier (after WHERE); a query needs"
+                           " one row per subject")
+    ids = [k for k, rs in zip(keys, per_key) if rs]
+    groups = [tuple(rs[0][j] for j in at) for rs in per_key if rs]
+    _own_cache.clear()
+    _own_cache["rows"] = (stamp, (ids, groups))
     return ids, groups
 
 
@@ -115,14 +140,6 @@ def prepare_job(runtime, params: dict, subject_set: str = "") -> tuple[dict, str
 
 def admission(p: job_kinds.QueryParams, node_id: str) -> tuple[dict, str]:
     return query_column_uses(parse_query(p.sql), node_id), "verdict"
-
-
-def check_group_size(p: job_kinds.QueryParams, grants: list) -> None:
-    """The signed minimum group size must be at least what every grant of this node demands."""
-    need = max((g.min_group_size for g in grants), default=1)
-    if p.min_group_size < need:
-        raise PermissionDenied(f"this provider's grant needs a minimum group size of at least {need}"
-                               f" (the query asks for {p.min_group_size})")
 
 
 def prepare(runtime, header, inbound):
@@ -154,121 +171,52 @@ def prepare(runtime, header, inbound):
     yield done(schema.QueryPrepared(slots=n, groups=len(distinct)))
 
 
-def _value(text: str, ctype: str) -> int:
-    """A cell in the plan's integer unit: cents for decimal columns, the number for integers."""
-    if ctype == "decimal":
-        return money.cell_cents(text)
-    return 0 if text == "" else int(Decimal(text))
-
-
-def evaluate_slots(runtime, plan: QueryPlan, items: list[tuple[int, str]], n: int) -> dict[str, list[int]]:
-    """Per aggregate vector (:func:`vectors`) one integer per slot."""
-    keys = [ident for _, ident in items]
-    matched: dict[str, dict[str, list[dict]]] = {}
-    metas = {}
-    for s in plan.providers_sources():
-        meta = metas[s.table.alias] = runtime.store.dataset(s.table.dataset)
-        names = [c.name for c in meta.columns]
-        found = runtime.store.rows_for_keys(s.table.dataset, keys)
-        rows = {}
-        for k in keys:
-            rs = [dict(zip(names, r)) for r in found.get(k, [])]
-            rows[k] = [r for r in rs if s.where is None or s.where.evaluate(r)]
-        matched[s.table.alias] = rows
-    out = {name: [0] * n for name in vectors(plan)}
-    sums = plan.sum_columns()
-    join = plan.join
-    types = {c.name: c.type for c in metas[join.table.alias].columns} if join else {}
-    for slot, k in items:
-        ok = all(bool(matched[s.table.alias][k]) == (s.kind != "not_exists") for s in plan.providers_sources())
-        if not ok:
-            continue
-        out["subjects"][slot] = 1
-        jrows = matched[join.table.alias][k] if join else []
-        out["rows"][slot] = min(len(jrows), qr.ROW_CAP) if join else 1
-        for col in sums:
-            # Clip per subject (docs/query.md): an error would tell the others that some value is extreme.
-            out[f"sum:{col}"][slot] = qr.clamp_subject_sum(sum(_value(r[col], types[col]) for r in jrows[:qr.ROW_CAP]))
-    return out
-
-
 def evaluate(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     grants = require_admitted(runtime, doc)
     params, plan = _params(doc), plan_of(doc)
-    check_group_size(params, grants)
+    admit_query(runtime, doc, grants)
+    bounds = dp_bounds(runtime, plan) if params.epsilon else None
+    cats = categories(runtime, plan)
     backend = get_backend("bfv")
     pubctx = read_blob(inbound, "pubctx", 64 << 20)
     sealed = read_blob(inbound, "sealed", 1 << 30)
     signature = read_blob(inbound, "binding", 1024)
     subject_lists.check_binding(runtime, "query", doc, pubctx, sealed, signature)
+    if params.epsilon:
+        charge_epsilon(runtime, doc, grants)      # before the list is opened or anything evaluated
     use_once(runtime, doc, "query.evaluate")
     pub = backend.load_public(pubctx)
+    clock = _Clock()
     items = subject_lists.open_list(runtime, sealed, subject_lists.aad("query", doc["job_id"], runtime.node_id))
     n = params.subjects
-    if len(items) != n or any(not (0 <= s < n) for s, _ in items) or len({s for s, _ in items}) != n:
+    slots = np.fromiter((s for s, _ in items), dtype=np.int64, count=len(items))
+    if len(items) != n or (n and (slots.min() < 0 or slots.max() >= n)) or len(np.unique(slots)) != n:
         raise InvalidInput("sealed subject list does not match the job's slots")
+    clock.lap("open")
     charge_subjects(runtime, doc, grants, [ident for _, ident in items])
+    clock.lap("charge")
     yield progress("evaluate", runtime.node_id, 0, n)
-    values = evaluate_slots(runtime, plan, items, n)
+    values = evaluate_slots(runtime, plan, items, n, bounds, cats)
+    clock.lap("evaluate")
     yield progress("evaluate", runtime.node_id, n, n)
     for name, vec in values.items():
         yield from blob_chunks(schema.ciphertext_stream(name), backend.encrypt(pub, vec).serialize())
+    clock.lap("encrypt+send")
+    log.info("query.evaluate %s: %d slots, %s", doc["job_id"], n, clock)
+    scales = dp_scales(plan, params.epsilon, bounds, len(cats)) if bounds is not None else []
+    if scales:     # this provider's noise shares, one per group (× category) and vector (docs/query.md, DP)
+        source, parties = dp_noise.fresh_source(), len(plan.providers()) + 1
+        for name, scale in zip(values, scales):
+            share = source.share(scale, parties, params.groups * max(len(cats), 1))
+            yield from blob_chunks(schema.ciphertext_stream("noise:" + name), backend.encrypt(pub, share).serialize())
     runtime.audit.append("query.evaluate", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                          counts={"subjects": n})
-    yield done(schema.QueryEvaluated(subjects=n, aggregates=tuple(values)))
+    yield done(schema.QueryEvaluated(subjects=n, aggregates=tuple(values), noise_scales=tuple(map(repr, scales)),
+                                     categories=cats))
 
 
 # ----- requester: release ------------------------------------------------------------------------------
-def _sort_key(values: tuple[str, ...], types: list[str]):
-    out = []
-    for v, t in zip(values, types):
-        if t in ("integer", "decimal") and v != "":
-            out.append((1, Decimal(v), ""))
-        else:
-            out.append((0 if v == "" else 2, Decimal(0), v))    # SQLite: NULL first, numbers, then text
-    return out
-
-
-def _two(cents: Decimal) -> str:
-    return str((cents / 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
-
-
-def results_csv(plan: QueryPlan, col_types: dict[str, str], group_types: list[str],
-                groups: list[tuple[str, ...]], values: list[list[int] | None]) -> tuple[str, int]:
-    """The results file (docs/query.md): released groups sorted by the group columns."""
-    names = vectors(plan)
-    rows = []
-    for g, v in zip(groups, values):
-        if v is None:
-            continue
-        agg = dict(zip(names, v))
-        row = []
-        for item in plan.select:
-            if item.func == "group":
-                row.append(g[plan.group_by.index(item.column)])
-            elif item.func == "count":
-                row.append(str(agg["rows"]))
-            elif item.func == "count_distinct":
-                row.append(str(agg["subjects"]))
-            else:
-                total, decimal = agg[f"sum:{item.column}"], col_types.get(item.column) == "decimal"
-                if item.func == "sum":
-                    row.append(_two(Decimal(total)) if decimal else str(total))
-                else:     # AVG = SUM / COUNT(*) over the same joined rows, half away from zero
-                    scale = 1 if decimal else 100
-                    cents = (Decimal(total) * scale / Decimal(agg["rows"])).quantize(Decimal(1), rounding=ROUND_HALF_UP)
-                    row.append(_two(cents))
-        rows.append((g, row))
-    rows.sort(key=lambda gr: _sort_key(gr[0], group_types))
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([a.name for a in plan.select])
-    for _, r in rows:
-        w.writerow(r)
-    return buf.getvalue(), len(rows)
-
-
 def release(runtime, header, inbound):
     doc = checked_spec(runtime, header)
     if doc["requester"] != runtime.node_id:
@@ -278,22 +226,38 @@ def release(runtime, header, inbound):
     backend = get_backend("bfv")
     secret = backend.load_secret(runtime.store.get_blob("jobkeys", doc["job_id"]))
     rp: schema.QueryReleaseParams = schema.decode_params(header)
-    n_groups, names = len(working["groups"]), vectors(plan)
+    own_groups, names, cats = len(working["groups"]), vectors(plan), rp.categories
+    if bool(cats) != bool(plan.provider_group) or len(cats) > 64 or len(set(cats)) != len(cats):
+        raise InvalidInput("the release's categories do not match the query's GROUP BY")
+    n_groups = own_groups * max(len(cats), 1)         # requester group × category (index c·groups + g)
     if rp.groups != n_groups or rp.aggregates != names:
         raise InvalidInput("the release does not match this job's groups or the signed query")
     t = secret.public.plaintext_modulus
-    slot_group = np.zeros(len(working["slots"]), dtype=np.int64)
-    slot_group[np.array(working["slots"], dtype=np.int64)] = np.array(working["group_no"], dtype=np.int64)
-    tp = qr.threshold_plan(params.min_group_size, int(np.bincount(slot_group, minlength=n_groups).max()), t)
+    own = np.zeros(len(working["slots"]), dtype=np.int64)
+    own[np.array(working["slots"], dtype=np.int64)] = np.array(working["group_no"], dtype=np.int64)
+    slot_group = np.concatenate([own + c * own_groups for c in range(max(len(cats), 1))])
+    largest = int(np.bincount(own, minlength=own_groups).max())
+    if params.epsilon:
+        shift = qr.dp_shift(params.epsilon, len(names), len(plan.providers()) + 1, len(cats))
+        tp = qr.dp_threshold_plan(params.min_group_size, largest, t, shift)
+    else:
+        tp = qr.threshold_plan(params.min_group_size, largest, t)
+
+    def load(name: str, length: int) -> list:
+        cv = backend.load_ciphertext(secret.public, read_blob(inbound, schema.masked_stream(name), _MASKED_LIMIT))
+        if cv.length != length:
+            raise InvalidInput(f"masked values '{name}' do not match the job's slots")
+        return backend.decrypt(secret, cv)
 
     def masked(name: str) -> np.ndarray:
-        cv = backend.load_ciphertext(secret.public, read_blob(inbound, schema.masked_stream(name), _MASKED_LIMIT))
-        if cv.length != len(slot_group):
-            raise InvalidInput(f"masked values '{name}' do not match the job's slots")
-        return qr.group_values(backend.decrypt(secret, cv), slot_group, n_groups, t)
+        values = load(name, len(slot_group))
+        noise = load("noise:" + name, n_groups) if params.epsilon else None
+        return qr.group_values(values, slot_group, n_groups, t, noise)
 
+    clock = _Clock()
     d_threshold = masked("threshold")
     d_agg = [masked(name) for name in names]
+    clock.lap("receive+decrypt")
     evaluator = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, d_threshold, t)])
     yield from blob_chunks(schema.gc_stream(1), evaluator.start())
     yield from blob_chunks(schema.gc_stream(3), evaluator.extend(read_blob(inbound, schema.gc_stream(2), 64 << 10)))
@@ -303,13 +267,18 @@ def release(runtime, header, inbound):
     meta = runtime.store.dataset(plan.source.dataset)
     src_types = {c.name: c.type for c in meta.columns}
     sum_types = {c: "decimal" if c in rp.decimal_sums else "integer" for c in plan.sum_columns()}
-    text, released = results_csv(plan, sum_types,
-                                 [src_types.get(g, "text") for g in plan.group_by],
-                                 [tuple(g) for g in working["groups"]], opened)
+    group_types = [src_types.get(g, "text") for g in plan.group_by]
+    if cats:
+        group_types.insert(plan.provider_group_at, rp.category_type)
+    groups = [full_group(plan, tuple(g), cat) for cat in (cats or (None,)) for g in working["groups"]]
+    text, released = results_csv(plan, sum_types, group_types, groups, opened)
     summary = {"query": "federated", "groups": n_groups, "released": released, "suppressed": n_groups - released,
-               "min_group_size": params.min_group_size, "subjects": params.subjects}
+               "min_group_size": params.min_group_size, "subjects": params.subjects,
+               **({"epsilon": params.epsilon} if params.epsilon else {})}
     store_results(runtime, doc["job_id"], text, released, summary)
     wipe(runtime, doc["job_id"])
+    clock.lap("threshold circuit+results")
+    log.info("query.release %s: %d groups, %s", doc["job_id"], n_groups, clock)
     runtime.audit.append("query.finish", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"groups": n_groups, "released": released})
     # Only the group count goes back: which groups were released stays at this node.

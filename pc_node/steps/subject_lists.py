@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 import struct
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -46,7 +47,12 @@ def open_list(runtime, blob: bytes, aad_bytes: bytes) -> list[tuple[int, str]]:
     raw = envelope.open_envelope(runtime.x25519_private, blob, aad_bytes)
     if len(raw) % SLOT_ITEM.size:
         raise InvalidInput("sealed subject list has a bad length")
-    return [(slot, ident.decode("ascii")) for slot, ident in SLOT_ITEM.iter_unpack(raw)]
+    # In bulk, as SLOT_ITEM.iter_unpack would read it: big-endian slot, 18 ASCII bytes kept whole.
+    table = np.frombuffer(raw, dtype=np.uint8).reshape(-1, SLOT_ITEM.size)
+    slots = table[:, :4].copy().view(">u4").ravel().tolist()
+    width = SLOT_ITEM.size - 4
+    text = table[:, 4:].tobytes().decode("ascii")
+    return list(zip(slots, (text[i:i + width] for i in range(0, len(text), width))))
 
 
 def check_binding(runtime, kind: str, doc: dict, pubctx: bytes, sealed: bytes, signature: bytes) -> None:
@@ -66,25 +72,29 @@ class Slots:
     layout: np.ndarray        # slot -> group number (what the coordinator gets)
 
 
+def _permutation(n: int) -> np.ndarray:
+    """A uniformly random permutation of range(n) from the OS CSPRNG: the order of 64-bit random
+    keys (ties, probability below n²/2^65, keep their order)."""
+    return np.argsort(np.frombuffer(secrets.token_bytes(8 * n), dtype=np.uint64), kind="stable")
+
+
 def assign_slots(groups: Sequence) -> Slots:
     distinct = list(dict.fromkeys(groups))
     _rng.shuffle(distinct)
     number = {g: i for i, g in enumerate(distinct)}
     n = len(groups)
-    slots = list(range(n))
-    _rng.shuffle(slots)
+    slots = _permutation(n)
+    group_no = np.fromiter((number[g] for g in groups), dtype=np.int64, count=n)
     layout = np.zeros(n, dtype="<u4")
-    for i in range(n):
-        layout[slots[i]] = number[groups[i]]
-    return Slots(slots, [number[g] for g in groups], distinct, layout)
+    layout[slots] = group_no
+    return Slots(slots.tolist(), group_no.tolist(), distinct, layout)
 
 
 def send_lists(runtime, kind: str, job_id: str, providers: Sequence[str], slots: Sequence[int],
                ids: Sequence[str], pubctx: bytes) -> Iterator:
     """Per provider: its sealed (slot, identifier) list in random order, and the signed binding."""
     for provider in providers:
-        items = [(slots[i], ids[i]) for i in range(len(ids))]
-        _rng.shuffle(items)
+        items = [(slots[i], ids[i]) for i in _permutation(len(ids)).tolist()]
         sealed = sealed_list(items, runtime.peer_keys(provider).x25519_public, aad(kind, job_id, provider))
         yield from blob_chunks(schema.sealed_stream(provider), sealed)
         yield from blob_chunks(schema.binding_stream(provider),

@@ -104,8 +104,8 @@ def evaluate_criteria(runtime, rule: Rule, items: list[tuple[int, str]], n_slots
         for ref in refs:
             dataset = ref.split(".")[1]
             meta = runtime.store.dataset(dataset)
-            if dataset not in cache:
-                cache[dataset] = runtime.store.rows_for_keys(dataset, keys)
+            if dataset not in cache:   # only the columns the rule reads (the rest come back "")
+                cache[dataset] = runtime.store.rows_for_keys(dataset, keys, columns=sorted(rule.datasets()[ref]))
             found = cache[dataset]
             sum_cols = [s.split(".")[2] for s in c.sources if s.startswith(ref + ".")] if c.type == "sum_below" else []
             for slot, ident in items:

@@ -207,3 +207,125 @@ def test_no_credential_in_any_file_of_the_federation(pg_env):
     root = pg_env["fed"].root
     leaks = [p for p in root.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def _attach_changing(pg_env, postgres, city, name: str):
+    city_dir, _ = city
+    postgres.load_csv(f"public.{name}", city_dir / PS / "vehicles.csv")
+    fed = pg_env["fed"]
+    with admin.NodeAdmin(fed.node_config(PS)) as node:
+        node.attach_dataset(name, f"public.{name}", dsn_file=pg_env["dsn_file"])
+    fed.write_policy(PS, (fed.root / PS / "policy.toml").read_text() + GRANTS.replace("vehicles_pg", name))
+    return fed
+
+
+def test_the_lookup_filter_notices_a_changed_attached_table(pg_env, postgres, city, tmp_path):
+    fed = _attach_changing(pg_env, postgres, city, "changing")
+
+    def lookup(n):
+        with fed.client("analyst@" + REQUESTER) as c:
+            assert c.lookup(f"{REQUESTER}.queries", f"{PS}.changing", out=tmp_path / f"l{n}.csv").state == "succeeded"
+        return dict(line.split(",")[:2] for line in _result(tmp_path / f"l{n}.csv") if "," in line)
+    first = lookup(1)
+    absent = sorted(k for k, v in first.items() if v == "false")
+    assert absent and lookup(2) == first                    # unchanged table: the cached filter
+    with postgres.connect() as conn:
+        conn.execute("INSERT INTO public.changing (id_number, plate) VALUES (%s, 'NEW')", (absent[0],))
+    third = lookup(3)
+    assert third[absent[0]] == "true" and {k: v for k, v in third.items() if k != absent[0]} == \
+        {k: v for k, v in first.items() if k != absent[0]}
+
+
+def test_stamp_and_catalog_row_count_follow_the_table(pg_env, postgres, city):
+    fed = _attach_changing(pg_env, postgres, city, "counted")
+    with admin.NodeAdmin(fed.node_config(PS)) as node:
+        store = node._store
+        before = store.dataset("counted").rows
+        stamp = store.change_stamp("counted")
+        assert store.change_stamp("counted") == stamp
+        with postgres.connect() as conn:
+            conn.execute("DELETE FROM public.counted WHERE ctid IN (SELECT ctid FROM public.counted LIMIT 2)")
+        assert store.change_stamp("counted") != stamp
+        stamp = store.change_stamp("counted")
+        with postgres.connect() as conn:
+            conn.execute("UPDATE public.counted SET plate = 'X' WHERE ctid IN (SELECT ctid FROM public.counted LIMIT 1)")
+        assert store.change_stamp("counted") != stamp
+        assert store.dataset("counted").rows == before        # until a job reads the table
+        store.keys("counted")
+        assert store.dataset("counted").rows == before - 2
+
+
+def test_rows_for_keys_reads_only_the_needed_columns_by_the_index(pg_env, postgres, city):
+    city_dir, _ = city
+    _, rows = read_csv(city_dir / PS / "vehicles.csv")
+    with postgres.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS public.fixed")
+        conn.execute("CREATE TABLE public.fixed (id_number char(18), plate text, vehicle_type text)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO public.fixed VALUES (%s, %s, %s)",
+                            [(r["id_number"], r["plate"], r["vehicle_type"]) for r in rows if len(r["id_number"]) == 18])
+        conn.execute("CREATE INDEX ON public.fixed (id_number)")
+        conn.execute("ANALYZE public.fixed")
+    with admin.NodeAdmin(pg_env["fed"].node_config(PS)) as node:
+        node.attach_dataset("fixed", "public.fixed", dsn_file=pg_env["dsn_file"])
+        store = node._store
+        keys = sorted({r["id_number"] for r in rows if len(r["id_number"]) == 18 and r["id_number"].isdigit()})[:5]
+        full = store.rows_for_keys("fixed", keys)
+        plates = store.rows_for_keys("fixed", keys, columns=["plate"])
+        source = store.source("fixed")
+    assert len(full) == 5 and plates == {k: [[r[0], ""] for r in v] for k, v in full.items()}
+    with postgres.connect() as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            b"EXPLAIN " + source._select("key", ["plate"]).as_bytes(conn), (keys,)))
+    assert "Index" in plan, plan
+
+
+def test_a_postgres_toml_attaches_like_the_sandbox_does(pg_env, tmp_path):
+    from pc_client import sandbox
+    folder = tmp_path / "city" / PS
+    folder.mkdir(parents=True)
+    (folder / "cars.postgres.toml").write_text(
+        f'table = "{PS}.vehicles"\ndsn = "{pg_env["dsn_file"].read_text().strip()}"\nkey = "id_number"\n'
+        'description = "Vehicles, attached"\n[columns.plate]\ndescription = "Plate number"\nsensitivity = 4\n')
+    assert sandbox.agencies_of(tmp_path / "city") == [PS]
+    with admin.NodeAdmin(pg_env["fed"].node_config(PS)) as node:
+        rep = node.attach_from_file(folder / "cars.postgres.toml")
+        meta = node.dataset("cars")
+        assert rep.rows > 0 and meta.description == "Vehicles, attached"
+        plate = next(c for c in meta.columns if c.name == "plate")
+        assert (plate.description, plate.sensitivity, plate.type) == ("Plate number", 4, "text")
+        (folder / "bad.postgres.toml").write_text('table = "x.y"\npassword = "p"\n')
+        with pytest.raises(InvalidInput, match="bad.postgres.toml"):
+            node.attach_from_file(folder / "bad.postgres.toml")
+
+
+def test_sandbox_up_attaches_a_postgres_toml_instead_of_importing(postgres, tmp_path, capsys):
+    """`pc sandbox up` on a town whose vehicles live in PostgreSQL: same verdicts as from a CSV."""
+    from tests.integration.test_cli import RULE, _ids
+    d = tmp_path / "town"
+    p = _ids(7, start=30)
+    members = [(p[0], "H1"), (p[1], "H1"), (p[2], "H2"), (p[3], "H2"), (p[4], "H3"), (p[5], "H3")]
+    write_csv(d / "civil_affairs" / "applicants.csv", ["id_number", "household_id"], [list(m) for m in members])
+    vehicles = write_csv(tmp_path / "vehicles.csv", ["id_number", "plate", "vehicle_type"],
+                         [[p[3], "粤B12345", "car"], [p[4].lower(), "粤B6M001", "motorcycle"], [p[6], "粤B9", "car"]])
+    postgres.load_csv("town.vehicles", vehicles)
+    (d / "public_security").mkdir()
+    (d / "public_security" / "vehicles.postgres.toml").write_text(
+        f'table = "town.vehicles"\ndsn = "{postgres.dsn} password={SECRET}"\n'
+        '[columns.vehicle_type]\ndescription = "Kind of vehicle"\n', encoding="utf-8")
+    (d / "rules").mkdir()
+    (d / "rules" / "nocar.toml").write_text(RULE, encoding="utf-8")
+    try:
+        assert cli_main(["sandbox", "up", str(d)]) == 0
+        capsys.readouterr()
+        assert cli_main(["catalog", "--sandbox", str(d), "--json"]) == 0
+        catalog = capsys.readouterr().out
+        assert '"vehicles"' in catalog and "Kind of vehicle" in catalog and SECRET not in catalog
+        out = tmp_path / "verdicts.csv"
+        assert cli_main(["verify", "--sandbox", str(d), "--rule", str(d / "rules" / "nocar.toml"),
+                         "--subjects", str(d / "civil_affairs" / "applicants.csv"), "--out", str(out)]) == 0
+        got = [tuple(r) for r in csv.reader(open(out, encoding="utf-8"))][1:]
+        assert got == [(i, h, "false" if h == "H2" else "true") for i, h in members]
+    finally:
+        cli_main(["sandbox", "down", str(d)])

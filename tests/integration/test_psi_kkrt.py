@@ -106,6 +106,21 @@ def test_kkrt_equals_the_plaintext_and_the_ecdh_intersection(fed, city, analyst,
     assert kk.leakage[PS][0] == f"the requester's set size ({len(set(mine))})"
 
 
+def test_a_job_asks_each_party_once_to_admit_it_and_to_wipe_it(fed, analyst, tmp_path, monkeypatch):
+    """Admitted in SubmitJob's round, the provider is not asked again by the job itself (its
+    steps check its own admission record); cleanup reaches both parties (in parallel)."""
+    from pc_node import steps
+    calls: list[str] = []
+    for name in ("job.admit", "job.cleanup"):
+        def counted(runtime, head, inbound, _inner=steps.STEPS[name], _name=name):
+            calls.append(f"{_name}@{runtime.node_id}")
+            yield from _inner(runtime, head, inbound)
+        monkeypatch.setitem(steps.STEPS, name, counted)
+    res = analyst.psi(DATASETS, out=tmp_path / "once.csv", protocol="kkrt")
+    assert res.state == "succeeded"
+    assert sorted(calls) == sorted([f"job.admit@{PS}", f"job.cleanup@{REQ}", f"job.cleanup@{PS}"])
+
+
 def test_kkrt_refuses_ecdh_only_options_in_one_line(analyst):
     for kw in ({"cardinality_only": True}, {"result_to_all": True}):
         with pytest.raises(grpc.RpcError) as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -36,13 +37,29 @@ NO_HOME = ("SELECT a.district AS d, COUNT(DISTINCT a.id_number) AS n FROM civil_
            "p.usage = 'residential') GROUP BY a.district")
 PER_HOUSEHOLD = ("SELECT a.household_id, COUNT(*) AS n FROM civil_affairs.applicants a JOIN tax.wages w "
                  "ON a.id_number = w.id_number GROUP BY a.household_id")
-QUERIES = [JOIN_WAGES, CARS, NO_HOME, PER_HOUSEHOLD]
+BY_TYPE = ("SELECT a.district AS district, v.vehicle_type AS type, COUNT(*) AS n, COUNT(DISTINCT a.id_number) AS "
+           "people FROM civil_affairs.applicants a JOIN public_security.vehicles v ON a.id_number = v.id_number "
+           "GROUP BY a.district, v.vehicle_type")
+TYPE_FIRST = ("SELECT v.vehicle_type, a.district, COUNT(*) FROM civil_affairs.applicants a JOIN "
+              "public_security.vehicles v ON a.id_number = v.id_number WHERE a.household_id >= 'H0000040' "
+              "GROUP BY v.vehicle_type, a.district")
+CATEGORIES = ["car", "motorcycle", "truck", "van"]          # "van": declared, never present (empty groups)
+QUERIES = [JOIN_WAGES, CARS, NO_HOME, PER_HOUSEHOLD, BY_TYPE, TYPE_FIRST]
 
 
 @pytest.fixture(scope="module")
 def qfed(new_federation, small_city, tmp_path_factory):
     city, _ = small_city(120, 5)
     fed = new_federation("query", AGENCIES, city)
+    # vehicle_type declares its categories: a provider GROUP BY column (one-hot under encryption)
+    folder = tmp_path_factory.mktemp("vehicles_categories")
+    (folder / "vehicles.csv").write_bytes((city / "public_security" / "vehicles.csv").read_bytes())
+    meta = (city / "public_security" / "vehicles.toml").read_text(encoding="utf-8")
+    assert "[columns.vehicle_type]\n" in meta
+    meta = re.sub(r"(?m)^categories = .*\n", "", meta)      # the city's own declaration, replaced
+    meta = meta.replace("[columns.vehicle_type]\n", "[columns.vehicle_type]\ncategories = %s\n" % json.dumps(CATEGORIES))
+    (folder / "vehicles.toml").write_text(meta, encoding="utf-8")
+    fed.import_csv("public_security", folder / "vehicles.csv", replace=True)
     for agency in AGENCIES[1:]:
         path = fed.root / agency / "policy.toml"
         extra = grants_toml(query_grants(agency, QUERIES, {}))
@@ -212,3 +229,53 @@ def test_the_coordinator_holds_no_identifier_group_value_or_result(qfed, db, tmp
     # The requester's node keeps the results (encrypted at rest); the provider does not.
     assert fed.runtime(REQ).store.has_blob("results", res.job_id)
     assert not fed.runtime("tax").store.has_blob("results", res.job_id)
+
+
+def test_provider_group_by_on_declared_categories_equals_sqlite(qfed, db, tmp_path):
+    fed, _ = qfed
+    res = _run(fed, BY_TYPE, tmp_path)
+    truth = db.execute("SELECT a.district, v.vehicle_type, COUNT(*), COUNT(DISTINCT a.id_number) FROM "
+                       "civil_affairs.applicants a JOIN public_security.vehicles v ON a.id_number = v.id_number "
+                       "GROUP BY a.district, v.vehicle_type ORDER BY a.district, v.vehicle_type").fetchall()
+    expected = [{"district": d, "type": t, "n": str(n), "people": str(p)} for d, t, n, p in truth if p >= 5]
+    assert res.records == expected and expected
+    assert any(p < 5 for *_, p in truth)                     # some groups are suppressed
+    own_groups = db.execute("SELECT COUNT(DISTINCT district) FROM civil_affairs.applicants").fetchone()[0]
+    assert res.summary["groups"] == own_groups * len(CATEGORIES)   # requester group × category, empty ones too
+    assert res.summary["released"] == len(expected)
+
+    # The provider column first in GROUP BY: sorted by it first; a WHERE on the requester's side.
+    res = _run(fed, TYPE_FIRST, tmp_path)
+    truth = db.execute("SELECT v.vehicle_type, a.district, COUNT(*), COUNT(DISTINCT a.id_number) FROM "
+                       "civil_affairs.applicants a JOIN public_security.vehicles v ON a.id_number = v.id_number "
+                       "WHERE a.household_id >= 'H0000040' GROUP BY v.vehicle_type, a.district "
+                       "ORDER BY v.vehicle_type, a.district").fetchall()
+    expected = [[t, d, str(n)] for t, d, n, p in truth if p >= 5]
+    assert [[r["vehicle_type"], r["district"], r["count(*)"]] for r in res.records] == expected
+    assert expected
+
+
+def test_provider_group_by_needs_the_group_by_grant_and_declared_categories(qfed):
+    fed, _ = qfed
+    with fed.client(f"analyst@{REQ}") as c:
+        before = len(c.jobs())
+        with pytest.raises(grpc.RpcError) as exc:       # plate: no grant at all
+            c.submit("query", {"sql": "SELECT v.plate, COUNT(*) FROM civil_affairs.applicants a JOIN "
+                                      "public_security.vehicles v ON a.id_number = v.id_number GROUP BY v.plate"})
+        assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and "plate as group_by" in exc.value.details()
+        assert len(c.jobs()) == before
+
+
+def test_provider_group_by_with_dp_adds_noise_per_requester_group_and_category(qfed, db, tmp_path, monkeypatch):
+    from tests.integration.test_query_dp import ConstantSource
+    from pc_node.secure_agg import dp_noise
+    fed, _ = qfed
+    monkeypatch.setattr(dp_noise, "fresh_source", lambda: ConstantSource(1))     # total noise +2 per group
+    res = _run(fed, BY_TYPE, tmp_path, epsilon=0.8)
+    truth = db.execute("SELECT a.district, v.vehicle_type, COUNT(*), COUNT(DISTINCT a.id_number) FROM "
+                       "civil_affairs.applicants a JOIN public_security.vehicles v ON a.id_number = v.id_number "
+                       "GROUP BY a.district, v.vehicle_type ORDER BY a.district, v.vehicle_type").fetchall()
+    expected = [{"district": d, "type": t, "n": str(n + 2), "people": str(p + 2)} for d, t, n, p in truth if p + 2 >= 5]
+    assert res.records == expected and res.summary["epsilon"] == 0.8
+    # Empty (district, "van") groups have a noisy count of 2 < 5: suppressed, never shown.
+    assert all(r["type"] != "van" for r in res.records)

@@ -24,6 +24,7 @@ PACKAGE_DIRS = {
     "pc_coordinator": ROOT / "pc_coordinator",
     "pc_devkit": ROOT / "pc_devkit",
     "pc_client": ROOT / "clients" / "pc_client",
+    "pc_console": ROOT / "clients" / "pc_console",
 }
 
 # The public-key side of pc_node.secure_agg: what the coordinator may import from pc_node (it
@@ -37,6 +38,7 @@ COORDINATOR_MAY_IMPORT_FROM_NODE = [
     "pc_node.secure_agg.paillier",
     "pc_node.secure_agg.verdict",       # the masking plan (plaintext additions, re-randomisation)
     "pc_node.secure_agg.query_release",  # queries: threshold masks, pads, label-keyed release
+    "pc_node.secure_agg.position_release",  # query-private: the same masks over provider positions
     "pc_node.secure_agg.gc",            # garbled-circuit comparison, the garbler's side:
     "pc_node.secure_agg.gc.compare",    # ComparisonGarbler (the session)
     "pc_node.secure_agg.gc.masking",    # the masks the garbler adds under encryption
@@ -168,6 +170,11 @@ RULES = [
          ("pc_node",), must_not=("pc_coordinator", "pc_client", "pc_devkit")),
     Rule("pc_client.sdk never imports pc_node, pc_coordinator, pc_devkit or pc_client.sandbox",
          ("pc_client.sdk",), must_not=("pc_node", "pc_coordinator", "pc_devkit", "pc_client.sandbox")),
+    Rule("pc_console reaches nodes and the coordinator only through the SDK (pc_client.sdk, pc_client.report)",
+         ("pc_console",), may_import=("pc_common.*", "pc_rules.*", "pc_console.*", "pc_client.sdk", "pc_client.report"),
+         must_not=("pc_node", "pc_coordinator", "pc_devkit", "pc_client.sandbox", "pc_client.cli")),
+    Rule("servers, shared code and the SDK never import pc_console",
+         ("pc_common", "pc_rules", "pc_node", "pc_coordinator", "pc_client.sdk"), must_not=("pc_console",)),
     Rule("servers and shared code never import pc_devkit",
          ("pc_common", "pc_rules", "pc_node", "pc_coordinator"), must_not=("pc_devkit",)),
 ]

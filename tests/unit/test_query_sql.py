@@ -101,8 +101,10 @@ REFUSED = [
     ("SELECT * FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number", "SELECT *"),
     ("SELECT a.age, COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number "
      "GROUP BY a.district", "not in GROUP BY"),
-    ("SELECT w.employer, COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number "
-     "GROUP BY w.employer", "grouping by provider columns is not supported yet"),
+    ("SELECT a.district, COUNT(*) FROM civil_affairs.recipients a WHERE EXISTS (SELECT 1 FROM public_security.vehicles"
+     " v WHERE v.id_number = a.id_number) GROUP BY v.vehicle_type", "at most one column of the JOINed dataset"),
+    ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number "
+     "GROUP BY w.employer, w.monthly_income", "at most one column of the JOINed dataset"),
     ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number GROUP BY 1",
      "GROUP BY positions"),
     ("SELECT COUNT(age) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number",

@@ -2,7 +2,7 @@
 
 One module per role: ``node`` (certificates, node serve/import/datasets), ``coordinator``
 (serve, directory), ``analyst`` (catalog, verify, psi, lookup, query, jobs, results), ``officer``
-(approvals, policy), ``auditor`` (audit), ``sandbox`` (sandbox, demo). Each exports
+(approvals, policy), ``auditor`` (audit), ``console`` (the web console), ``sandbox`` (sandbox, demo). Each exports
 ``COMMANDS``: command name -> a function adding its parser. Client work goes through the SDK
 (``pc_client.sdk``), node and coordinator work through their public entry points
 (``pc_node.server.serve``, ``pc_node.admin``, ``pc_coordinator.server.serve``); output helpers
@@ -18,7 +18,7 @@ import sys
 
 import grpc
 
-from pc_client.cli import analyst, auditor, coordinator, node, officer, sandbox
+from pc_client.cli import analyst, auditor, console, coordinator, node, officer, sandbox
 from pc_client.cli.common import EXIT_REMOTE, EXIT_USER
 from pc_common.errors import PcError
 
@@ -26,8 +26,8 @@ __all__ = ["main", "build_parser", "EXIT_USER", "EXIT_REMOTE"]
 
 # The order of `pc --help`.
 ORDER = ("certs", "coordinator", "node", "catalog", "nodes", "sandbox", "verify", "psi", "lookup", "query", "jobs",
-         "results", "approvals", "policy", "audit", "demo")
-ROLES = (node, coordinator, analyst, officer, auditor, sandbox)
+         "results", "approvals", "policy", "audit", "console", "demo")
+ROLES = (node, coordinator, analyst, officer, auditor, console, sandbox)
 
 
 def build_parser() -> argparse.ArgumentParser:

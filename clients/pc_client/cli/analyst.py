@@ -100,7 +100,7 @@ def cmd_query(args) -> int:
     agency = parse_query(args.sql).requester
     with federation(args, default_user(agency)) as fed:
         res = fed.query(args.sql, out=args.out, min_group_size=args.min_group_size, purpose=args.purpose,
-                        on_update=_progress(args))
+                        on_update=_progress(args), private=args.private, epsilon=args.epsilon)
     if args.json:
         print_json({**result_doc(res), "records": res.records})
         return 0
@@ -111,7 +111,8 @@ def cmd_query(args) -> int:
         for r in res.records:
             print(",".join(r[n] for n in names))
     print(f"job {res.job_id}: {s.get('released', '?')} group(s) released, {s.get('suppressed', '?')} suppressed"
-          f" (fewer than {s.get('min_group_size', '?')} subjects)" + (f"; written to {res.out}" if res.out else ""))
+          f" (fewer than {s.get('min_group_size', '?')} subjects)" + (f"; epsilon {s['epsilon']:g} spent"
+          if s.get("epsilon") else "") + (f"; written to {res.out}" if res.out else ""))
     print_leakage(res.leakage)
     return 0
 
@@ -171,6 +172,10 @@ def add_query(sub) -> None:
     q.add_argument("--min-group-size", type=int, default=5,
                    help="omit groups with fewer distinct subjects (at least the providers' grants; default 5)")
     q.add_argument("--purpose", default="data_matching")
+    q.add_argument("--private", action="store_true",
+                   help="query-private mode: providers learn only set sizes (docs/query_private.md)")
+    q.add_argument("--epsilon", type=float, default=None,
+                   help="differential privacy: the ε this query spends (noise added under encryption)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_query)
 

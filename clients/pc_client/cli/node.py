@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
 from pc_client.cli.common import node_config
 from pc_client.report import print_json
@@ -30,7 +31,8 @@ def cmd_node_import(args) -> int:
         raise InvalidInput("--rejects only makes sense with --skip-invalid")
     rep = admin.import_dataset(node_config(args), pathlib.Path(args.file), dataset=args.dataset,
                                metadata=pathlib.Path(args.metadata) if args.metadata else None,
-                               skip_invalid=args.skip_invalid, rejects=args.rejects, replace=args.replace)
+                               skip_invalid=args.skip_invalid, rejects=args.rejects, replace=args.replace,
+                               progress=not args.json and sys.stderr.isatty())     # a bar for people only
     doc = {"dataset": rep.dataset, "imported": rep.imported, "rejected": rep.rejected,
            "rejects_file": rep.rejects_file, "columns": {c.name: c.type for c in rep.columns}}
     if args.json:

@@ -1,6 +1,7 @@
 """Data officers and node operators: `pc approvals` (事前审批, through the SDK and the node's
 officer API) and `pc policy` (through ``pc_node.admin``; ``pc policy digest`` through the rule
-language: the digest a grant pins a rule with)."""
+language: the digest a grant pins a rule with; ``pc policy quota`` through the SDK: the node's
+grants with their quota use, ``Node.QuotaUsage``)."""
 from __future__ import annotations
 
 from pc_client.cli.common import add_connection, federation, node_config
@@ -66,9 +67,39 @@ def _pins_text(g: dict) -> str:
     return f"{pins}; a subject at most {g['max_evaluations_per_subject']}x a {g['evaluation_period']}"
 
 
+def quota_doc(report, requester: str | None = None) -> list[dict]:
+    """``Node.QuotaUsage`` as ``pc policy quota --json`` prints it (counts only)."""
+    return [{"dataset": g.dataset, "requester": g.requester, "purposes": list(g.purposes), "suspended": g.suspended,
+             "quota": {c.name: {"limit": c.limit, "used": c.used} for c in g.counters},
+             "max_evaluations_per_subject": g.max_evaluations_per_subject, "evaluation_period": g.evaluation_period,
+             "epsilon": ({"budget": g.epsilon_budget, "spent": g.epsilon_spent, "left": g.epsilon_left}
+                         if g.epsilon_budgeted else None)}
+            for g in report.grants if not requester or g.requester == requester]
+
+
+def cmd_quota(args) -> int:
+    """``pc policy quota``: the own node's grants with quota limits and use (data officers)."""
+    with federation(args) as fed:
+        report = fed.quota_usage()
+    doc = quota_doc(report, args.requester)
+    if args.json:
+        print_json({"node": report.node_id, "as_of": report.as_of, "grants": doc})
+        return 0
+    print(f"node {report.node_id}, as of {report.as_of}")
+    for g in doc:
+        used = ", ".join(f"{k} {v['used']}/{v['limit']}" for k, v in g["quota"].items())
+        eps = g["epsilon"]
+        eps_text = f"; epsilon {eps['spent']:g} of {eps['budget']:g} spent a {g['evaluation_period']}" if eps else ""
+        print(f"{g['dataset']} <- {g['requester']} ({', '.join(g['purposes'])}): {used}{eps_text}"
+              + ("; SUSPENDED" if g["suspended"] else ""))
+    return 0
+
+
 def cmd_policy(args) -> int:
     from pc_common.errors import InvalidInput
     from pc_node import admin
+    if args.action == "quota":
+        return cmd_quota(args)
     if args.action == "digest":
         if not args.rule:
             raise InvalidInput("pc policy digest needs a rule file: pc policy digest RULE.toml --agency AGENCY")
@@ -110,11 +141,13 @@ def add_approvals(sub) -> None:
 
 
 def add_policy(sub) -> None:
-    po = sub.add_parser("policy", help="node operator: explain grants, lift suspensions, digest a rule to pin")
-    po.add_argument("action", choices=("check", "unsuspend", "digest"))
+    po = sub.add_parser("policy", help="node operator: explain grants, lift suspensions, digest a rule to pin;"
+                                       " data officer: quota use (quota)")
+    add_connection(po)
+    po.add_argument("action", choices=("check", "unsuspend", "digest", "quota"))
     po.add_argument("rule", nargs="?", help="digest: the rule file (TOML)")
     po.add_argument("--config", help="check, unsuspend: the node's config")
-    po.add_argument("--requester", help="check, unsuspend: the requesting agency")
+    po.add_argument("--requester", help="check, unsuspend: the requesting agency; quota: only its grants")
     po.add_argument("--agency", help="digest: the providing agency (default: every provider of the rule)")
     po.add_argument("--json", action="store_true")
     po.set_defaults(fn=cmd_policy)

@@ -11,12 +11,16 @@ def cmd_sandbox(args) -> int:
     from pc_client.sandbox import Sandbox
     sb = Sandbox(args.dir)
     if args.action == "up":
-        st = sb.up(log=(lambda m: print(m, file=sys.stderr)) if not args.json else (lambda m: None))
+        st = sb.up(log=(lambda m: print(m, file=sys.stderr)) if not args.json else (lambda m: None),
+                   console=args.console)
         if args.json:
             print_json(st)
         else:
             print(f"sandbox up in {sb.dir}: coordinator {st['coordinator']}, nodes: "
                   + ", ".join(f"{a} {addr}" for a, addr in st["nodes"].items()))
+            if st.get("consoles"):
+                print("web consoles: " + ", ".join(f"{p} {url}" for p, url in st["consoles"].items())
+                      + f"; users and passwords in {sb.root / 'console-users.json'}")
     elif args.action == "down":
         n = sb.down()
         print(f"stopped {n} process(es)")
@@ -37,6 +41,7 @@ def add_sandbox(sub) -> None:
     sb.add_argument("action", choices=("up", "down", "status"))
     sb.add_argument("dir")
     sb.add_argument("--json", action="store_true")
+    sb.add_argument("--console", action="store_true", help="up: also start the web consoles (pc console serve)")
     sb.set_defaults(fn=cmd_sandbox)
 
 

@@ -71,6 +71,12 @@ class NodeConfig:
     job_lifetime_hours: int = 7 * 24
     lookup_epoch_days: float = 7                  # lookup OPRF keys rotate this often (per requester)
     lookup_points_per_epoch: int = 1_000_000      # most points one requester may have evaluated per key epoch
+    #: Where heavy batches run: "local" or a Dask scheduler address; what may go there (checked at
+    #: node start by pc_node.compute, see docs/compute.md): nothing unless compute_trusted.
+    compute: str = "local"
+    compute_trusted: bool = False
+    compute_secrets: tuple | None = None          # None: every allowed kind when trusted, else none
+    compute_tls: tuple | None = None              # (ca, cert, key) for a tls:// scheduler
 
     @classmethod
     def load(cls, path: pathlib.Path) -> "NodeConfig":
@@ -80,6 +86,11 @@ class NodeConfig:
         tls = doc.get("tls") or {}
         where = f"{name} [tls]"
         mk = doc.get("master_key_file")
+        ctls = doc.get("compute_tls")
+        if ctls is not None:
+            w = f"{name} [compute_tls]"
+            ctls = (_path(base, _require(ctls, "ca", w)), _path(base, _require(ctls, "cert", w)),
+                    _path(base, _require(ctls, "key", w))) if isinstance(ctls, dict) else ctls
         return cls(node_id=_require(doc, "node_id", name), listen=doc.get("listen", "127.0.0.1:0"),
                    coordinator=_require(doc, "coordinator", name),
                    data_dir=_path(base, _require(doc, "data_dir", name)),
@@ -93,7 +104,9 @@ class NodeConfig:
                    approval_ttl_hours=int(doc.get("approval_ttl_hours", 72)),
                    job_lifetime_hours=int(doc.get("job_lifetime_hours", 7 * 24)),
                    lookup_epoch_days=float(doc.get("lookup_epoch_days", 7)),
-                   lookup_points_per_epoch=int(doc.get("lookup_points_per_epoch", 1_000_000)))
+                   lookup_points_per_epoch=int(doc.get("lookup_points_per_epoch", 1_000_000)),
+                   compute=doc.get("compute", "local"), compute_trusted=doc.get("compute_trusted", False),
+                   compute_secrets=doc.get("compute_secrets"), compute_tls=ctls)
 
 
 def write_address(data_dir: pathlib.Path, listen: str, port: int) -> None:

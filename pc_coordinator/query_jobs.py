@@ -5,6 +5,8 @@ list it cannot open, and the slot→group layout (group sizes, no identifiers, n
 It adds plaintext masks (``pc_node.secure_agg.query_release``), garbles the comparison
 [distinct subjects < k] and sends, per group, the aggregates' pads encrypted under the circuit's
 label of "released": it learns no count, no aggregate and no suppression bit (docs/query.md).
+With a second provider agency (semi-joins only) it multiplies that provider's encrypted 0/1
+indicator into the main provider's vectors, ciphertext × ciphertext, before masking.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def run(ctx: JobContext, doc: dict) -> None:
     p, plan = _plan(doc)
     requester = doc["requester"]
     providers = plan.providers()
-    provider = providers[0]
+    provider = plan.main_provider()
     try:
         admit_all(ctx, providers)
         timings["admit_s"] = time.perf_counter() - t0
@@ -108,6 +110,7 @@ def run(ctx: JobContext, doc: dict) -> None:
         timings["prepare_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        indicators = [_indicator(ctx, requester, a, lists[a], backend, pub, n_slots) for a in plan.indicator_providers()]
         msgs = [ctx.header("query.evaluate", requester)]
         ev_done, ev_blobs = collect_blobs(ctx, provider, send_blobs(msgs, lists[provider]))
         evaluated: schema.QueryEvaluated = schema.decode_result("query.evaluate", ev_done)
@@ -125,9 +128,13 @@ def run(ctx: JobContext, doc: dict) -> None:
         if any(cv.length != n_slots * reps for cv in cvs.values()):
             raise InvalidInput(f"provider '{provider}' answered another number of slots")
         timings["evaluate_s"] = time.perf_counter() - t
+        if indicators:        # several provider agencies: their answers multiplied under encryption
+            t = time.perf_counter()
+            cvs = qr.combine(backend, cvs, indicators)
+            timings["combine_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        noise = _dp_noise(p, evaluated, ev_blobs, backend, pub, names, len(providers) + 1, n_groups, len(cats))
+        noise = _dp_noise(p, evaluated, ev_blobs, backend, pub, names, plan.noise_parties(), n_groups, len(cats))
         if noise is None:
             tp = qr.threshold_plan(p.min_group_size, int(sizes.max()), pub.plaintext_modulus)
         else:
@@ -153,6 +160,19 @@ def run(ctx: JobContext, doc: dict) -> None:
                                    len(cats)))
     finally:
         ctx.cleanup([requester] + providers)
+
+
+def _indicator(ctx: JobContext, requester: str, agency: str, streams: dict, backend, pub, n_slots: int):
+    """A further provider's evaluate step: its 0/1 indicator per slot, under the requester's key."""
+    done_msg, blobs = collect_blobs(ctx, agency, send_blobs([ctx.header("query.evaluate", requester)], streams))
+    answer: schema.QueryEvaluated = schema.decode_result("query.evaluate", done_msg)
+    stream = blobs.get(schema.ciphertext_stream(qr.INDICATOR))
+    if answer.aggregates != (qr.INDICATOR,) or answer.subjects != n_slots or answer.categories or stream is None:
+        raise InvalidInput(f"provider '{agency}' answered other aggregates than the query's")
+    cv = backend.load_ciphertext(pub, stream)
+    if cv.length != n_slots or cv.depth:
+        raise InvalidInput(f"provider '{agency}' answered another number of slots")
+    return cv
 
 
 def _column_type(plan: QueryPlan, directory: Directory) -> str:
@@ -241,6 +261,17 @@ def leakage_report(plan: QueryPlan, requester: str, provider: str, n: int, group
             "nothing about groups, group values or results",
         ],
     }
+    for other in plan.indicator_providers():
+        report[other] = [
+            f"the {n} identifiers it was asked about (the requester's rows after its WHERE), in random order",
+            f"the SQL text of the query, its purpose and minimum group size {k}",
+            (f"nothing about groups, group values, results or {provider}'s answers: it answered one 0/1 indicator per"
+             " slot, encrypted, which the coordinator multiplied into the other answers under encryption"),
+        ]
+        report["coordinator"][1] = (f"which providers took part ({', '.join(plan.providers())}) and how long each"
+                                    " step took")
+        if epsilon:
+            report[other].append(f"epsilon {epsilon:g} charged to '{requester}' in its ledger (it adds no noise share)")
     if n_categories:
         report["coordinator"].append(f"the {n_categories} declared categories of {plan.join.table.ref}"
                                      f".{plan.provider_group} (catalog metadata; groups = requester groups × these)")

@@ -18,6 +18,7 @@ from pc_common.errors import PermissionDenied
 from pc_common.identity import identity_of, node_keys_of, NodeKeys
 from pc_node.keystore import FieldCipher, generate_data_key, load_master_key, unwrap_data_key, wrap_data_key
 from pc_common.pb import common_pb2, coordinator_pb2, coordinator_pb2_grpc, node_pb2
+from pc_node.compute import Compute
 from pc_node.governance import Governance
 from pc_node.policy import Policy
 from pc_node.sessions import Sessions
@@ -74,6 +75,9 @@ def open_store(config: NodeConfig) -> NodeStore:
 class NodeRuntime:
     def __init__(self, config: NodeConfig):
         self.config = config
+        # Where heavy batches run and which secrets may go there (pc_node.compute; checked first,
+        # so a bad address or secrets setting stops the node before it opens anything).
+        self.compute = Compute.from_config(config)
         #: The time job specs and sessions are checked against (tests move it instead of sleeping).
         self.clock = time.time
         self.node_id = config.node_id
@@ -102,6 +106,7 @@ class NodeRuntime:
     def close(self) -> None:
         self.store.close()
         self.governance.close()
+        self.compute.close()
 
     # ----- coordinator --------------------------------------------------------------
     @property

@@ -1,5 +1,8 @@
 """The SQL subset of federated queries (``pc query``): parse with sqlglot, validate to a plan.
 
+Longer than usual because every refused construct is named here, next to the grammar it
+departs from (the messages themselves are in :mod:`pc_rules.query_refusals`).
+
 Accepted (standard SQL semantics on the joined rows)::
 
     SELECT a.district AS district, COUNT(*) AS n, SUM(w.monthly_income) AS total,
@@ -14,7 +17,7 @@ Accepted (standard SQL semantics on the joined rows)::
 * FROM one dataset of the requester's own agency (``agency.dataset [alias]``);
 * at most one provider dataset in an inner ``JOIN … ON`` an equality of key columns;
 * provider datasets in ``EXISTS`` / ``NOT EXISTS (SELECT … FROM agency.dataset x WHERE
-  x.key = a.key AND …)`` semi-joins;
+  x.key = a.key AND …)`` semi-joins — of the JOIN's agency or of one more provider agency;
 * aggregates ``COUNT(*)``, ``COUNT(DISTINCT a.<key>)``, ``SUM(col)``, ``AVG(col)``;
 * ``GROUP BY`` requester columns and at most one column of the JOINed dataset whose metadata
   declares its categories (every selected column must be a group column);
@@ -49,9 +52,16 @@ from pc_rules.query_refusals import name_of as _name
 from pc_rules.query_refusals import unsupported as _unsupported
 from pc_rules.where import parse_where
 
-__all__ = ["AGGREGATES", "MAX_SQL_LENGTH", "Aggregate", "QueryPlan", "SemiJoin", "TableRef", "parse_query"]
+__all__ = ["AGGREGATES", "MAX_PROVIDER_AGENCIES", "MAX_SQL_LENGTH", "Aggregate", "QueryPlan", "SemiJoin", "TableRef", "parse_query"]
 
 MAX_SQL_LENGTH = 8000
+#: Provider agencies of one query. Two (the JOIN's, or a first semi-join's, and one more with
+#: semi-joins) are built and tested: their answers are multiplied under encryption at the
+#: coordinator. They stay off because a BFV product is not circuit private at these parameters:
+#: its decryption noise depends on both factors, and the requester's node holds the secret key,
+#: so it could learn about each subject's answer beyond the released aggregates. Raising this
+#: needs noise flooding after the product (larger parameters, N = 16384); docs/query.md.
+MAX_PROVIDER_AGENCIES = 1
 AGGREGATES = ("count", "count_distinct", "sum", "avg")
 
 _OPS = {exp.EQ: "=", exp.NEQ: "!=", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
@@ -118,6 +128,25 @@ class QueryPlan:
 
     def providers(self) -> list[str]:
         return list(dict.fromkeys(s.table.agency for s in self.providers_sources()))
+
+    def main_provider(self) -> str:
+        """The agency that answers the aggregates: the JOIN's, else the first semi-join's."""
+        return self.join.table.agency if self.join else self.providers()[0]
+
+    def indicator_providers(self) -> list[str]:
+        """Further agencies (semi-joins only): each answers one 0/1 indicator per slot, multiplied
+        into the main provider's vectors under encryption at the coordinator."""
+        main = self.main_provider()
+        return [a for a in self.providers() if a != main]
+
+    def sources_of(self, agency: str) -> tuple[SemiJoin, ...]:
+        """The JOIN / semi-joins that ``agency`` evaluates (its own datasets only)."""
+        return tuple(s for s in self.providers_sources() if s.table.agency == agency)
+
+    def noise_parties(self) -> int:
+        """DP noise shares per group and vector: the main provider's and the coordinator's (an
+        indicator provider's answers are 0/1 per subject and it holds no clip bounds of the sums)."""
+        return 2
 
     def aggregates(self) -> tuple[Aggregate, ...]:
         return tuple(a for a in self.select if a.func != "group")
@@ -431,8 +460,14 @@ def parse_query(sql: str) -> QueryPlan:
         raise _fail("the query reads only your own dataset; run it locally, not through the federation")
     plan = QueryPlan(source, tuple(items), tuple(group_by), conds.get(source.alias), join, tuple(semijoins), sql=sql,
                      provider_group=provider_group, provider_group_at=provider_at)
-    if len(plan.providers()) > 1:
-        raise _fail("datasets of one provider agency only per query (combining several providers is not supported yet)")
+    if len(plan.providers()) > MAX_PROVIDER_AGENCIES == 1:
+        raise _fail("datasets of one provider agency per query: combining two agencies' answers needs a product"
+                    " under encryption that is not yet circuit private (docs/query.md, several provider agencies)")
+    if len(plan.providers()) > MAX_PROVIDER_AGENCIES:
+        raise _fail(f"datasets of at most {MAX_PROVIDER_AGENCIES} provider agencies per query (their answers are"
+                    " multiplied under encryption, and the BFV parameters allow one multiplication)")
+    if len(plan.providers()) > 1 and plan.provider_group:
+        raise _fail("a GROUP BY on a provider column takes datasets of one provider agency only")
     if plan.requester in plan.providers():
         raise _fail("a JOIN or EXISTS reads your own agency's data; join it locally instead")
     return plan

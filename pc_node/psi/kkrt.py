@@ -36,13 +36,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from pc_common.errors import InvalidInput
 from pc_common.ot import iknp
-from pc_common.ot.primitives import Rng, Steps, as_buffer, default_rng, draw, kdf, prg
+from pc_common.ot.primitives import Rng, SessionStateError, Steps, as_buffer, default_rng, draw, kdf, prg
 
 from . import kkrt_kernels as K
 from .encoding import normalise_ids
 from .kkrt_params import (
     CODE_BITS, CODE_BYTES, HASHES, ITEM_BYTES, MAX_ITEMS, bin_count, cuckoo_bins, cuckoo_table,
-    derive_key, hash_items, mask_bytes, match_rows, placement,
+    RowMatcher, derive_key, hash_items, mask_bytes, placement,
 )
 
 MAGIC = b"PCKK"
@@ -50,6 +50,7 @@ VERSION = 1
 HEADER = "<4sBBHQ"          # magic, version, round, reserved, value (a count or m)
 HEADER_SIZE = struct.calcsize(HEADER)
 SEED = 16
+BATCH_BINS = 1 << 14        # bins per pipelined batch of message 4 (1 MiB of rows u; a multiple of 128)
 
 
 def _frame(round_no: int, value: int) -> bytes:
@@ -124,18 +125,74 @@ def code_words(items: np.ndarray, seed: bytes) -> np.ndarray:
     return out
 
 
-def _rows(seeds: list[bytes], m: int, xor_with: list[bytes] | None = None) -> np.ndarray:
-    """Rows 0..m-1 of the transposed 512 × m bit matrix of PRG(seed_i) (⊕ PRG(xor_with_i)): (m, 64)."""
-    nb = iknp.row_bytes(m)
-    out = np.empty((nb * 8, CODE_BYTES), dtype=np.uint8)
-    mat = np.empty((iknp.KAPPA, nb), dtype=np.uint8)
-    for blk in range(CODE_BITS // iknp.KAPPA):
-        for i in range(iknp.KAPPA):
-            mat[i] = prg(seeds[blk * iknp.KAPPA + i], nb)
-            if xor_with is not None:
-                mat[i] ^= prg(xor_with[blk * iknp.KAPPA + i], nb)
-        out[:, 16 * blk:16 * (blk + 1)] = iknp.transpose(mat)
-    return out[:m]
+class _RowStream:
+    """Rows of the transposed 512 × m bit matrix of PRG(seed_i), batch after batch of bins.
+
+    One AES-CTR encryptor per seed continues its keystream from batch to batch, so the rows
+    equal those of the whole matrix (``prg(seed, m/8)``) cut at multiples of 128 bins.
+    ``pair_with``: also the rows of PRG(seed_i) ⊕ PRG(pair_with_i) (the receiver's t and u).
+    """
+
+    def __init__(self, seeds: list[bytes], pair_with: list[bytes] | None = None) -> None:
+        def streams(keys):
+            return [Cipher(algorithms.AES(k), modes.CTR(bytes(16))).encryptor() for k in keys]
+        self._a = streams(seeds)
+        self._b = streams(pair_with) if pair_with is not None else None
+
+    def next(self, count: int):
+        """The next ``count`` rows (a multiple of 128 except for the last batch): (count, 64),
+        or a pair of them with ``pair_with``."""
+        nb = iknp.row_bytes(count)
+        zeros = np.zeros(nb, dtype=np.uint8)
+        buf = np.empty(nb + 16, dtype=np.uint8)
+        mat = np.empty((iknp.KAPPA, nb), dtype=np.uint8)
+        mat2 = np.empty_like(mat) if self._b is not None else None
+        out = np.empty((nb * 8, CODE_BYTES), dtype=np.uint8)
+        out2 = np.empty_like(out) if self._b is not None else None
+        for blk in range(CODE_BITS // iknp.KAPPA):
+            for i in range(iknp.KAPPA):
+                j = blk * iknp.KAPPA + i
+                self._a[j].update_into(zeros, buf)
+                mat[i] = buf[:nb]
+                if mat2 is not None:
+                    self._b[j].update_into(zeros, buf)
+                    np.bitwise_xor(mat[i], buf[:nb], out=mat2[i])
+            out[:, 16 * blk:16 * (blk + 1)] = iknp.transpose(mat)
+            if out2 is not None:
+                out2[:, 16 * blk:16 * (blk + 1)] = iknp.transpose(mat2)
+        return (out[:count], out2[:count]) if out2 is not None else out[:count]
+
+
+def _split(pieces, round_no: int, head: int, row: int, rows_for, align: int = 1):
+    """Message ``round_no`` arriving in ``pieces`` (bytes-like, any cut): yields
+    ``("head", value, head bytes)`` once, then ``("rows", first row, (k, row) uint8)`` in order,
+    k a multiple of ``align`` except at the end. ``rows_for(value)`` gives (and checks) the
+    row count; the total size is checked exactly (``InvalidInput`` with a one-line reason)."""
+    what = f"KKRT message {round_no}"
+    buf, total, expected, seen = bytearray(), 0, None, 0
+    for piece in pieces:
+        piece = as_buffer(piece, what)
+        buf += piece
+        total += len(piece)
+        if expected is None:
+            if len(buf) < HEADER_SIZE + head:
+                continue
+            value, _ = _open(bytes(buf[:HEADER_SIZE]), round_no)
+            expected = HEADER_SIZE + head + rows_for(value) * row
+            yield "head", value, bytes(buf[HEADER_SIZE:HEADER_SIZE + head])
+            del buf[:HEADER_SIZE + head]
+        if total > expected:
+            raise InvalidInput(f"{what}: wrong size ({total - HEADER_SIZE} bytes, expected {expected - HEADER_SIZE})")
+        k = len(buf) // row if total == expected else len(buf) // row // align * align
+        if k:
+            yield "rows", seen, np.frombuffer(bytes(buf[:k * row]), dtype=np.uint8).reshape(k, row)
+            del buf[:k * row]
+            seen += k
+    if expected is None:
+        _open(bytes(buf[:HEADER_SIZE]), round_no)          # too short / not KKRT / wrong round
+        raise InvalidInput(f"{what}: wrong size ({max(total - HEADER_SIZE, 0)} bytes)")
+    if total != expected:
+        raise InvalidInput(f"{what}: wrong size ({total - HEADER_SIZE} bytes, expected {expected - HEADER_SIZE})")
 
 
 class _Timed:
@@ -178,37 +235,79 @@ class KkrtSender(_Timed):
         self._code_seed = draw(self._rng, SEED)
         return _frame(3, 0) + out + self._code_seed
 
+    def prepare(self) -> None:
+        """What message 5 needs before message 4: the code words of Y (they need only the code
+        seed), the fillers and the random order of each mask list. The step calls it while the
+        receiver computes its corrections."""
+        if not hasattr(self, "_code_seed"):
+            raise SessionStateError("the sender prepares message 5 only after message 3")
+        if getattr(self, "_code", None) is None:
+            t0 = time.perf_counter()
+            self._code = code_words(self._items, self._code_seed)
+            n, L = self.count, mask_bytes(self.receiver_count, self.count)
+            self._filler = prg(draw(self._rng, SEED), HASHES * n * L).reshape(HASHES, n, L)
+            perm_src = prg(draw(self._rng, SEED), HASHES * n * 8).view("<u8").reshape(HASHES, n)
+            self._pos = np.empty((HASHES, n), dtype=np.int64)
+            for h in range(HASHES):
+                self._pos[h, np.argsort(perm_src[h])] = np.arange(n)
+            self._mark("code", t0)
+
     def masks(self, msg4) -> bytes:
+        return self.masks_from([msg4])
+
+    def masks_from(self, pieces) -> bytes:
+        """Message 5 from message 4 arriving in ``pieces``: each batch of the receiver's rows u
+        is evaluated on arrival; the masks go out whole, each list in one random order."""
         self._steps.enter("masks")
-        t0 = time.perf_counter()
-        m, body = _open(msg4, 4)
+        self.prepare()
         expected_m = bin_count(self.receiver_count) if self._bins is None else self._bins
-        if m != expected_m:
-            raise InvalidInput(f"KKRT message 4: {m} bins, expected {expected_m}")
         ot_size = iknp.message_size(CODE_BITS, 4)
-        _size("KKRT message 4", body, ot_size + SEED + m * CODE_BYTES)
-        seeds = self._ot.receive(body[:ot_size])
-        cuckoo_seed = bytes(body[ot_size:ot_size + SEED])
-        u = np.frombuffer(body[ot_size + SEED:], dtype=np.uint8).reshape(m, CODE_BYTES)
-        key = derive_key("pc.psi.kkrt.v1 oprf output", self._ot.derive_key(b"kkrt-oprf"))
-        self._mark("base_ot", t0)
-        t0 = time.perf_counter()
-        q = _rows([seeds[i].tobytes() for i in range(CODE_BITS)], m)
-        self._mark("transpose", t0)
-        t0 = time.perf_counter()
+
+        def rows_for(m: int) -> int:
+            if m != expected_m:
+                raise InvalidInput(f"KKRT message 4: {m} bins, expected {expected_m}")
+            return m
+
+        for kind, first, data in _split(pieces, 4, ot_size + SEED, CODE_BYTES, rows_for, align=iknp.KAPPA):
+            t0 = time.perf_counter()
+            if kind == "head":
+                self._begin(first, data[:ot_size], data[ot_size:])
+                self._mark("base_ot", t0)
+                continue
+            q = self._q.next(data.shape[0])
+            self._mark("transpose", t0)
+            t0 = time.perf_counter()
+            lo, hi = np.searchsorted(self._pair_blocks, [first // iknp.KAPPA, -(-(first + data.shape[0]) // iknp.KAPPA)])
+            K.sender_masks(self._key, q, data, first, self._s, self._pairs[lo:hi], self._bins_of,
+                           self._code, self._pos, self._out, self._L)
+            self._mark("oprf", t0)
+        return _frame(5, self.count) + self._out.tobytes()
+
+    def _begin(self, m: int, ot4, cuckoo_seed: bytes) -> None:
+        """Message 4's head: the base-OT seeds, the cuckoo seed; every (item, hash) pair grouped
+        by its bin, the fillers of repeated bins in place."""
+        seeds = self._ot.receive(ot4)
+        self._key = derive_key("pc.psi.kkrt.v1 oprf output", self._ot.derive_key(b"kkrt-oprf"))
+        self._q = _RowStream([seeds[i].tobytes() for i in range(CODE_BITS)])
         bins = cuckoo_bins(self._items, cuckoo_seed, m)
-        code = code_words(self._items, self._code_seed)
-        self._mark("code", t0)
-        t0 = time.perf_counter()
-        L = mask_bytes(self.receiver_count, self.count)
-        n = self.count
-        filler = prg(draw(self._rng, SEED), HASHES * n * L).reshape(HASHES, n, L)
-        out = K.sender_masks(key, q, u, self._s, bins, code, filler, L)
-        perm_src = prg(draw(self._rng, SEED), HASHES * n * 8).view("<u8").reshape(HASHES, n)
-        for h in range(HASHES):
-            out[h] = out[h][np.argsort(perm_src[h])]
-        self._mark("oprf", t0)
-        return _frame(5, n) + out.tobytes()
+        n, L = self.count, mask_bytes(self.receiver_count, self.count)
+        filler, pos = self._filler, self._pos
+        self._filler = None
+        repeated = np.zeros((n, HASHES), dtype=bool)
+        repeated[:, 1] = bins[:, 1] == bins[:, 0]
+        repeated[:, 2] = (bins[:, 2] == bins[:, 0]) | (bins[:, 2] == bins[:, 1])
+        out = np.empty((HASHES, n, L), dtype=np.uint8)
+        for h in (1, 2):
+            ks = np.nonzero(repeated[:, h])[0]
+            out[h, pos[h, ks]] = filler[h, ks]
+        pairs = np.nonzero(~repeated.ravel())[0]
+        # grouped by block of 128 bins (batches arrive in whole blocks): a stable sort of
+        # 16-bit keys is numpy's linear-time radix sort
+        blocks = bins.ravel()[pairs] // iknp.KAPPA
+        blocks = blocks.astype(np.uint16 if m <= iknp.KAPPA << 16 else np.int64)
+        order = np.argsort(blocks, kind="stable")
+        self._pairs, self._pair_blocks = pairs[order], blocks[order].astype(np.int64)
+        self._bins_of, self._out, self._L = bins, out, L
 
 
 class KkrtReceiver(_Timed):
@@ -242,6 +341,12 @@ class KkrtReceiver(_Timed):
         return _frame(2, self.count) + out
 
     def correct(self, msg3) -> bytes:
+        return b"".join(self.correct_parts(msg3))
+
+    def correct_parts(self, msg3):
+        """Message 4 in parts: its head (OT round 4, cuckoo seed), then the rows u of each
+        batch of BATCH_BINS bins as soon as they are computed (the sender evaluates them on
+        arrival)."""
         self._steps.enter("correct")
         t0 = time.perf_counter()
         _, body = _open(msg3, 3)
@@ -254,37 +359,66 @@ class KkrtReceiver(_Timed):
         self._mark("base_ot", t0)
         t0 = time.perf_counter()
         m = self._m
-        k0 = [k[0, i].tobytes() for i in range(CODE_BITS)]
-        k1 = [k[1, i].tobytes() for i in range(CODE_BITS)]
-        self._t = _rows(k0, m)
-        u = _rows(k0, m, xor_with=k1)
-        self._mark("transpose", t0)
-        t0 = time.perf_counter()
         self._occupied, self._placed, self._hidx = placement(self._bins, self._table)
         code = code_words(self._items[self._placed], code_seed)
-        u[self._occupied] ^= code
         self._mark("code", t0)
-        return _frame(4, m) + ot4 + self._cuckoo_seed + u.tobytes()
+        yield _frame(4, m) + ot4 + self._cuckoo_seed
+        rows = _RowStream([k[0, i].tobytes() for i in range(CODE_BITS)],
+                          pair_with=[k[1, i].tobytes() for i in range(CODE_BITS)])
+        self._t = np.empty((m, CODE_BYTES), dtype=np.uint8)
+        for lo in range(0, m, BATCH_BINS):
+            t0 = time.perf_counter()
+            cnt = min(BATCH_BINS, m - lo)
+            t, u = rows.next(cnt)
+            self._t[lo:lo + cnt] = t
+            a, b = np.searchsorted(self._occupied, [lo, lo + cnt])
+            u[self._occupied[a:b] - lo] ^= code[a:b]
+            self._mark("transpose", t0)
+            yield memoryview(u).cast("B")
 
-    def finish(self, msg5) -> list[str]:
-        self._steps.enter("finish")
-        n_s, body = _open(msg5, 5)
-        if n_s != self.sender_count:
-            raise InvalidInput("KKRT message 5: set size differs from the one announced")
-        L = mask_bytes(self.count, self.sender_count)
-        _size("KKRT message 5", body, HASHES * n_s * L)
+    def prepare_finish(self) -> None:
+        """The receiver's own OPRF outputs, sorted for matching (the step calls it while the
+        sender evaluates, before message 5 arrives)."""
+        if getattr(self, "_matchers", None) is not None:
+            return
+        if getattr(self, "_t", None) is None:
+            raise SessionStateError("the receiver prepares matching only after message 4")
         t0 = time.perf_counter()
-        theirs = np.frombuffer(body, dtype=np.uint8).reshape(HASHES, n_s, L)
+        L = mask_bytes(self.count, self.sender_count)
         mine = K.receiver_masks(self._key, self._t, self._occupied, L)
+        self._t = None
         self._mark("oprf", t0)
         t0 = time.perf_counter()
-        hit = np.zeros(self.count, dtype=bool)
-        for h in range(HASHES):
-            sel = np.nonzero(self._hidx == h)[0]
-            found = match_rows(mine[sel], theirs[h])
-            hit[self._placed[sel[found]]] = True
-        self._t = None
+        self._sel = [np.nonzero(self._hidx == h)[0] for h in range(HASHES)]
+        self._matchers = [RowMatcher(mine[sel]) for sel in self._sel]
         self._mark("match", t0)
+
+    def finish(self, msg5) -> list[str]:
+        return self.finish_from([msg5])
+
+    def finish_from(self, pieces) -> list[str]:
+        """X ∩ Y from message 5 arriving in ``pieces``: each batch of masks is matched on
+        arrival against the list of the hash function that placed the item."""
+        self._steps.enter("finish")
+        self.prepare_finish()
+        n_s, L = self.sender_count, mask_bytes(self.count, self.sender_count)
+
+        def rows_for(value: int) -> int:
+            if value != n_s:
+                raise InvalidInput("KKRT message 5: set size differs from the one announced")
+            return HASHES * n_s
+
+        for kind, first, rows in _split(pieces, 5, 0, L, rows_for):
+            t0 = time.perf_counter()
+            while kind == "rows" and rows.shape[0]:
+                h = first // n_s                  # the rows of list h end at (h + 1)·n_s
+                take = min(rows.shape[0], (h + 1) * n_s - first)
+                self._matchers[h].feed(rows[:take])
+                rows, first = rows[take:], first + take
+            self._mark("match", t0)
+        hit = np.zeros(self.count, dtype=bool)
+        for sel, matcher in zip(self._sel, self._matchers):
+            hit[self._placed[sel[matcher.result()]]] = True
         return [self._ids[i] for i in np.nonzero(hit)[0]]
 
 

@@ -6,7 +6,11 @@
   this is exactly the standard function; tests compare it with the ``blake3`` package (the
   reference implementation's Rust/C code) for every length 0..64.
 * :func:`cuckoo_insert` — random-walk cuckoo insertion with 3 hash functions, no stash.
-* :func:`sender_masks` / :func:`receiver_masks` — the OPRF rows of KKRT16 hashed with BLAKE3.
+* :func:`sender_masks` / :func:`receiver_masks` — the OPRF rows of KKRT16 hashed with BLAKE3
+  (the sender's batch by batch, as the receiver's correction rows arrive).
+
+The compression keeps state and message words in scalars (≈ 25 % faster than 16-word arrays
+here); every kernel is ``nogil`` so a step thread can run it while gRPC threads move bytes.
 
 Compiled with ``cache=True`` (first import after installation compiles them once into
 ``__pycache__``; see docs/psi.md for the measured cost).
@@ -18,91 +22,102 @@ from numba import njit, prange
 
 IV = np.array([0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A,
                0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19], dtype=np.uint32)
-PERM = np.array([2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8], dtype=np.int64)
 CHUNK_START, CHUNK_END, ROOT, KEYED_HASH = 1, 2, 8, 16
 FLAGS_KEYED = CHUNK_START | CHUNK_END | ROOT | KEYED_HASH
-M32 = np.uint64(0xFFFFFFFF)
+
+
+PARALLEL_GRAIN = 4096          # items per parallel task (scratch arrays allocated once per task)
 
 
 @njit(inline="always")
-def _rotr(x, n):
-    return ((x >> np.uint64(n)) | (x << np.uint64(32 - n))) & M32
+def _u(x):
+    return np.uint32(x)
 
 
 @njit(inline="always")
-def _g(v, a, b, c, d, mx, my):
-    v[a] = (v[a] + v[b] + mx) & M32
-    v[d] = _rotr(v[d] ^ v[a], 16)
-    v[c] = (v[c] + v[d]) & M32
-    v[b] = _rotr(v[b] ^ v[c], 12)
-    v[a] = (v[a] + v[b] + my) & M32
-    v[d] = _rotr(v[d] ^ v[a], 8)
-    v[c] = (v[c] + v[d]) & M32
-    v[b] = _rotr(v[b] ^ v[c], 7)
+def _r(x, n):
+    x = np.uint32(x)
+    return np.uint32((x >> np.uint32(n)) | (x << np.uint32(32 - n)))
+
+
+@njit(inline="always")
+def _w(row, i):
+    return (np.uint32(row[i]) | (np.uint32(row[i + 1]) << np.uint32(8))
+            | (np.uint32(row[i + 2]) << np.uint32(16)) | (np.uint32(row[i + 3]) << np.uint32(24)))
 
 
 @njit(cache=True)
-def _compress(key, m, block_len, flags, out, out_len):
-    """One BLAKE3 compression of the 16 message words ``m`` (uint64 holding uint32) under
-    chaining value ``key`` (8 uint32); writes the first ``out_len`` output bytes."""
-    v = np.empty(16, dtype=np.uint64)
-    for i in range(8):
-        v[i] = np.uint64(key[i])
-        v[8 + i] = np.uint64(IV[i]) if i < 4 else np.uint64(0)
-    v[14] = np.uint64(block_len)
-    v[15] = np.uint64(flags)
-    w = m.copy()
-    t = np.empty(16, dtype=np.uint64)
-    for r in range(7):
-        _g(v, 0, 4, 8, 12, w[0], w[1])
-        _g(v, 1, 5, 9, 13, w[2], w[3])
-        _g(v, 2, 6, 10, 14, w[4], w[5])
-        _g(v, 3, 7, 11, 15, w[6], w[7])
-        _g(v, 0, 5, 10, 15, w[8], w[9])
-        _g(v, 1, 6, 11, 12, w[10], w[11])
-        _g(v, 2, 7, 8, 13, w[12], w[13])
-        _g(v, 3, 4, 9, 14, w[14], w[15])
-        if r < 6:
-            for i in range(16):
-                t[i] = w[PERM[i]]
-            w[:] = t
+def _compress(key, row, block_len, flags, out, out_len):
+    """One BLAKE3 compression of the 64-byte block ``row`` (zero-padded) under chaining value
+    ``key`` (8 uint32); writes the first ``out_len`` output bytes. State and message live in
+    scalars (registers); the 7 rounds are a loop, the message permutation a tuple assignment
+    (fully unrolled rounds took minutes to compile)."""
+    m0 = _w(row, 0)
+    m1 = _w(row, 4)
+    m2 = _w(row, 8)
+    m3 = _w(row, 12)
+    m4 = _w(row, 16)
+    m5 = _w(row, 20)
+    m6 = _w(row, 24)
+    m7 = _w(row, 28)
+    m8 = _w(row, 32)
+    m9 = _w(row, 36)
+    m10 = _w(row, 40)
+    m11 = _w(row, 44)
+    m12 = _w(row, 48)
+    m13 = _w(row, 52)
+    m14 = _w(row, 56)
+    m15 = _w(row, 60)
+    v0, v1, v2, v3, v4, v5, v6, v7 = key[0], key[1], key[2], key[3], key[4], key[5], key[6], key[7]
+    v8, v9, v10, v11 = _u(IV[0]), _u(IV[1]), _u(IV[2]), _u(IV[3])
+    v12, v13, v14, v15 = _u(0), _u(0), _u(block_len), _u(flags)
+    for _ in range(7):
+        v0 = _u(v0 + v4 + m0); v12 = _r(v12 ^ v0, 16); v8 = _u(v8 + v12); v4 = _r(v4 ^ v8, 12)
+        v0 = _u(v0 + v4 + m1); v12 = _r(v12 ^ v0, 8); v8 = _u(v8 + v12); v4 = _r(v4 ^ v8, 7)
+        v1 = _u(v1 + v5 + m2); v13 = _r(v13 ^ v1, 16); v9 = _u(v9 + v13); v5 = _r(v5 ^ v9, 12)
+        v1 = _u(v1 + v5 + m3); v13 = _r(v13 ^ v1, 8); v9 = _u(v9 + v13); v5 = _r(v5 ^ v9, 7)
+        v2 = _u(v2 + v6 + m4); v14 = _r(v14 ^ v2, 16); v10 = _u(v10 + v14); v6 = _r(v6 ^ v10, 12)
+        v2 = _u(v2 + v6 + m5); v14 = _r(v14 ^ v2, 8); v10 = _u(v10 + v14); v6 = _r(v6 ^ v10, 7)
+        v3 = _u(v3 + v7 + m6); v15 = _r(v15 ^ v3, 16); v11 = _u(v11 + v15); v7 = _r(v7 ^ v11, 12)
+        v3 = _u(v3 + v7 + m7); v15 = _r(v15 ^ v3, 8); v11 = _u(v11 + v15); v7 = _r(v7 ^ v11, 7)
+        v0 = _u(v0 + v5 + m8); v15 = _r(v15 ^ v0, 16); v10 = _u(v10 + v15); v5 = _r(v5 ^ v10, 12)
+        v0 = _u(v0 + v5 + m9); v15 = _r(v15 ^ v0, 8); v10 = _u(v10 + v15); v5 = _r(v5 ^ v10, 7)
+        v1 = _u(v1 + v6 + m10); v12 = _r(v12 ^ v1, 16); v11 = _u(v11 + v12); v6 = _r(v6 ^ v11, 12)
+        v1 = _u(v1 + v6 + m11); v12 = _r(v12 ^ v1, 8); v11 = _u(v11 + v12); v6 = _r(v6 ^ v11, 7)
+        v2 = _u(v2 + v7 + m12); v13 = _r(v13 ^ v2, 16); v8 = _u(v8 + v13); v7 = _r(v7 ^ v8, 12)
+        v2 = _u(v2 + v7 + m13); v13 = _r(v13 ^ v2, 8); v8 = _u(v8 + v13); v7 = _r(v7 ^ v8, 7)
+        v3 = _u(v3 + v4 + m14); v14 = _r(v14 ^ v3, 16); v9 = _u(v9 + v14); v4 = _r(v4 ^ v9, 12)
+        v3 = _u(v3 + v4 + m15); v14 = _r(v14 ^ v3, 8); v9 = _u(v9 + v14); v4 = _r(v4 ^ v9, 7)
+        (m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, m10, m11, m12, m13, m14, m15) = (m2, m6, m3, m10, m7, m0, m4, m13, m1, m11, m12, m5, m9, m14, m15, m8)
+    w = (v0 ^ v8, v1 ^ v9, v2 ^ v10, v3 ^ v11, v4 ^ v12, v5 ^ v13, v6 ^ v14, v7 ^ v15)
     for b in range(out_len):
-        i = b // 4
-        word = v[i] ^ v[i + 8]
-        out[b] = np.uint8((word >> np.uint64(8 * (b % 4))) & np.uint64(0xFF))
+        out[b] = np.uint8((w[b >> 2] >> np.uint32(8 * (b & 3))) & np.uint32(0xFF))
 
 
-@njit(inline="always")
-def _load(row, m):
-    for i in range(16):
-        m[i] = (np.uint64(row[4 * i]) | (np.uint64(row[4 * i + 1]) << np.uint64(8))
-                | (np.uint64(row[4 * i + 2]) << np.uint64(16)) | (np.uint64(row[4 * i + 3]) << np.uint64(24)))
-
-
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def blake3_rows(key, rows, lengths, out_len):
     """BLAKE3-keyed(key, rows[i][:lengths[i]])[:out_len] for every row (rows zero-padded to 64)."""
     n = rows.shape[0]
     out = np.empty((n, out_len), dtype=np.uint8)
-    for i in prange(n):
-        m = np.empty(16, dtype=np.uint64)
-        _load(rows[i], m)
-        _compress(key, m, lengths[i], FLAGS_KEYED, out[i], out_len)
+    for t in prange((n + PARALLEL_GRAIN - 1) // PARALLEL_GRAIN):
+        for i in range(t * PARALLEL_GRAIN, min(n, (t + 1) * PARALLEL_GRAIN)):
+            _compress(key, rows[i], lengths[i], FLAGS_KEYED, out[i], out_len)
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def blake3_spans(key, buf, starts, lengths, out_len):
     """BLAKE3-keyed(key, buf[starts[i]:starts[i] + lengths[i]])[:out_len] for spans of ≤ 64
     bytes (identifiers concatenated without separators: no (n, 64) copy)."""
     n = starts.shape[0]
     out = np.empty((n, out_len), dtype=np.uint8)
-    for i in prange(n):
-        m = np.zeros(16, dtype=np.uint64)
-        s, length = starts[i], lengths[i]
-        for j in range(length):
-            m[j // 4] |= np.uint64(buf[s + j]) << np.uint64(8 * (j % 4))
-        _compress(key, m, length, FLAGS_KEYED, out[i], out_len)
+    for t in prange((n + PARALLEL_GRAIN - 1) // PARALLEL_GRAIN):
+        row = np.empty(64, dtype=np.uint8)
+        for i in range(t * PARALLEL_GRAIN, min(n, (t + 1) * PARALLEL_GRAIN)):
+            s, length = starts[i], lengths[i]
+            row[:length] = buf[s:s + length]
+            row[length:] = 0
+            _compress(key, row, length, FLAGS_KEYED, out[i], out_len)
     return out
 
 
@@ -140,35 +155,31 @@ def cuckoo_insert(bins, m, max_kicks, seed):
     return table, True
 
 
-@njit(cache=True, parallel=True)
-def sender_masks(key, q, u, s, bins, code, filler, out_len):
-    """KKRT16 sender: out[h, k] = BLAKE3-keyed(key, q_b ⊕ (s ∧ (u_b ⊕ C(y_k))))[:out_len] with
-    b = bins[k, h], where q_b is the sender's row of bin b. A hash function whose bin repeats an
-    earlier one's for the same item gets ``filler[h, k]`` (fresh random) instead."""
-    n = bins.shape[0]
-    out = np.empty((3, n, out_len), dtype=np.uint8)
-    for k in prange(n):
-        m = np.empty(16, dtype=np.uint64)
+@njit(cache=True, parallel=True, nogil=True)
+def sender_masks(key, q, u, lo, s, pairs, bins, code, pos, out, out_len):
+    """KKRT16 sender, one batch of bins [lo, lo + len(q)): for every flat pair j = 3k + h in
+    ``pairs`` (item k's bin b = bins[k, h] lies in the batch), out[h, pos[h, k]] =
+    BLAKE3-keyed(key, q_b ⊕ (s ∧ (u_b ⊕ C(y_k))))[:out_len], q_b and u_b the batch's rows of b.
+    ``pos`` is the sender's random order of each list (fillers of repeated bins are written by
+    the caller)."""
+    n = pairs.shape[0]
+    for t in prange((n + PARALLEL_GRAIN - 1) // PARALLEL_GRAIN):
         row = np.empty(64, dtype=np.uint8)
-        for h in range(3):
-            b = bins[k, h]
-            if (h >= 1 and b == bins[k, 0]) or (h == 2 and b == bins[k, 1]):
-                out[h, k] = filler[h, k]
-                continue
+        for j in range(t * PARALLEL_GRAIN, min(n, (t + 1) * PARALLEL_GRAIN)):
+            k = pairs[j] // 3
+            h = pairs[j] - 3 * k
+            b = bins[k, h] - lo
             for i in range(64):
                 row[i] = q[b, i] ^ (s[i] & (u[b, i] ^ code[k, i]))
-            _load(row, m)
-            _compress(key, m, 64, FLAGS_KEYED, out[h, k], out_len)
-    return out
+            _compress(key, row, 64, FLAGS_KEYED, out[h, pos[h, k]], out_len)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def receiver_masks(key, t, occupied, out_len):
     """KKRT16 receiver: BLAKE3-keyed(key, t_b)[:out_len] for each occupied bin b."""
     n = occupied.shape[0]
     out = np.empty((n, out_len), dtype=np.uint8)
-    for k in prange(n):
-        m = np.empty(16, dtype=np.uint64)
-        _load(t[occupied[k]], m)
-        _compress(key, m, 64, FLAGS_KEYED, out[k], out_len)
+    for c in prange((n + PARALLEL_GRAIN - 1) // PARALLEL_GRAIN):
+        for k in range(c * PARALLEL_GRAIN, min(n, (c + 1) * PARALLEL_GRAIN)):
+            _compress(key, t[occupied[k]], 64, FLAGS_KEYED, out[k], out_len)
     return out

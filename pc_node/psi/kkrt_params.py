@@ -113,31 +113,53 @@ def _prefix(rows: np.ndarray) -> np.ndarray:
     return p.view("<u8").ravel()
 
 
-def match_rows(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
-    """Exact membership: found[i] is True iff row ``mine[i]`` occurs among ``theirs`` rows.
+class RowMatcher:
+    """Exact membership of arriving rows in ``mine``, batch by batch: ``feed(theirs)`` marks
+    every row of ``mine`` that occurs among ``theirs``; ``result()`` the final marks.
 
-    Sort of 8-byte prefixes + searchsorted + full-row check; rows whose prefix repeats on
-    ``mine``'s side are checked through a set of the full rows (exact in every case).
+    ``mine``'s 8-byte prefixes are sorted once; each batch is searchsorted against them with a
+    full-row check. Rows whose prefix repeats on ``mine``'s side are checked through a set of
+    the full rows of ``theirs`` with those prefixes (exact in every case).
     """
-    found = np.zeros(mine.shape[0], dtype=bool)
-    if not mine.shape[0] or not theirs.shape[0]:
-        return found
-    mp, tp = _prefix(mine), _prefix(theirs)
-    order = np.argsort(mp, kind="stable")
-    ms = mp[order]
-    dup = np.zeros(ms.size, dtype=bool)
-    same = ms[1:] == ms[:-1]
-    dup[1:] |= same
-    dup[:-1] |= same
-    pos = np.minimum(np.searchsorted(ms, tp), ms.size - 1)
-    cand = (ms[pos] == tp) & ~dup[pos]
-    ti = np.nonzero(cand)[0]
-    mi = order[pos[ti]]
-    exact = (mine[mi] == theirs[ti]).all(axis=1)
-    found[mi[exact]] = True
-    if dup.any():
-        dup_prefixes = np.unique(ms[dup])
-        pool = {theirs[i].tobytes() for i in np.nonzero(np.isin(tp, dup_prefixes))[0]}
-        for i in order[dup]:
-            found[i] = mine[i].tobytes() in pool
-    return found
+
+    def __init__(self, mine: np.ndarray) -> None:
+        self._mine = mine
+        self._found = np.zeros(mine.shape[0], dtype=bool)
+        self._pool: set[bytes] = set()
+        if not mine.shape[0]:
+            return
+        mp = _prefix(mine)
+        self._order = np.argsort(mp, kind="stable")
+        self._ms = mp[self._order]
+        dup = np.zeros(self._ms.size, dtype=bool)
+        same = self._ms[1:] == self._ms[:-1]
+        dup[1:] |= same
+        dup[:-1] |= same
+        self._dup = dup
+        self._dup_prefixes = np.unique(self._ms[dup])
+
+    def feed(self, theirs: np.ndarray) -> None:
+        if not self._mine.shape[0] or not theirs.shape[0]:
+            return
+        ms, tp = self._ms, _prefix(theirs)
+        pos = np.minimum(np.searchsorted(ms, tp), ms.size - 1)
+        cand = (ms[pos] == tp) & ~self._dup[pos]
+        ti = np.nonzero(cand)[0]
+        mi = self._order[pos[ti]]
+        exact = (self._mine[mi] == theirs[ti]).all(axis=1)
+        self._found[mi[exact]] = True
+        if self._dup_prefixes.size:
+            self._pool.update(theirs[i].tobytes() for i in np.nonzero(np.isin(tp, self._dup_prefixes))[0])
+
+    def result(self) -> np.ndarray:
+        if self._mine.shape[0] and self._dup_prefixes.size:
+            for i in self._order[self._dup]:
+                self._found[i] = self._mine[i].tobytes() in self._pool
+        return self._found
+
+
+def match_rows(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """Exact membership: found[i] is True iff row ``mine[i]`` occurs among ``theirs`` rows."""
+    matcher = RowMatcher(mine)
+    matcher.feed(theirs)
+    return matcher.result()

@@ -42,9 +42,10 @@ class BfvSecretContext(SecretContext):
         return wire.pack_context(wire.MAGIC_SECRET, NAME, payload)
 
 
-def generate_keypair() -> tuple[BfvPublicContext, BfvSecretContext]:
+def generate_keypair(relin: bool = False) -> tuple[BfvPublicContext, BfvSecretContext]:
+    """A fresh key pair; ``relin``: the public context carries relinearisation keys (``multiply``)."""
     ctx = new_context()
-    payload = public_bytes(ctx)
+    payload = public_bytes(ctx, relin)
     pub = BfvPublicContext(ts.context_from(payload), payload)
     return pub, BfvSecretContext(pub, ctx)
 

@@ -26,6 +26,8 @@ __all__ = ["check_assignment", "mask_positions", "requester_groups", "unsupporte
 def unsupported(plan) -> str | None:
     """Why private mode cannot run a query plan (``pc_rules.query.QueryPlan``), in one line, or None:
     it groups by requester columns only, and needs a positive provider set (a JOIN or EXISTS)."""
+    if len(plan.providers()) > 1:
+        return "--private supports datasets of one provider agency per query; run it without --private"
     if plan.provider_group or any(a.func == "group" and a.alias != plan.source.alias for a in plan.select):
         return "--private supports GROUP BY requester columns only"
     if not any(s.kind in ("join", "exists") for s in plan.providers_sources()):

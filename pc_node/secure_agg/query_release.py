@@ -55,6 +55,8 @@ MAX_GROUP_ROWS = 1 << 24
 #: A subject's matched provider rows counted by COUNT(*) are capped here (clipping, documented).
 ROW_CAP = 1 << 16
 PAD_BYTES = 8
+#: What a further provider agency (``QueryPlan.indicator_providers``) answers: 0/1 per slot.
+INDICATOR = "indicator"
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,20 @@ def mask(backend: HeBackend, tp: ThresholdPlan, subjects: CipherVector, aggregat
     return CoordinatorMasks(masked_subjects, masked, g_in, pads, masked_noise if noise is not None else None)
 
 
+def combine(backend: HeBackend, vectors: dict[str, CipherVector], indicators: list[CipherVector]
+            ) -> dict[str, CipherVector]:
+    """C, several provider agencies: every vector of the main provider times the further
+    providers' 0/1 indicators, slot by slot, ciphertext × ciphertext (relinearised): a slot then
+    counts only where every provider's conditions hold. One factor only (the BFV parameters allow
+    one multiplication: ``pc_rules.query.MAX_PROVIDER_AGENCIES``)."""
+    if len(indicators) != 1:
+        raise InvalidInput("a query combines the answers of at most two provider agencies")
+    ind = indicators[0]
+    if any(cv.length != ind.length for cv in vectors.values()):
+        raise InvalidInput("the providers answered different numbers of slots")
+    return {name: backend.multiply(cv, ind) for name, cv in vectors.items()}
+
+
 def _keystream(label: np.ndarray, context: bytes, group: int, n: int) -> bytes:
     h = hashlib.shake_256()
     h.update(b"pc-query-release\x00" + context + group.to_bytes(8, "little"))
@@ -258,6 +274,7 @@ def fresh_context() -> bytes:
     return secrets.token_bytes(16)
 
 
-__all__ = ["MAX_GROUP_ROWS", "ROW_CAP", "CoordinatorMasks", "DpNoise", "ThresholdPlan", "clamp_subject_sum",
+__all__ = ["INDICATOR", "MAX_GROUP_ROWS", "ROW_CAP", "CoordinatorMasks", "DpNoise", "ThresholdPlan",
+           "clamp_subject_sum", "combine",
            "coordinator_shares", "dp_shift", "dp_subject_scale", "dp_threshold_plan", "group_values", "mask",
            "open_released", "release_message", "requester_input", "slot_masks", "threshold_plan"]

@@ -116,7 +116,9 @@ def session(runtime, doc: dict):
     ids = runtime.store.keys(own_dataset(runtime, doc))
     cardinality_only = job_kinds.params_of(doc, "psi").cardinality_only
     cls = RequesterSession if doc["requester"] == runtime.node_id else ProviderSession
-    s = cls(ids, cardinality_only=cardinality_only and cls is RequesterSession)
+    # The job's scalar multiplications on the node's cluster only where psi_scalars may go there.
+    s = cls(ids, cardinality_only=cardinality_only and cls is RequesterSession,
+            backend=runtime.compute.psi_backend())
     with runtime.sessions_lock:
         return sessions.setdefault(doc["job_id"], s)
 

@@ -67,20 +67,46 @@ def aad(job_id: str, round_no: int, seq: int, last: bool) -> bytes:
 
 def sealed(runtime, doc: dict, recipient: str, round_no: int, data: bytes):
     """Message ``round_no`` as sealed chunks to ``recipient`` (``count``: plaintext bytes)."""
+    return sealed_parts(runtime, doc, recipient, round_no, [data])
+
+
+def sealed_parts(runtime, doc: dict, recipient: str, round_no: int, parts):
+    """Message ``round_no``, produced in ``parts`` (bytes-like), as sealed chunks of PIECE
+    plaintext bytes to ``recipient``: each chunk goes out as soon as its bytes exist."""
     key = runtime.peer_keys(recipient).x25519_public
-    view = memoryview(data)
-    pieces = range(0, max(len(view), 1), PIECE)
-    for seq, lo in enumerate(pieces):
-        piece = view[lo:lo + PIECE].tobytes()
-        last = lo + PIECE >= len(view)
-        yield node_pb2.StepMessage(chunk=common_pb2.DataChunk(
+    buf, seq = bytearray(), 0
+
+    def chunk(piece: bytes, last: bool):
+        return node_pb2.StepMessage(chunk=common_pb2.DataChunk(
             stream=kkrt_stream(round_no), seq=seq, count=len(piece), last=last,
             data=envelope.seal(key, piece, aad(doc["job_id"], round_no, seq, last))))
+
+    for part in parts:
+        view = memoryview(part).cast("B")
+        if buf:                               # top up the partial chunk of the last part
+            need = PIECE - len(buf)
+            buf += view[:need]
+            view = view[need:]
+            if not len(view):
+                continue
+            yield chunk(bytes(buf), False)    # full, and more bytes follow: not the last
+            buf, seq = bytearray(), seq + 1
+        while len(view) > PIECE:
+            yield chunk(view[:PIECE].tobytes(), False)
+            view, seq = view[PIECE:], seq + 1
+        buf += view
+    yield chunk(bytes(buf), True)
 
 
 def read_sealed(runtime, doc: dict, inbound, round_no: int, limit: int) -> bytes:
     """Message ``round_no`` opened from its sealed chunks, at most ``limit`` bytes."""
-    name, parts, size = kkrt_stream(round_no), [], 0
+    return b"".join(opened(runtime, doc, inbound, round_no, limit))
+
+
+def opened(runtime, doc: dict, inbound, round_no: int, limit: int):
+    """The plaintext pieces of message ``round_no``, chunk by chunk as they arrive (at most
+    ``limit`` bytes in all; a bad chunk raises before any later one is read)."""
+    name, size = kkrt_stream(round_no), 0
     for c in read_stream(inbound, name):
         if len(c.data) != c.count + envelope.ENVELOPE_OVERHEAD:
             raise InvalidInput(f"a sealed chunk of stream '{name}' does not match its count")
@@ -88,11 +114,11 @@ def read_sealed(runtime, doc: dict, inbound, round_no: int, limit: int) -> bytes
         if size > limit:
             raise InvalidInput(f"stream '{name}' is larger than the protocol allows for these set sizes")
         try:
-            parts.append(envelope.open_envelope(runtime.x25519_private, c.data,
-                                                aad(doc["job_id"], round_no, c.seq, c.last)))
+            piece = envelope.open_envelope(runtime.x25519_private, c.data,
+                                           aad(doc["job_id"], round_no, c.seq, c.last))
         except IntegrityError:
             raise InvalidInput(f"a sealed chunk of stream '{name}' failed authentication") from None
-    return b"".join(parts)
+        yield piece
 
 
 # ----- requester: the receiver ---------------------------------------------------------------------
@@ -112,13 +138,14 @@ def recv(runtime, header, inbound):
     yield from sealed(runtime, doc, provider, 2, r.respond(m1))
     yield progress("kkrt", runtime.node_id, 1, 3)
     m3 = read_sealed(runtime, doc, inbound, 3, kkrt.message_size(3, n_r, 0))
-    yield from sealed(runtime, doc, provider, 4, r.correct(m3))
+    # pipelined: each batch of corrections is sealed and sent as soon as it is computed
+    yield from sealed_parts(runtime, doc, provider, 4, r.correct_parts(m3))
     del m3
     yield progress("kkrt", runtime.node_id, 2, 3)
-    m5 = read_sealed(runtime, doc, inbound, 5, kkrt.message_size(5, n_r, r.sender_count))
-    ids = r.finish(m5)
-    del m5
+    r.prepare_finish()                  # own OPRF outputs while the sender evaluates
+    ids = r.finish_from(opened(runtime, doc, inbound, 5, kkrt.message_size(5, n_r, r.sender_count)))
     yield progress("kkrt", runtime.node_id, 3, 3)
+    log.info("kkrt receiver stages (s): %s", {k: round(v, 3) for k, v in r.stages.items()})
     summary = {"intersection": len(ids), "own": n_r, "cardinality_only": False, "protocol": "kkrt",
                "datasets": [f"{a}.{d}" for a, d in p.datasets]}
     store_results(runtime, doc["job_id"], "id_number\n" + "".join(f"{i}\n" for i in ids), len(ids), summary)
@@ -144,11 +171,12 @@ def send(runtime, header, inbound):
         raise PermissionDenied("the receiver's set size is not the one the requester signed for")
     yield from sealed(runtime, doc, requester, 3, s.extend(m2))
     yield progress("kkrt", runtime.node_id, 1, 2)
-    m4 = read_sealed(runtime, doc, inbound, 4, kkrt.message_size(4, p.subjects, s.count))
-    m5 = s.masks(m4)
-    del m4
+    s.prepare()                         # code words while the receiver computes its corrections
+    # pipelined: each sealed chunk of corrections is evaluated as it arrives
+    m5 = s.masks_from(opened(runtime, doc, inbound, 4, kkrt.message_size(4, p.subjects, s.count)))
     yield from sealed(runtime, doc, requester, 5, m5)
     yield progress("kkrt", runtime.node_id, 2, 2)
+    log.info("kkrt sender stages (s): %s", {k: round(v, 3) for k, v in s.stages.items()})
     runtime.audit.append("psi.kkrt_send", job=doc["job_id"], requester=requester, purpose=doc["purpose"],
                          dataset=dataset, counts={"rows": s.count, "requester": p.subjects})
     yield done(Count(count=s.count))

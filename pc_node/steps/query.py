@@ -14,6 +14,8 @@ Provider node:
                      indicator, its matched-row count and its clipped sums — per category and slot
                      for a provider GROUP BY (one-hot); with DP (signed ε) also its encrypted noise
                      shares per group, after the ε ledger (``query_disclosure``) charged the job.
+                     A further provider agency (semi-joins only) returns one 0/1 indicator per
+                     slot (after charging its own ledger); the coordinator multiplies it in.
 """
 from __future__ import annotations
 
@@ -154,7 +156,8 @@ def prepare(runtime, header, inbound):
     if not ids:
         raise InvalidInput("no row of your dataset passes the query's WHERE")
     backend = get_backend("bfv")
-    pub, secret = backend.generate_keypair()
+    # Several provider agencies: the coordinator multiplies their answers (relinearisation keys).
+    pub, secret = backend.generate_keypair(relin=len(plan.providers()) > 1)
     placed = subject_lists.assign_slots(groups)
     slots, distinct = placed.slots, placed.distinct
     n = len(ids)
@@ -176,7 +179,8 @@ def evaluate(runtime, header, inbound):
     grants = require_admitted(runtime, doc)
     params, plan = _params(doc), plan_of(doc)
     admit_query(runtime, doc, grants)
-    bounds = dp_bounds(runtime, plan) if params.epsilon else None
+    main = runtime.node_id == plan.main_provider()     # else a further provider: an indicator only
+    bounds = dp_bounds(runtime, plan) if params.epsilon and main else None
     cats = categories(runtime, plan)
     backend = get_backend("bfv")
     pubctx = read_blob(inbound, "pubctx", 64 << 20)
@@ -206,7 +210,7 @@ def evaluate(runtime, header, inbound):
     log.info("query.evaluate %s: %d slots, %s", doc["job_id"], n, clock)
     scales = dp_scales(plan, params.epsilon, bounds, len(cats)) if bounds is not None else []
     if scales:     # this provider's noise shares, one per group (× category) and vector (docs/query.md, DP)
-        source, parties = dp_noise.fresh_source(), len(plan.providers()) + 1
+        source, parties = dp_noise.fresh_source(), plan.noise_parties()
         for name, scale in zip(values, scales):
             share = source.share(scale, parties, params.groups * max(len(cats), 1))
             yield from blob_chunks(schema.ciphertext_stream("noise:" + name), backend.encrypt(pub, share).serialize())
@@ -238,7 +242,7 @@ def release(runtime, header, inbound):
     slot_group = np.concatenate([own + c * own_groups for c in range(max(len(cats), 1))])
     largest = int(np.bincount(own, minlength=own_groups).max())
     if params.epsilon:
-        shift = qr.dp_shift(params.epsilon, len(names), len(plan.providers()) + 1, len(cats))
+        shift = qr.dp_shift(params.epsilon, len(names), plan.noise_parties(), len(cats))
         tp = qr.dp_threshold_plan(params.min_group_size, largest, t, shift)
     else:
         tp = qr.threshold_plan(params.min_group_size, largest, t)

@@ -121,7 +121,8 @@ def admit_query(runtime, doc: dict, grants: list) -> None:
     plan = plan_of(doc)
     categories(runtime, plan)
     if p.epsilon:
-        dp_bounds(runtime, plan)
+        if runtime.node_id == plan.main_provider():     # the sums' owner holds their clip bounds
+            dp_bounds(runtime, plan)
         refusal = budget_refusal(runtime, doc, grants)
         if refusal:
             raise ResourceExhausted(refusal)

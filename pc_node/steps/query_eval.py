@@ -102,17 +102,23 @@ def evaluate_slots(runtime, plan: QueryPlan, items: list[tuple[int, str]], n: in
                    cats: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Per aggregate vector (:func:`vectors`) one integer per slot — with a provider GROUP BY per
     category and slot (index category·n + slot: one-hot). With DP ``bounds`` each subject's rows
-    are capped at ``dp_noise.DP_ROW_CAP`` and its sums (per category) clipped into the bounds."""
+    are capped at ``dp_noise.DP_ROW_CAP`` and its sums (per category) clipped into the bounds.
+    At a further provider of the plan (``indicator_providers``): ``{"indicator": 0/1 per slot}``,
+    1 where the subject passes all of this node's semi-joins."""
     keys = [ident for _, ident in items]
     slot_of = np.fromiter((s for s, _ in items), dtype=np.int64, count=len(items))
     ok = np.ones(len(items), dtype=bool)
     join_owner = np.zeros(0, dtype=np.int64)
     join_rows: list[list[str]] = []
-    for s in plan.providers_sources():
+    for s in plan.sources_of(runtime.node_id):       # this node's datasets only (several providers)
         has, owner, rows = _matched(runtime, plan, s, keys)
         ok &= has if s.kind != "not_exists" else ~has
         if s is plan.join:
             join_owner, join_rows = owner, rows
+    if runtime.node_id != plan.main_provider():      # a further provider: its 0/1 indicator only
+        indicator = np.zeros(n, dtype=np.int64)
+        indicator[slot_of[ok]] = 1
+        return {qr.INDICATOR: indicator}
     width = n * max(len(cats), 1)
     out = {name: np.zeros(width, dtype=np.int64) for name in vectors(plan)}
     join = plan.join

@@ -150,7 +150,7 @@ def evaluate(runtime, header, inbound):
     values = evaluate_criteria(runtime, rule, items, n)
     yield progress("evaluate", runtime.node_id, n, n)
     for name, vec in values.items():
-        cv = backend.encrypt(pub, [int(v) for v in vec])
+        cv = runtime.compute.encrypt(backend, pub, [int(v) for v in vec])   # cluster only if values may go
         yield from blob_chunks(schema.ciphertext_stream(name), cv.serialize())
     runtime.audit.append("verify.evaluate", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                          counts={"subjects": n, "criteria": len(values)})

@@ -272,7 +272,8 @@ def test_input_validation():
     with pytest.raises(InvalidInput):
         ComparisonEvaluator(spec, [gi, gm])  # garbler objects on the evaluator side
     with pytest.raises(InvalidInput):
-        ComparisonGarbler(CircuitSpec([Test(8), Test(60, "modular")]), [gi, gm])  # β wider than 8 bits
+        # β wider than 8 bits (a mask whose low 9 bits are 256; a random one is narrower 1 time in 16)
+        ComparisonGarbler(CircuitSpec([Test(8), Test(60, "modular")]), [integer_garbler_input(9, [256] * 4), gm])
     with pytest.raises(InvalidInput):
         ComparisonGarbler(spec, [gi, gm], chunk=100)
 

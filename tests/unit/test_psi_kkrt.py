@@ -159,3 +159,52 @@ def test_bins_count_is_checked_by_sender():
 def test_empty_sets():
     assert run([], ["ID1"])[2] == []
     assert run(["ID1"], [])[2] == []
+
+
+def _cut(data: bytes, sizes):
+    """``data`` in pieces of the given sizes, cycled (the last piece takes the rest)."""
+    out, i, k = [], 0, 0
+    while i < len(data):
+        out.append(data[i:i + sizes[k % len(sizes)]])
+        i, k = i + sizes[k % len(sizes)], k + 1
+    return out
+
+
+def test_pipelined_batches_equal_whole_messages(monkeypatch):
+    """Message 4 produced batch by batch and messages 4 and 5 consumed in arbitrary cuts give
+    byte-for-byte the transcript and the result of whole messages."""
+    monkeypatch.setattr(kkrt, "BATCH_BINS", 256)          # several batches for 600 items
+    x, y = [f"ID{v}" for v in range(600)], [f"ID{v}" for v in range(300, 900)]
+    whole_s, whole_r = kkrt.KkrtSender(y, rng=seeded(3)), kkrt.KkrtReceiver(x, rng=seeded(4))
+    m3 = whole_s.extend(whole_r.respond(whole_s.start()))
+    m4 = whole_r.correct(m3)
+    m5 = whole_s.masks(m4)
+    assert whole_r.finish(m5) == plain(x, y)
+    s, r = kkrt.KkrtSender(y, rng=seeded(3)), kkrt.KkrtReceiver(x, rng=seeded(4))
+    assert s.extend(r.respond(s.start())) == m3
+    parts = [bytes(p) for p in r.correct_parts(m3)]
+    assert len(parts) > 3 and b"".join(parts) == m4
+    s.prepare()
+    assert s.masks_from(_cut(m4, [1000, 7, 64 * 130 + 3])) == m5
+    r.prepare_finish()
+    assert r.finish_from(_cut(m5, [333, 1, 4096])) == plain(x, y)
+
+
+def test_pipelined_pieces_are_size_checked():
+    s, r, (*_, m4) = _upto(4)
+    with pytest.raises(InvalidInput, match="wrong size"):
+        s.masks_from(_cut(m4 + b"\0" * 64, [100]))          # one row too many, in small pieces
+    s, r, (*_, m5) = _upto(5)
+    with pytest.raises(InvalidInput, match="wrong size"):
+        r.finish_from(_cut(m5[:-1], [5]))
+    s, r, (*_, m5) = _upto(5)
+    with pytest.raises(InvalidInput):
+        r.finish_from([m5[:3]])                              # shorter than a header
+
+
+def test_preparing_out_of_order_is_refused():
+    s, r, _ = _upto(2)
+    with pytest.raises(SessionStateError):
+        s.prepare()                         # before message 3
+    with pytest.raises(SessionStateError):
+        r.prepare_finish()                  # before message 4

@@ -36,8 +36,9 @@ class _Store:
 
 
 class _Runtime:
-    def __init__(self, store):
+    def __init__(self, store, node_id="tax"):
         self.store = store
+        self.node_id = node_id
 
 
 def _reference(rt, plan, items, n, bounds, cats):
@@ -145,3 +146,25 @@ def test_extreme_sums_are_clipped_not_wrapped():
     assert got["sum:monthly_income"].tolist() == [MAX_VALUE_CENTS, -MAX_VALUE_CENTS]
     assert got["sum:hours"].tolist() == [MAX_VALUE_CENTS, -MAX_VALUE_CENTS]
     assert np.array_equal(got["rows"], [4, 4])
+
+
+def test_two_provider_agencies_each_evaluate_their_own_datasets_and_the_product_is_the_join(monkeypatch):
+    """The JOIN's agency answers its vectors ignoring the other agency's semi-join; the other answers
+    a 0/1 indicator; their slot-wise product (what the coordinator computes under encryption) is
+    the whole query's answer. (Two agencies are off in production: pc_rules.query.MAX_PROVIDER_AGENCIES.)"""
+    from pc_rules import query
+    monkeypatch.setattr(query, "MAX_PROVIDER_AGENCIES", 2)
+    both = ("SELECT a.d, COUNT(*), SUM(w.monthly_income) FROM ca.people a JOIN tax.wages w ON a.id_number ="
+            " w.id_number WHERE NOT EXISTS (SELECT 1 FROM ps.companies c WHERE c.id_number = a.id_number AND"
+            " c.status = 'closed') GROUP BY a.d")
+    plan = parse_query(both)
+    assert plan.main_provider() == "tax" and plan.indicator_providers() == ["ps"]
+    for seed in range(3):
+        rt, items = _city(seed)
+        main = query_eval.evaluate_slots(rt, plan, items, len(items))
+        ind = query_eval.evaluate_slots(_Runtime(rt.store, "ps"), plan, items, len(items))
+        assert list(ind) == ["indicator"] and set(ind["indicator"].tolist()) == {0, 1}
+        want = _reference(rt, plan, items, len(items), None, ())
+        for name in want:
+            assert (main[name] * ind["indicator"]).tolist() == want[name], name
+        assert (main["subjects"] * (1 - ind["indicator"])).sum() > 0      # the NOT EXISTS removes someone

@@ -130,7 +130,14 @@ REFUSED = [
     ("SELECT COUNT(*) FROM civil_affairs.recipients a WHERE EXISTS (SELECT 1 FROM tax.wages w "
      "JOIN tax.companies c ON c.id_number = w.id_number WHERE w.id_number = a.id_number)", "JOIN inside EXISTS"),
     ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number WHERE "
-     "EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number)", "one provider agency"),
+     "EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number)",
+     "one provider agency per query"),
+    ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number WHERE "
+     "EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number) AND NOT EXISTS "
+     "(SELECT 1 FROM housing.properties p WHERE p.id_number = a.id_number)", "one provider agency per query"),
+    ("SELECT v.vehicle_type, COUNT(*) FROM civil_affairs.recipients a JOIN public_security.vehicles v ON "
+     "a.id_number = v.id_number WHERE EXISTS (SELECT 1 FROM tax.wages w WHERE w.id_number = a.id_number) "
+     "GROUP BY v.vehicle_type", "one provider agency"),
     ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN civil_affairs.other o ON a.id_number = o.id_number",
      "your own agency"),
     ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages a ON a.id_number = a.id_number", "used twice"),

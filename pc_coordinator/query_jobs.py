@@ -28,7 +28,7 @@ from pc_node.secure_agg import query_release as qr
 from pc_node.secure_agg.backend import get_backend
 from pc_node.secure_agg.gc import ComparisonGarbler
 from pc_rules.query import QueryPlan, parse_query
-from pc_rules.query_catalog import query_column_uses, validate_query
+from pc_rules.query_catalog import check_disclosure, query_column_uses, validate_query
 
 _RANK = {"none": 0, "predicate": 1, "group_by": 1.5, "aggregate": 2, "masked": 3, "plaintext": 4}
 
@@ -67,8 +67,11 @@ def published_grant_check(plan: QueryPlan, p: job_kinds.QueryParams, requester: 
 def validate(doc: dict, directory: Directory) -> list[str]:
     """Check a query against the catalog and the published grants; its provider admits it."""
     p, plan = _plan(doc)
-    validate_query(plan, catalog_view(directory.catalog()), doc["requester"])
+    view = catalog_view(directory.catalog())
+    validate_query(plan, view, doc["requester"])
     published_grant_check(plan, p, doc["requester"], directory)
+    # the published k and ε demands: refused here, before any admission round (the provider re-checks)
+    check_disclosure(plan, view, doc["requester"], p.purpose, p.min_group_size, p.epsilon)
     providers = plan.providers()
     for a in providers + [doc["requester"]]:
         if not directory.node(a)["online"]:

@@ -29,7 +29,7 @@ from pc_node.secure_agg import query_release as qr
 from pc_node.secure_agg.backend import get_backend
 from pc_node.secure_agg.gc import ComparisonGarbler
 from pc_rules.query import QueryPlan, parse_query
-from pc_rules.query_catalog import validate_query
+from pc_rules.query_catalog import check_disclosure, validate_query
 
 KIND = "query_private"
 
@@ -48,11 +48,14 @@ refusal = pr.unsupported
 
 def validate(doc: dict, directory: Directory) -> list[str]:
     p, plan = _plan(doc)
-    validate_query(plan, catalog_view(directory.catalog()), doc["requester"])
+    view = catalog_view(directory.catalog())
+    validate_query(plan, view, doc["requester"])
     why = refusal(plan)
     if why:
         raise InvalidInput(why)
     published_grant_check(plan, p, doc["requester"], directory)
+    # the published k and DP demands: refused here, before any admission round (the provider re-checks)
+    check_disclosure(plan, view, doc["requester"], p.purpose, p.min_group_size, None, private=True)
     for a in plan.providers() + [doc["requester"]]:
         if not directory.node(a)["online"]:
             raise InvalidInput(f"node '{a}' is offline")

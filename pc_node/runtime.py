@@ -175,8 +175,12 @@ class NodeRuntime:
                                   rows=meta.rows, description=meta.description, updated_at=meta.updated_at)
             for c in meta.all_columns():
                 ds.columns.add(name=c.name, type=c.type, description=c.description, sharing=c.sharing,
-                               sensitivity=c.sensitivity, unit=c.unit)
-            for g in self.policy.grants_for(meta.name):
-                ds.grants.add(requester=g.requester, purposes=list(g.purposes), column_uses=g.columns,
-                              approval=g.approval, reveal=g.reveal)
+                               sensitivity=c.sensitivity, unit=c.unit, categories=list(c.categories))
+            for g in self.policy.grants_for(meta.name):   # disclosure demands too: clients refuse early
+                pg = ds.grants.add(requester=g.requester, purposes=list(g.purposes), column_uses=g.columns,
+                                   approval=g.approval, reveal=g.reveal, min_group_size=int(g.min_group_size))
+                if g.epsilon is not None:
+                    pg.epsilon = float(g.epsilon)
+                if g.epsilon_budget is not None:
+                    pg.epsilon_budget = float(g.epsilon_budget)
         return out

@@ -2,18 +2,21 @@
 
 :func:`validate_query` is what the client (before submitting) and the coordinator (before
 creating a job) run on a :class:`pc_rules.query.QueryPlan`; :func:`query_column_uses` is what
-a provider's admission and the sandbox's grants derive from it.
+a provider's admission and the sandbox's grants derive from it. :func:`check_disclosure` refuses
+up front, from the published grants, what a provider's admission would refuse for the minimum
+group size or a missing ε — same message, same status; the provider still checks (and alone
+checks ε against the cap and the budget, which change).
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pc_common.errors import InvalidInput
+from pc_common.errors import InvalidInput, PermissionDenied
 from pc_rules.catalog import NUMERIC_TYPES, USE_RANK
 from pc_rules.expr import Expr, check_types
 from pc_rules.query import QueryPlan, TableRef
 
-__all__ = ["query_column_uses", "validate_query"]
+__all__ = ["check_disclosure", "query_column_uses", "validate_query"]
 
 
 def _fail(msg: str) -> InvalidInput:
@@ -86,6 +89,63 @@ def _types(where: Expr, cols: Mapping[str, str], t: TableRef) -> None:
         check_types(where, cols)
     except InvalidInput as e:
         raise _fail(f"in {t.ref}: {str(e).removeprefix('where: ')}") from None
+
+
+def _allows(granted: Mapping[str, str], col: str, use: str, key_column: str) -> bool:
+    """As a provider's ``Grant.allows``: may a published grant's column uses serve ``col`` as ``use``."""
+    g = granted.get(col, "none")
+    if use == "join_key":
+        return col == key_column and g in ("join_key", "plaintext")
+    return g != "join_key" and USE_RANK.get(g, 0) >= USE_RANK[use] > 0
+
+
+def _published_grant(e: Mapping[str, Any], requester: str, purpose: str, uses: Mapping[str, str]):
+    """The published grant a provider's admission would pick (the first that allows all ``uses``), or None."""
+    key = e.get("key_column", "id_number")
+    needed = {key: "join_key", **uses}
+    for g in e.get("grants", ()):
+        if g["requester"] == requester and purpose in g["purposes"] and \
+                all(_allows(g["column_uses"], c, u, key) for c, u in needed.items()):
+            return g
+    return None
+
+
+def check_disclosure(plan: QueryPlan, catalog: Mapping[str, Mapping[str, Any]], requester: str, purpose: str,
+                     min_group_size: int, epsilon: float | None, private: bool = False) -> None:
+    """Per provider (in admission order), the grants its admission would use, then its refusals:
+    ``--private`` under a DP grant, a minimum group size below the grants', no ε under a DP grant
+    (PermissionDenied, the provider's own one-line messages); then a provider GROUP BY column
+    without declared categories (InvalidInput). A provider whose grants do not all match is left
+    to the column-use checks and its own admission."""
+    for agency in plan.providers():
+        grants = []
+        for ds, uses in query_column_uses(plan, agency).items():
+            g = _published_grant(catalog.get(f"{agency}.{ds}", {}), requester, purpose, uses)
+            if g is None:
+                break
+            grants.append(g)
+        else:
+            if not grants:
+                continue
+            demands_dp = any(g["epsilon"] is not None or g["epsilon_budget"] is not None for g in grants)
+            if private and demands_dp:
+                raise PermissionDenied("this provider's grant demands differential privacy, which --private cannot"
+                                       " carry (the requester learns exact per-group match counts); run the query"
+                                       " without --private")
+            need = max(max(int(g["min_group_size"]), 1) for g in grants)
+            if min_group_size < need:
+                raise PermissionDenied(f"this provider's grant needs a minimum group size of at least {need}"
+                                       f" (the query asks for {min_group_size})")
+            if not epsilon and demands_dp:
+                caps = [g["epsilon"] for g in grants if g["epsilon"] is not None]
+                most = f" (at most {min(caps):g} per query)" if caps else ""
+                raise PermissionDenied(f"this provider's grant demands differential privacy: run the query with"
+                                       f" --epsilon E{most}")
+            t = plan.join.table if plan.join is not None else None
+            if t is not None and t.agency == agency and plan.provider_group and \
+                    plan.provider_group not in catalog.get(t.ref, {}).get("categories", {plan.provider_group: 1}):
+                raise InvalidInput(f"GROUP BY {t.alias}.{plan.provider_group}: the column declares no categories"
+                                   f" in the metadata of '{t.ref}' (at most 64; they are one-hot encrypted)")
 
 
 def query_column_uses(plan: QueryPlan, agency: str) -> dict[str, dict[str, str]]:

@@ -9,13 +9,21 @@
 * **lookup**: ``rows_for_keys`` of ``--subjects`` identifiers (half present, half absent) in
   that dataset, as a verification's provider step reads them (one column and all columns).
 * ``keys()``: every identifier of the dataset decrypted (what PSI and lookups read).
+* ``--pg-verify`` (instead of the above): a throw-away PostgreSQL cluster (``tests/pg_kit.py``),
+  the synthetic city's tax.wages, hrss.pensions and public_security.vehicles loaded into it with
+  ``COPY FROM STDIN`` and padded with other residents to ``--pg-rows`` rows each (index on the
+  key column), a sandbox whose nodes attach them (``<dataset>.postgres.toml``), and the dibao
+  verification of ``--households`` households through it, checked against the ground truth.
 
 Timings on a shared machine vary with its load: the script prints the load average before
 and after, so that figures taken under contention can be told apart.
 
     python scripts/bench_scale.py --rows 10000000 --subjects 270000
 
+    python scripts/bench_scale.py --pg-verify --pg-rows 10000000 --households 100000
+
 The last line is machine-readable:
+    pgverify households=… subjects=… pg_rows=… load_s=… index_s=… up_s=… verify_s=… mismatches=…
     scale rows=… import_s=… rows_per_s=… peak_rss_mb=… lookup_s=… lookup_one_column_s=…
 """
 from __future__ import annotations
@@ -118,8 +126,14 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", type=int, default=270_000)
     ap.add_argument("--work", type=pathlib.Path, default=pathlib.Path(tempfile.gettempdir()) / "pc-bench-scale")
     ap.add_argument("--progress", action="store_true", help="show the importer's progress bar")
+    ap.add_argument("--pg-verify", action="store_true",
+                    help="measure a verification against attached PostgreSQL tables instead")
+    ap.add_argument("--pg-rows", type=int, default=10_000_000, help="rows of each PostgreSQL table")
+    ap.add_argument("--households", type=int, default=100_000)
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
+    if a.pg_verify:
+        return pg_verify(a)
     csv_path = a.work / f"vehicles-{a.rows}.csv"
     if not csv_path.exists():
         t = time.perf_counter()
@@ -156,6 +170,134 @@ def main(argv=None) -> int:
     print(f"scale rows={imp['rows']} import_s={imp['seconds']:.2f} import_cpu_s={imp['cpu_s']:.1f} rows_per_s={rate:.0f} "
           f"peak_rss_mb={imp['peak_rss_mb']:.0f} lookup_s={lookup_s:.2f} lookup_one_column_s={one_s:.2f}")
     return 0
+
+
+# The dibao rule's provider tables that live in PostgreSQL: columns (PostgreSQL types) and the
+# row a resident outside the applicant households gets (he or she changes no verdict).
+PG_TABLES = {
+    "tax.wages": ({"id_number": "text", "employer": "text", "monthly_income": "numeric"},
+                  {"employer": "新疆某有限公司", "monthly_income": "8000.00"}),
+    "hrss.pensions": ({"id_number": "text", "monthly_amount": "numeric"}, {"monthly_amount": "3000.00"}),
+    "public_security.vehicles": ({"id_number": "text", "plate": "text", "vehicle_type": "text",
+                                  "registered_on": "date"},
+                                 {"plate": "新A00001", "vehicle_type": "car", "registered_on": "2015-05-01"}),
+}
+
+
+def _load_table(conn, table: str, city_csv: pathlib.Path, rows: int, seed: int, applicants: np.ndarray) -> int:
+    """``table`` = the city's CSV rows plus filler residents up to ``rows``, by ``COPY FROM STDIN``
+    in CSV blocks of a million rows (the bytes are made by pyarrow; PostgreSQL parses them)."""
+    import io
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    from psycopg import sql
+    columns, filler = PG_TABLES[table]
+    schema, name = table.split(".")
+    ident = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, sql.SQL(", ").join(
+        sql.SQL("{} " + t).format(sql.Identifier(c)) for c, t in columns.items())))
+    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv, HEADER {})")
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    with conn.cursor() as cur:
+        with open(city_csv, encoding="utf-8") as fh:
+            header = fh.readline().strip().split(",")
+            assert header == list(columns), (table, header)
+            n = sum(1 for _ in fh)
+        with cur.copy(copy.format(ident, cols, sql.SQL("true"))) as cp, open(city_csv, "rb") as fh:
+            while block := fh.read(1 << 20):
+                cp.write(block)
+        rng = np.random.default_rng(seed)
+        for start in range(n, rows, 1_000_000):
+            k = min(1_000_000, rows - start)
+            ids = np.empty(0, dtype="S18")
+            while len(ids) < k:     # an applicant drawn as filler would change a verdict: drop him
+                more = identifiers(rng, k - len(ids)).view("S18").ravel()
+                ids = np.concatenate([ids, more[~np.isin(more, applicants)]])
+            data = {"id_number": ids.astype(str)}
+            data.update({c: pa.array([v] * k) for c, v in filler.items()})
+            buf = io.BytesIO()
+            pacsv.write_csv(pa.table(data), buf, write_options=pacsv.WriteOptions(include_header=False))
+            with cur.copy(copy.format(ident, cols, sql.SQL("false"))) as cp:
+                cp.write(buf.getbuffer())
+    return max(rows, n)
+
+
+def pg_verify(a) -> int:
+    """The ``--pg-verify`` mode (see the module docstring)."""
+    import csv
+    import shutil
+    from pc_client.sandbox import Sandbox
+    from pc_devkit import ground_truth
+    from pc_devkit.synth_city import generate_city
+    from pc_rules.rules import load_rule
+    from tests.pg_kit import PgCluster, find
+    if not (find("pg_ctl") and find("initdb")):
+        print("pg_ctl/initdb not found: install Debian's postgresql package")
+        return 2
+    city = a.work / f"pg-city-{a.households}"
+    shutil.rmtree(city, ignore_errors=True)
+    t = time.perf_counter()
+    generate_city(city, households=a.households, seed=11)
+    rule_path, subjects = city / "rules" / "dibao.toml", city / "civil_affairs" / "applicants.csv"
+    truth = ground_truth.evaluate(load_rule(rule_path), city, subjects)   # from the CSVs, before moving them
+    print(f"city of {a.households:,} households generated, ground truth in {time.perf_counter() - t:.1f} s")
+    with open(subjects, newline="", encoding="utf-8") as fh:
+        applicants = np.array([ground_truth.normalise_id(r["id_number"]) for r in csv.DictReader(fh)], dtype="S18")
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+    pg = PgCluster().start()
+    try:
+        load_s = index_s = 0.0
+        with pg.connect() as conn:
+            conn.execute("SET maintenance_work_mem = '512MB'")
+            for i, table in enumerate(PG_TABLES):
+                agency, name = table.split(".")
+                src = city / ".pg-source" / agency / f"{name}.csv"    # out of the sandbox's sight
+                src.parent.mkdir(parents=True, exist_ok=True)
+                (city / agency / f"{name}.csv").replace(src)
+                t = time.perf_counter()
+                n = _load_table(conn, table, src, a.pg_rows, seed=100 + i, applicants=applicants)
+                dl = time.perf_counter() - t
+                t = time.perf_counter()
+                conn.execute(f'CREATE INDEX ON {table} ("id_number")')
+                conn.execute(f"ANALYZE {table}")
+                di = time.perf_counter() - t
+                load_s, index_s = load_s + dl, index_s + di
+                print(f"  {table}: {n:,} rows loaded in {dl:.1f} s ({n / dl:,.0f} rows/s), index + analyze {di:.1f} s",
+                      flush=True)
+                meta = city / agency / f"{name}.toml"
+                body = "\n".join(line for line in meta.read_text(encoding="utf-8").splitlines()
+                                  if not line.startswith("key_column"))
+                (city / agency / f"{name}.postgres.toml").write_text(
+                    f'table = "{table}"\ndsn = "{pg.dsn}"\nkey = "id_number"\n{body}\n', encoding="utf-8")
+                meta.unlink()
+        sb = Sandbox(city)
+        t0 = time.perf_counter()
+        sb.up(log=lambda m: print(f"  [{time.perf_counter() - t0:6.1f} s] {m}", flush=True), timeout=3600)
+        up_s = time.perf_counter() - t0
+        print(f"sandbox up (3 attachments, each a scan of its key column, + the small CSV imports): {up_s:.1f} s")
+        try:
+            out = a.work / "pg_verify_results.csv"
+            t = time.perf_counter()
+            with sb.federation("analyst@civil_affairs") as fed:
+                res = fed.verify(rule_path, subjects, out=out)
+            verify_s = time.perf_counter() - t
+            s = res.summary
+            for k in ("admit_s", "prepare_s", "evaluate_s", "aggregate_s", "mask_s", "compare_s", "total_s"):
+                print(f"  coordinator {k:12} {s.get(k)}")
+        finally:
+            sb.down(quiet=True)
+        with open(out, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        wrong = sum((r["eligible"] == "true") != g["eligible"] for r, g in zip(rows, truth)) + abs(len(rows) - len(truth))
+        print(f"verification end to end (upload + job + results file): {verify_s:.2f} s; "
+              f"{len(rows):,} verdicts checked against the ground truth, {wrong} mismatches")
+    finally:
+        pg.stop()
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"pgverify households={a.households} subjects={s.get('subjects')} pg_rows={a.pg_rows} load_s={load_s:.1f} "
+          f"index_s={index_s:.1f} up_s={up_s:.1f} verify_s={verify_s:.2f} mismatches={wrong}")
+    return 0 if wrong == 0 else 1
 
 
 def _sample_ids(csv_path: pathlib.Path, n: int, rng) -> list[str]:

@@ -63,10 +63,23 @@ def print_catalog(catalog) -> None:
         print(f"{d.agency}.{d.name}  ({d.rows} rows, key {d.key_column})  {d.description}")
         for c in d.columns:
             unit = f" [{c.unit}]" if c.unit else ""
-            print(f"    {c.name:22} {c.type:8} {c.sharing:11} level {c.sensitivity}{unit}  {c.description}")
+            cats = f"  categories: {', '.join(c.categories)}" if c.categories else ""
+            print(f"    {c.name:22} {c.type:8} {c.sharing:11} level {c.sensitivity}{unit}  {c.description}{cats}")
         for g in d.grants:
             uses = ", ".join(f"{k}:{v}" for k, v in sorted(g.column_uses.items()))
-            print(f"    grant → {g.requester} for {', '.join(g.purposes)} ({g.approval}; {uses or 'join only'})")
+            print(f"    grant → {g.requester} for {', '.join(g.purposes)} ({g.approval}; {uses or 'join only'})"
+                  f"{_disclosure_text(g)}")
+
+
+def _disclosure_text(g) -> str:
+    """A grant's federated-query demands: minimum group size; DP (either ε field set) with its ε per query
+    and budget per requester per period."""
+    parts = [f"min group size {g.min_group_size}"] if g.min_group_size else []
+    if g.HasField("epsilon"):
+        parts.append(f"epsilon ≤ {g.epsilon:g} per query")
+    if g.HasField("epsilon_budget"):
+        parts.append(f"epsilon budget {g.epsilon_budget:g} per period")
+    return f"  [{'; '.join(parts)}]" if parts else ""
 
 
 def progress_printer(enabled: bool):

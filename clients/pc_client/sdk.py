@@ -250,7 +250,11 @@ class Federation:
               on_update: ProgressFn | None = None, private: bool = False, epsilon: float | None = None) -> JobResult:
         """A federated query (docs/query.md): checked here against the catalog before anything runs;
         returns the released groups as ``records`` (and writes the results file to ``out``)."""
-        validate_query(parse_query(sql), catalog_view(self.catalog()), self.identity.agency)
+        plan, view = parse_query(sql), catalog_view(self.catalog())
+        validate_query(plan, view, self.identity.agency)
+        if not private:   # the published k / ε demands, before preparing (private mode: at its provider)
+            from pc_rules.query_catalog import check_disclosure
+            check_disclosure(plan, view, self.identity.agency, purpose, int(min_group_size), epsilon)
         # private=True: the query-private mode (docs/query_private.md), a job kind of its own.
         params = {"sql": sql, "min_group_size": int(min_group_size), "purpose": purpose}
         if epsilon:      # differential privacy, signed into the spec (docs/query.md)

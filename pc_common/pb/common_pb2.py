@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pc/v1/common.proto\x12\x05pc.v1\"m\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07sharing\x18\x04 \x01(\t\x12\x13\n\x0bsensitivity\x18\x05 \x01(\x05\x12\x0c\n\x04unit\x18\x06 \x01(\t\"\xb6\x01\n\x07\x44\x61taset\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nkey_column\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x04\x12\x1e\n\x07\x63olumns\x18\x05 \x03(\x0b\x32\r.pc.v1.Column\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\"\n\x06grants\x18\x07 \x03(\x0b\x32\x12.pc.v1.PolicyGrant\x12\x12\n\nupdated_at\x18\x08 \x01(\t\"\xc0\x01\n\x0bPolicyGrant\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x10\n\x08purposes\x18\x02 \x03(\t\x12\x37\n\x0b\x63olumn_uses\x18\x03 \x03(\x0b\x32\".pc.v1.PolicyGrant.ColumnUsesEntry\x12\x10\n\x08\x61pproval\x18\x04 \x01(\t\x12\x0e\n\x06reveal\x18\x05 \x01(\t\x1a\x31\n\x0f\x43olumnUsesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x07\x43\x61talog\x12 \n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x0e.pc.v1.Dataset\"S\n\tDataChunk\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"D\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\"\x07\n\x05\x45mptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pc/v1/common.proto\x12\x05pc.v1\"\x81\x01\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07sharing\x18\x04 \x01(\t\x12\x13\n\x0bsensitivity\x18\x05 \x01(\x05\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\"\xb6\x01\n\x07\x44\x61taset\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nkey_column\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x04\x12\x1e\n\x07\x63olumns\x18\x05 \x03(\x0b\x32\r.pc.v1.Column\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\"\n\x06grants\x18\x07 \x03(\x0b\x32\x12.pc.v1.PolicyGrant\x12\x12\n\nupdated_at\x18\x08 \x01(\t\"\xaa\x02\n\x0bPolicyGrant\x12\x11\n\trequester\x18\x01 \x01(\t\x12\x10\n\x08purposes\x18\x02 \x03(\t\x12\x37\n\x0b\x63olumn_uses\x18\x03 \x03(\x0b\x32\".pc.v1.PolicyGrant.ColumnUsesEntry\x12\x10\n\x08\x61pproval\x18\x04 \x01(\t\x12\x0e\n\x06reveal\x18\x05 \x01(\t\x12\x16\n\x0emin_group_size\x18\x06 \x01(\r\x12\x14\n\x07\x65psilon\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x65psilon_budget\x18\x08 \x01(\x01H\x01\x88\x01\x01\x1a\x31\n\x0f\x43olumnUsesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08_epsilonB\x11\n\x0f_epsilon_budget\"+\n\x07\x43\x61talog\x12 \n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x0e.pc.v1.Dataset\"S\n\tDataChunk\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"D\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\r\n\x05party\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x04\x12\r\n\x05total\x18\x04 \x01(\x04\"\x07\n\x05\x45mptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +34,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POLICYGRANT_COLUMNUSESENTRY']._loaded_options = None
   _globals['_POLICYGRANT_COLUMNUSESENTRY']._serialized_options = b'8\001'
-  _globals['_COLUMN']._serialized_start=29
-  _globals['_COLUMN']._serialized_end=138
-  _globals['_DATASET']._serialized_start=141
-  _globals['_DATASET']._serialized_end=323
-  _globals['_POLICYGRANT']._serialized_start=326
-  _globals['_POLICYGRANT']._serialized_end=518
-  _globals['_POLICYGRANT_COLUMNUSESENTRY']._serialized_start=469
-  _globals['_POLICYGRANT_COLUMNUSESENTRY']._serialized_end=518
-  _globals['_CATALOG']._serialized_start=520
-  _globals['_CATALOG']._serialized_end=563
-  _globals['_DATACHUNK']._serialized_start=565
-  _globals['_DATACHUNK']._serialized_end=648
-  _globals['_PROGRESS']._serialized_start=650
-  _globals['_PROGRESS']._serialized_end=718
-  _globals['_EMPTY']._serialized_start=720
-  _globals['_EMPTY']._serialized_end=727
+  _globals['_COLUMN']._serialized_start=30
+  _globals['_COLUMN']._serialized_end=159
+  _globals['_DATASET']._serialized_start=162
+  _globals['_DATASET']._serialized_end=344
+  _globals['_POLICYGRANT']._serialized_start=347
+  _globals['_POLICYGRANT']._serialized_end=645
+  _globals['_POLICYGRANT_COLUMNUSESENTRY']._serialized_start=565
+  _globals['_POLICYGRANT_COLUMNUSESENTRY']._serialized_end=614
+  _globals['_CATALOG']._serialized_start=647
+  _globals['_CATALOG']._serialized_end=690
+  _globals['_DATACHUNK']._serialized_start=692
+  _globals['_DATACHUNK']._serialized_end=775
+  _globals['_PROGRESS']._serialized_start=777
+  _globals['_PROGRESS']._serialized_end=845
+  _globals['_EMPTY']._serialized_start=847
+  _globals['_EMPTY']._serialized_end=854
 # @@protoc_insertion_point(module_scope)

@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Column(_message.Message):
-    __slots__ = ("name", "type", "description", "sharing", "sensitivity", "unit")
+    __slots__ = ("name", "type", "description", "sharing", "sensitivity", "unit", "categories")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SHARING_FIELD_NUMBER: _ClassVar[int]
     SENSITIVITY_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     description: str
     sharing: str
     sensitivity: int
     unit: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., sharing: _Optional[str] = ..., sensitivity: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
+    categories: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., sharing: _Optional[str] = ..., sensitivity: _Optional[int] = ..., unit: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("agency", "name", "key_column", "rows", "columns", "description", "grants", "updated_at")
@@ -44,7 +46,7 @@ class Dataset(_message.Message):
     def __init__(self, agency: _Optional[str] = ..., name: _Optional[str] = ..., key_column: _Optional[str] = ..., rows: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., description: _Optional[str] = ..., grants: _Optional[_Iterable[_Union[PolicyGrant, _Mapping]]] = ..., updated_at: _Optional[str] = ...) -> None: ...
 
 class PolicyGrant(_message.Message):
-    __slots__ = ("requester", "purposes", "column_uses", "approval", "reveal")
+    __slots__ = ("requester", "purposes", "column_uses", "approval", "reveal", "min_group_size", "epsilon", "epsilon_budget")
     class ColumnUsesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,12 +59,18 @@ class PolicyGrant(_message.Message):
     COLUMN_USES_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
     REVEAL_FIELD_NUMBER: _ClassVar[int]
+    MIN_GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     requester: str
     purposes: _containers.RepeatedScalarFieldContainer[str]
     column_uses: _containers.ScalarMap[str, str]
     approval: str
     reveal: str
-    def __init__(self, requester: _Optional[str] = ..., purposes: _Optional[_Iterable[str]] = ..., column_uses: _Optional[_Mapping[str, str]] = ..., approval: _Optional[str] = ..., reveal: _Optional[str] = ...) -> None: ...
+    min_group_size: int
+    epsilon: float
+    epsilon_budget: float
+    def __init__(self, requester: _Optional[str] = ..., purposes: _Optional[_Iterable[str]] = ..., column_uses: _Optional[_Mapping[str, str]] = ..., approval: _Optional[str] = ..., reveal: _Optional[str] = ..., min_group_size: _Optional[int] = ..., epsilon: _Optional[float] = ..., epsilon_budget: _Optional[float] = ...) -> None: ...
 
 class Catalog(_message.Message):
     __slots__ = ("datasets",)

@@ -204,6 +204,18 @@ def test_cli_query_writes_the_results_file_and_refuses_hostile_sql(qfed, db, tmp
     assert "Traceback" not in captured.err
 
 
+def assert_coordinator_files_hold_none(fed, needles: list[bytes]) -> None:
+    """No file under the coordinator's data directory holds any of ``needles`` (identifiers, group
+    values, results)."""
+    cdir = fed.root / "coordinator"
+    files = [p for p in cdir.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        content = p.read_bytes()
+        leaked = [n for n in needles if n in content]
+        assert not leaked, f"{p.relative_to(cdir)} holds {len(leaked)} identifier(s) or value(s)"
+
+
 def test_the_coordinator_holds_no_identifier_group_value_or_result(qfed, db, tmp_path):
     fed, city = qfed
     res = _run(fed, JOIN_WAGES, tmp_path)
@@ -212,13 +224,7 @@ def test_the_coordinator_holds_no_identifier_group_value_or_result(qfed, db, tmp
     districts = sorted({r[0] for r in db.execute("SELECT district FROM civil_affairs.applicants")})
     totals = [r["total"] for r in res.records] + [r["mean"] for r in res.records]
     needles = [i.encode() for i in ids] + [d.encode() for d in districts] + [t.encode() for t in totals]
-    cdir = fed.root / "coordinator"
-    files = [p for p in cdir.rglob("*") if p.is_file()]
-    assert files
-    for p in files:
-        content = p.read_bytes()
-        leaked = [n for n in needles if n in content]
-        assert not leaked, f"{p.relative_to(cdir)} holds {len(leaked)} identifier(s) or value(s)"
+    assert_coordinator_files_hold_none(fed, needles)
     with fed.client(f"analyst@{REQ}") as c:
         job = c.job(res.job_id)
     summary = json.loads(job.summary_json)

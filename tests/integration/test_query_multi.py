@@ -22,7 +22,7 @@ from pc_client.sdk import JobFailed
 
 from pc_node.admin import grants_toml
 from pc_node.secure_agg import dp_noise
-from tests.integration.test_query import AGENCIES, REQ, db  # noqa: F401
+from tests.integration.test_query import AGENCIES, REQ, assert_coordinator_files_hold_none, db  # noqa: F401
 
 CARS_EXCEPT_MOTORCYCLES = ("EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number "
                            "AND v.vehicle_type <> 'motorcycle')")
@@ -195,13 +195,7 @@ def test_the_coordinator_holds_no_identifier_or_value(qfed, db, tmp_path):
     districts = sorted({r[0] for r in db.execute("SELECT district FROM civil_affairs.applicants")})
     values = [r["total"] for r in res.records] + [r["mean"] for r in res.records]
     needles = [i.encode() for i in ids] + [d.encode() for d in districts] + [v.encode() for v in values]
-    cdir = fed.root / "coordinator"
-    files = [p for p in cdir.rglob("*") if p.is_file()]
-    assert files
-    for p in files:
-        content = p.read_bytes()
-        leaked = [n for n in needles if n in content]
-        assert not leaked, f"{p.relative_to(cdir)} holds {len(leaked)} identifier(s) or value(s)"
+    assert_coordinator_files_hold_none(fed, needles)
     with fed.client(f"analyst@{REQ}") as c:
         job = c.job(res.job_id)
     summary = json.loads(job.summary_json)

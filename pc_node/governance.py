@@ -310,20 +310,10 @@ class Governance:
         some dataset's budget has less than ``epsilon`` left within its period; the message
         gives the remaining budget. True when this call spent it, False when spent before."""
         now, want = self.clock(), _micro(epsilon)
-        refusal = None
         with self._transaction() as db:
             if not db.execute("INSERT OR IGNORE INTO markers VALUES (?, ?)", (marker, expires_at)).rowcount:
                 return False
-            for dataset, budget, period in budgets:
-                if budget is None:
-                    continue
-                used = db.execute("SELECT COALESCE(SUM(micro),0) FROM epsilon_spent WHERE requester = ? AND"
-                                  " dataset = ? AND at > ?", (requester, dataset, now - period)).fetchone()[0]
-                if used + want > _micro(budget):
-                    left = max(_micro(budget) - used, 0) / 1e6
-                    refusal = (f"privacy budget exhausted for requester '{requester}' on '{dataset}': {left:g} of"
-                               f" epsilon {budget:g} left within {_period_text(period)}, the query asks {epsilon:g}")
-                    break
+            refusal = _epsilon_refusal(db, requester, epsilon, budgets, now)
             if refusal:
                 db.execute("DELETE FROM markers WHERE name = ?", (marker,))
             else:
@@ -334,12 +324,16 @@ class Governance:
             raise ResourceExhausted(refusal)
         return True
 
+    def epsilon_refusal(self, requester: str, epsilon: float,
+                        budgets: Sequence[tuple[str, float | None, float]]) -> str | None:
+        """Why :meth:`charge_epsilon` would refuse ``epsilon`` now (read only), or None."""
+        with self._lock:
+            return _epsilon_refusal(self._db, requester, epsilon, budgets, self.clock())
+
     def epsilon_spent(self, requester: str, dataset: str, period: float) -> float:
         """The ε spent by ``requester`` on ``dataset`` in the last ``period`` seconds."""
         with self._lock:
-            used = self._db.execute("SELECT COALESCE(SUM(micro),0) FROM epsilon_spent WHERE requester = ? AND"
-                                    " dataset = ? AND at > ?", (requester, dataset, self.clock() - period)).fetchone()
-        return used[0] / 1e6
+            return _micro_spent(self._db, requester, dataset, self.clock() - period) / 1e6
 
     def usage(self, requester: str, seconds: float = 86400) -> dict:
         """``{"jobs": …, "subjects": …}`` charged to ``requester`` in the last ``seconds``."""
@@ -352,6 +346,26 @@ class Governance:
 
 def _micro(epsilon: float) -> int:
     return int(round(float(epsilon) * 1e6))
+
+
+def _micro_spent(db, requester: str, dataset: str, since: float) -> int:
+    return db.execute("SELECT COALESCE(SUM(micro),0) FROM epsilon_spent WHERE requester = ? AND dataset = ?"
+                      " AND at > ?", (requester, dataset, since)).fetchone()[0]
+
+
+def _epsilon_refusal(db, requester: str, epsilon: float, budgets, now: float) -> str | None:
+    """The ledger's one decision, in micro-ε integers: the first (dataset, budget, period) with
+    less than ``epsilon`` left, as the refusal line with the remaining budget; None if all allow it."""
+    want = _micro(epsilon)
+    for dataset, budget, period in budgets:
+        if budget is None:
+            continue
+        used = _micro_spent(db, requester, dataset, now - period)
+        if used + want > _micro(budget):
+            left = max(_micro(budget) - used, 0) / 1e6
+            return (f"privacy budget exhausted for requester '{requester}' on '{dataset}': {left:g} of"
+                    f" epsilon {budget:g} left within {_period_text(period)}, the query asks {epsilon:g}")
+    return None
 
 
 def _period_text(seconds: float) -> str:

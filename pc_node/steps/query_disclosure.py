@@ -90,26 +90,19 @@ def dp_scales(plan: QueryPlan, epsilon: float, bounds: dict[str, tuple[int, int]
             + [dp_noise.scale_for(e, reach * dp_noise.sum_sensitivity(*bounds[c])) for c in plan.sum_columns()])
 
 
+def _budgets(grants: list) -> list[tuple[str, float | None, float]]:
+    return [(g.dataset, g.epsilon_budget, PERIODS[g.evaluation_period]) for g in grants]
+
+
 def budget_refusal(runtime, doc: dict, grants: list) -> str | None:
     """Why the ledger would refuse this query's ε now (read only), or None."""
-    p = params_of(doc)
-    for g in grants:
-        if g.epsilon_budget is None:
-            continue
-        period = PERIODS[g.evaluation_period]
-        left = g.epsilon_budget - runtime.governance.epsilon_spent(doc["requester"], g.dataset, period)
-        if p.epsilon > left + 1e-9:
-            return (f"privacy budget exhausted for requester '{doc['requester']}' on '{g.dataset}': {max(left, 0):g}"
-                    f" of epsilon {g.epsilon_budget:g} left within a {g.evaluation_period}, the query asks"
-                    f" {p.epsilon:g}")
-    return None
+    return runtime.governance.epsilon_refusal(doc["requester"], params_of(doc).epsilon, _budgets(grants))
 
 
 def charge_epsilon(runtime, doc: dict, grants: list) -> None:
     """The ε ledger (governance): every grant's budget per its period, once per job, all or nothing."""
     p = params_of(doc)
-    runtime.governance.charge_epsilon(doc["job_id"] + "#epsilon", doc["requester"], p.epsilon,
-                                      [(g.dataset, g.epsilon_budget, PERIODS[g.evaluation_period]) for g in grants],
+    runtime.governance.charge_epsilon(doc["job_id"] + "#epsilon", doc["requester"], p.epsilon, _budgets(grants),
                                       jobspec.lifetime_end(doc))
 
 

@@ -14,7 +14,7 @@ import threading
 
 import grpc
 
-from pc_common import clock, jobspec, server as grpc_server, wire
+from pc_common import clock, jobspec, server as grpc_server, sm4_aesni, wire
 from pc_node import idnum
 from pc_common.config import NodeConfig
 from pc_common.catalog import catalog_digest
@@ -174,6 +174,7 @@ def create_server(config: NodeConfig, max_workers: int = 32):
     runtime.address = f"{config.listen.rsplit(':', 1)[0]}:{port}"
     psi_kkrt.warm_up_in_background()
     threading.Thread(target=_warm_up_blind_index, name="sm3-warm-up", daemon=True).start()
+    sm4_aesni.start_in_background()      # sealing and data at rest in bulk: SM4-GCM on AES-NI
     return server, port, runtime
 
 

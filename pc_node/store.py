@@ -33,6 +33,7 @@ import pyarrow as pa
 from pc_common import clock
 from pc_common.errors import AlreadyExists, InvalidInput, NotFound
 from pc_node import blocks, idnum
+from pc_node.psi.encoding import NormalIds, normalise_ids
 from pc_rules.metadata import ColumnMeta, DatasetMeta
 
 __all__ = ["ColumnMeta", "DatasetMeta", "NodeStore", "ATTACHMENT_KIND"]
@@ -84,7 +85,7 @@ class NodeStore:
         self.path = pathlib.Path(path)
         self.cipher = cipher
         self._lock = threading.RLock()
-        self._keys_cache: dict[tuple[str, int], list[str]] = {}
+        self._keys_cache: dict[tuple, Sequence[str]] = {}   # keys and subject_ids of one dataset version
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -294,25 +295,30 @@ class NodeStore:
         return (meta.version, meta.updated_at) if source is None else (meta.version, *source.stamp())
 
     def keys(self, name: str) -> list[str]:
-        """Every normalised identifier of a dataset (decrypted), in row order.
-
-        Kept in memory per dataset version: PSI jobs on a large dataset should not pay the
-        decryption again (memory is not "at rest"; the cache dies with the process).
-        """
-        meta = self.dataset(name)
-        source = self.source(name)
+        """Every normalised identifier of a dataset (decrypted), in row order; kept in memory per
+        version so that jobs do not pay the decryption again (the cache dies with the process)."""
+        meta, source = self.dataset(name), self.source(name)
         if source is not None:
             keys = source.keys()     # read anew: the table may have changed since the last job
             self._refresh_rows(meta, len(keys))
             return keys
-        cache_key = (meta.name, meta.version)
-        cached = self._keys_cache.get(cache_key)
-        if cached is not None:
-            return cached
-        keys = self._read(name, lambda ds_id, bf: bf.keys() if bf else self._cell_keys(meta, ds_id))
-        self._keys_cache.clear()   # one dataset at a time is enough
-        self._keys_cache[cache_key] = keys
-        return keys
+        return self._cached((meta.name, meta.version), lambda: self._read(
+            name, lambda ds_id, bf: bf.keys() if bf else self._cell_keys(meta, ds_id)))
+
+    def subject_ids(self, name: str) -> NormalIds:
+        """The dataset's distinct normalised identifiers, in order of first row (the set a PSI
+        protocol takes), kept with :meth:`keys` (an attached table's are read anew)."""
+        meta = self.dataset(name)
+        if self.source(name) is not None:
+            return NormalIds(normalise_ids(self.keys(name)))
+        return self._cached(("subjects", meta.name, meta.version), lambda: NormalIds(normalise_ids(self.keys(name))))
+
+    def _cached(self, key: tuple, compute):
+        if key not in self._keys_cache:
+            found = compute()                # one dataset version at a time is enough:
+            self._keys_cache = {k: v for k, v in self._keys_cache.items() if k[-2:] == key[-2:]}
+            self._keys_cache[key] = found
+        return self._keys_cache[key]
 
     def _refresh_rows(self, meta: DatasetMeta, rows: int) -> None:
         """An attached table's catalog row count follows the table (updated when it is read)."""

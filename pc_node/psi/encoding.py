@@ -26,6 +26,7 @@ __all__ = [
     "decode_points",
     "encode_indices",
     "encode_points",
+    "NormalIds",
     "normalise_id",
     "normalise_ids",
     "split_chunks",
@@ -50,14 +51,26 @@ def normalise_id(value: str) -> str:
     return _WS.sub("", unicodedata.normalize("NFKC", value)).upper()
 
 
-def normalise_ids(values: Iterable[str]) -> list[str]:
+class NormalIds(tuple):
+    """Identifiers already normalised and distinct, in order (an immutable result of
+    :func:`normalise_ids`): :func:`normalise_ids` hands them back unchanged, so a node that
+    keeps a dataset's ids in this form (``NodeStore.subject_ids``) pays the pass once per
+    dataset version, not once per job and step."""
+
+    __slots__ = ()
+
+
+def normalise_ids(values: Iterable[str]) -> list[str] | NormalIds:
     """Normalise and de-duplicate, keeping the first occurrence's position; empty ids dropped.
 
     PSI works on *sets*: two rows whose identifiers normalise to the same string count once.
     Vectorised for the usual case, ASCII identifiers (NFKC leaves ASCII unchanged): one join,
     one whitespace pass, one ``upper`` and one split over the whole list (≈ 20× the per-item
-    loop, which stays for non-ASCII input). Same result either way (tested).
+    loop, which stays for non-ASCII input). Same result either way (tested). A
+    :class:`NormalIds` comes back as it is.
     """
+    if type(values) is NormalIds:
+        return values
     values = values if isinstance(values, list) else list(values)
     try:
         joined = _SEP.join(values)

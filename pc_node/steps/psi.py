@@ -55,7 +55,6 @@ from pc_common.steps_schema import (
 from pc_common.wire import CHUNK_BYTES, MAX_BLOB, POINT_LEN
 from pc_node import envelope
 from pc_node.psi import ProviderSession, RequesterSession
-from pc_node.psi.encoding import normalise_ids
 from pc_node.steps.admit import checked_spec, require_admitted, use_once
 from pc_node.steps.common import done, progress, read_blob, read_stream, store_results
 
@@ -72,7 +71,7 @@ def prepare_job(runtime, params: dict, subject_set: str = "") -> tuple[dict, str
     blind (distinct normalised identifiers); providers raise exactly that many of its points."""
     p = job_kinds.PsiParams.from_params(params)
     spec, purpose = prepare_over_datasets(runtime, params, p)
-    spec["subjects"] = len(normalise_ids(runtime.store.keys(p.datasets[0][1])))
+    spec["subjects"] = len(runtime.store.subject_ids(p.datasets[0][1]))
     spec["protocol"] = p.engine          # the planner's choice, signed
     return spec, purpose
 
@@ -113,7 +112,7 @@ def session(runtime, doc: dict):
         s = sessions.get(doc["job_id"])
     if s is not None:
         return s
-    ids = runtime.store.keys(own_dataset(runtime, doc))
+    ids = runtime.store.subject_ids(own_dataset(runtime, doc))
     cardinality_only = job_kinds.params_of(doc, "psi").cardinality_only
     cls = RequesterSession if doc["requester"] == runtime.node_id else ProviderSession
     # The job's scalar multiplications on the node's cluster only where psi_scalars may go there.

@@ -128,7 +128,7 @@ def recv(runtime, header, inbound):
         raise PermissionDenied("only the requester receives the intersection")
     p = _params(doc)
     provider = p.providers()[0]
-    r = kkrt.KkrtReceiver(runtime.store.keys(p.datasets[0][1]), domain=_domain(doc))
+    r = kkrt.KkrtReceiver(runtime.store.subject_ids(p.datasets[0][1]), domain=_domain(doc))
     if r.count != p.subjects:
         raise FailedPrecondition(f"the dataset changed since the job was prepared ({r.count} identifiers, the "
                                  f"signed spec says {p.subjects}); prepare the job again")
@@ -164,7 +164,7 @@ def send(runtime, header, inbound):
         raise PermissionDenied("the job names no dataset of this node")
     use_once(runtime, doc, "psi.kkrt_send")
     requester = doc["requester"]
-    s = kkrt.KkrtSender(runtime.store.keys(dataset), domain=_domain(doc))
+    s = kkrt.KkrtSender(runtime.store.subject_ids(dataset), domain=_domain(doc))
     yield from sealed(runtime, doc, requester, 1, s.start())
     m2 = read_sealed(runtime, doc, inbound, 2, kkrt.message_size(2, p.subjects, s.count))
     if kkrt.announced_count(m2, 2) != p.subjects:

@@ -15,6 +15,7 @@ import pytest
 from pc_common.errors import IntegrityError, InvalidInput
 from pc_node import blocks, idnum
 from pc_node.keystore import FieldCipher
+from pc_node.psi.encoding import NormalIds, normalise_ids
 from pc_node.runtime import open_cipher
 from pc_node.sm3_bulk import MAX_LEN, hmac_sm3_rows
 from pc_node.store import NodeStore
@@ -83,6 +84,17 @@ def test_rows_for_keys_equals_a_plain_scan_across_many_blocks(store, small_block
     assert only_value == {k: [["", v[1]] for v in vs] for k, vs in expect.items()}
     assert store.rows_for_keys("cars", ["not an id", " " + keys[0]]) == {}          # keys come normalised
     assert len(list(store.blocks_dir.glob("*.pcb"))) == 1
+
+
+def test_subject_ids_are_the_distinct_keys_kept_per_version(store, small_blocks):
+    keys = ids(300)
+    store.write_dataset(meta(), [(keys[i % 250], [f"京A{i:05d}", "1.00"]) for i in range(400)])
+    first = store.subject_ids("cars")
+    assert list(first) == keys[:250] == normalise_ids(store.keys("cars"))
+    assert isinstance(first, NormalIds) and normalise_ids(first) is first    # no second pass
+    assert store.subject_ids("cars") is first                                # cached for the version
+    store.write_dataset(meta(), [(k, ["京A00001", "1.00"]) for k in keys[:10]], replace=True)
+    assert list(store.subject_ids("cars")) == keys[:10]                      # a new version is read anew
 
 
 def test_stored_identifiers_must_be_valid_and_normalised(store):

@@ -20,9 +20,9 @@ Messages (each method once, in order; every size checked, ``InvalidInput`` other
 
     S = KkrtSender(ids)                 R = KkrtReceiver(ids)
     m1 = S.start()            S -> R    |Y|, OT round 1
-    m2 = R.respond(m1)        R -> S    |X|, OT round 2
+    m2 = R.respond(m1)        R -> S    |X|, OT round 2, cuckoo seed
     m3 = S.extend(m2)         S -> R    OT round 3, code seed
-    m4 = R.correct(m3)        R -> S    OT round 4, cuckoo seed, u (m × 64 bytes)
+    m4 = R.correct(m3)        R -> S    OT round 4, u (m × 64 bytes)
     m5 = S.masks(m4)          S -> R    3 × |Y| × L bytes
     R.finish(m5) -> list[str]           X ∩ Y in R's input order
 """
@@ -93,9 +93,9 @@ def _normalised(ids) -> list[str]:
 def message_size(round_no: int, n_receiver: int, n_sender: int) -> int:
     """The exact size of KKRT message ``round_no`` for these set sizes (transports check it
     before buffering a message; the sessions check it again)."""
-    body = {1: iknp.message_size(CODE_BITS, 1), 2: iknp.message_size(CODE_BITS, 2),
+    body = {1: iknp.message_size(CODE_BITS, 1), 2: iknp.message_size(CODE_BITS, 2) + SEED,
             3: iknp.message_size(CODE_BITS, 3) + SEED,
-            4: iknp.message_size(CODE_BITS, 4) + SEED + bin_count(n_receiver) * CODE_BYTES,
+            4: iknp.message_size(CODE_BITS, 4) + bin_count(n_receiver) * CODE_BYTES,
             5: HASHES * n_sender * mask_bytes(n_receiver, n_sender)}
     if round_no not in body:
         raise InvalidInput("KKRT round must be 1..5")
@@ -230,15 +230,17 @@ class KkrtSender(_Timed):
         self._steps.enter("extend")
         n_r, body = _open(msg2, 2)
         self.receiver_count = _count(n_r, "KKRT message 2")
-        _size("KKRT message 2", body, iknp.message_size(CODE_BITS, 2))
-        out = self._ot.extend(body)
+        ot_size = iknp.message_size(CODE_BITS, 2)
+        _size("KKRT message 2", body, ot_size + SEED)
+        out = self._ot.extend(body[:ot_size])
+        self._cuckoo_seed = bytes(body[ot_size:])
         self._code_seed = draw(self._rng, SEED)
         return _frame(3, 0) + out + self._code_seed
 
     def prepare(self) -> None:
         """What message 5 needs before message 4: the code words of Y (they need only the code
-        seed), the fillers and the random order of each mask list. The step calls it while the
-        receiver computes its corrections."""
+        seed), the fillers, the random order of each mask list and Y's cuckoo bins (the seed
+        came in message 2). The step calls it while the receiver computes its corrections."""
         if not hasattr(self, "_code_seed"):
             raise SessionStateError("the sender prepares message 5 only after message 3")
         if getattr(self, "_code", None) is None:
@@ -251,6 +253,9 @@ class KkrtSender(_Timed):
             for h in range(HASHES):
                 self._pos[h, np.argsort(perm_src[h])] = np.arange(n)
             self._mark("code", t0)
+            t0 = time.perf_counter()
+            self._place(bin_count(self.receiver_count) if self._bins is None else self._bins)
+            self._mark("cuckoo", t0)
 
     def masks(self, msg4) -> bytes:
         return self.masks_from([msg4])
@@ -268,28 +273,27 @@ class KkrtSender(_Timed):
                 raise InvalidInput(f"KKRT message 4: {m} bins, expected {expected_m}")
             return m
 
-        for kind, first, data in _split(pieces, 4, ot_size + SEED, CODE_BYTES, rows_for, align=iknp.KAPPA):
+        for kind, first, data in _split(pieces, 4, ot_size, CODE_BYTES, rows_for, align=iknp.KAPPA):
             t0 = time.perf_counter()
             if kind == "head":
-                self._begin(first, data[:ot_size], data[ot_size:])
+                seeds = self._ot.receive(data)
+                self._key = derive_key("pc.psi.kkrt.v1 oprf output", self._ot.derive_key(b"kkrt-oprf"))
+                self._q = _RowStream([seeds[i].tobytes() for i in range(CODE_BITS)])
                 self._mark("base_ot", t0)
                 continue
             q = self._q.next(data.shape[0])
             self._mark("transpose", t0)
             t0 = time.perf_counter()
             lo, hi = np.searchsorted(self._pair_blocks, [first // iknp.KAPPA, -(-(first + data.shape[0]) // iknp.KAPPA)])
-            K.sender_masks(self._key, q, data, first, self._s, self._pairs[lo:hi], self._bins_of,
-                           self._code, self._pos, self._out, self._L)
+            K.sender_masks(self._key, q, data, first, self._s, self._pair_bin[lo:hi], self._pair_item[lo:hi],
+                           self._pair_out[lo:hi], self._code, self._out.reshape(HASHES * self.count, self._L), self._L)
             self._mark("oprf", t0)
         return _frame(5, self.count) + self._out.tobytes()
 
-    def _begin(self, m: int, ot4, cuckoo_seed: bytes) -> None:
-        """Message 4's head: the base-OT seeds, the cuckoo seed; every (item, hash) pair grouped
-        by its bin, the fillers of repeated bins in place."""
-        seeds = self._ot.receive(ot4)
-        self._key = derive_key("pc.psi.kkrt.v1 oprf output", self._ot.derive_key(b"kkrt-oprf"))
-        self._q = _RowStream([seeds[i].tobytes() for i in range(CODE_BITS)])
-        bins = cuckoo_bins(self._items, cuckoo_seed, m)
+    def _place(self, m: int) -> None:
+        """Y's bins in the receiver's table of m bins: every (item, hash) pair grouped by its
+        bin, the fillers of repeated bins in place."""
+        bins = cuckoo_bins(self._items, self._cuckoo_seed, m)
         n, L = self.count, mask_bytes(self.receiver_count, self.count)
         filler, pos = self._filler, self._pos
         self._filler = None
@@ -306,8 +310,13 @@ class KkrtSender(_Timed):
         blocks = bins.ravel()[pairs] // iknp.KAPPA
         blocks = blocks.astype(np.uint16 if m <= iknp.KAPPA << 16 else np.int64)
         order = np.argsort(blocks, kind="stable")
-        self._pairs, self._pair_blocks = pairs[order], blocks[order].astype(np.int64)
-        self._bins_of, self._out, self._L = bins, out, L
+        pairs, self._pair_blocks = pairs[order], blocks[order].astype(np.int64)
+        # gathered in pair order now, so that the evaluation reads them in sequence
+        items, hs = pairs // HASHES, pairs % HASHES
+        self._pair_bin = bins.ravel()[pairs]
+        self._pair_item = items
+        self._pair_out = hs * n + pos[hs, items]
+        self._out, self._L = out, L
 
 
 class KkrtReceiver(_Timed):
@@ -338,7 +347,7 @@ class KkrtReceiver(_Timed):
         self._cuckoo_seed, self._bins, self._table, self.cuckoo_attempts = cuckoo_table(
             self._items, self._m, lambda: draw(self._rng, SEED), self._max_rehash)
         self._mark("cuckoo", t0)
-        return _frame(2, self.count) + out
+        return _frame(2, self.count) + out + self._cuckoo_seed
 
     def correct(self, msg3) -> bytes:
         return b"".join(self.correct_parts(msg3))
@@ -362,7 +371,7 @@ class KkrtReceiver(_Timed):
         self._occupied, self._placed, self._hidx = placement(self._bins, self._table)
         code = code_words(self._items[self._placed], code_seed)
         self._mark("code", t0)
-        yield _frame(4, m) + ot4 + self._cuckoo_seed
+        yield _frame(4, m) + ot4
         rows = _RowStream([k[0, i].tobytes() for i in range(CODE_BITS)],
                           pair_with=[k[1, i].tobytes() for i in range(CODE_BITS)])
         self._t = np.empty((m, CODE_BYTES), dtype=np.uint8)

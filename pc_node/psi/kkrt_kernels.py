@@ -8,6 +8,8 @@
 * :func:`cuckoo_insert` — random-walk cuckoo insertion with 3 hash functions, no stash.
 * :func:`sender_masks` / :func:`receiver_masks` — the OPRF rows of KKRT16 hashed with BLAKE3
   (the sender's batch by batch, as the receiver's correction rows arrive).
+* :func:`match_table` / :func:`match_feed` — exact membership of the sender's masks among the
+  receiver's, through a hash table of 8-byte prefixes (≈ 6× numpy's sort and searchsorted).
 
 The compression keeps state and message words in scalars (≈ 25 % faster than 16-word arrays
 here); every kernel is ``nogil`` so a step thread can run it while gRPC threads move bytes.
@@ -156,22 +158,65 @@ def cuckoo_insert(bins, m, max_kicks, seed):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def sender_masks(key, q, u, lo, s, pairs, bins, code, pos, out, out_len):
-    """KKRT16 sender, one batch of bins [lo, lo + len(q)): for every flat pair j = 3k + h in
-    ``pairs`` (item k's bin b = bins[k, h] lies in the batch), out[h, pos[h, k]] =
+def sender_masks(key, q, u, lo, s, pair_bin, pair_item, pair_out, code, out, out_len):
+    """KKRT16 sender, one batch of bins [lo, lo + len(q)): for every (item k, hash h) pair j
+    whose bin b = pair_bin[j] lies in the batch (k = pair_item[j]), out[pair_out[j]] =
     BLAKE3-keyed(key, q_b ⊕ (s ∧ (u_b ⊕ C(y_k))))[:out_len], q_b and u_b the batch's rows of b.
-    ``pos`` is the sender's random order of each list (fillers of repeated bins are written by
-    the caller)."""
-    n = pairs.shape[0]
+    ``pair_out`` is row h·n + (the sender's random position of k in list h) of ``out``; the
+    pairs' bins, items and positions are gathered in pair order beforehand, so that a pair
+    reads only its code word at random (fillers of repeated bins are written by the caller)."""
+    n = pair_bin.shape[0]
     for t in prange((n + PARALLEL_GRAIN - 1) // PARALLEL_GRAIN):
         row = np.empty(64, dtype=np.uint8)
         for j in range(t * PARALLEL_GRAIN, min(n, (t + 1) * PARALLEL_GRAIN)):
-            k = pairs[j] // 3
-            h = pairs[j] - 3 * k
-            b = bins[k, h] - lo
+            b = pair_bin[j] - lo
+            k = pair_item[j]
             for i in range(64):
                 row[i] = q[b, i] ^ (s[i] & (u[b, i] ^ code[k, i]))
-            _compress(key, row, 64, FLAGS_KEYED, out[h, pos[h, k]], out_len)
+            _compress(key, row, 64, FLAGS_KEYED, out[pair_out[j]], out_len)
+
+
+@njit(inline="always")
+def _slot(prefix, bits):
+    return np.int64((prefix * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))
+
+
+@njit(cache=True, nogil=True)
+def match_table(prefixes, bits):
+    """An open-addressing table (linear probing, 2^bits slots, entry = index + 1) of the 8-byte
+    row prefixes of one side, duplicates kept."""
+    table = np.zeros(1 << bits, dtype=np.int32)
+    mask = (1 << bits) - 1
+    for i in range(prefixes.shape[0]):
+        at = _slot(prefixes[i], bits)
+        while table[at]:
+            at = (at + 1) & mask
+        table[at] = i + 1
+    return table
+
+
+@njit(cache=True, nogil=True)
+def match_feed(table, bits, prefixes, mine, theirs, found):
+    """Marks found[i] for every row mine[i] equal to some row of ``theirs`` (every entry with
+    the same prefix is compared in full, so the result is exact)."""
+    mask = (1 << bits) - 1
+    width = mine.shape[1]
+    for r in range(theirs.shape[0]):
+        p = np.uint64(0)
+        for c in range(min(8, width)):
+            p |= np.uint64(theirs[r, c]) << np.uint64(8 * c)
+        at = _slot(p, bits)
+        while table[at]:
+            i = table[at] - 1
+            if prefixes[i] == p:
+                same = True
+                for c in range(width):
+                    if mine[i, c] != theirs[r, c]:
+                        same = False
+                        break
+                if same:
+                    found[i] = True
+            at = (at + 1) & mask
 
 
 @njit(cache=True, parallel=True, nogil=True)

@@ -117,44 +117,23 @@ class RowMatcher:
     """Exact membership of arriving rows in ``mine``, batch by batch: ``feed(theirs)`` marks
     every row of ``mine`` that occurs among ``theirs``; ``result()`` the final marks.
 
-    ``mine``'s 8-byte prefixes are sorted once; each batch is searchsorted against them with a
-    full-row check. Rows whose prefix repeats on ``mine``'s side are checked through a set of
-    the full rows of ``theirs`` with those prefixes (exact in every case).
+    ``mine``'s 8-byte prefixes go once into a hash table (load ≤ 1/2); each arriving row is
+    looked up and compared in full with every row of ``mine`` sharing its prefix.
     """
 
     def __init__(self, mine: np.ndarray) -> None:
-        self._mine = mine
+        self._mine = np.ascontiguousarray(mine)
         self._found = np.zeros(mine.shape[0], dtype=bool)
-        self._pool: set[bytes] = set()
-        if not mine.shape[0]:
-            return
-        mp = _prefix(mine)
-        self._order = np.argsort(mp, kind="stable")
-        self._ms = mp[self._order]
-        dup = np.zeros(self._ms.size, dtype=bool)
-        same = self._ms[1:] == self._ms[:-1]
-        dup[1:] |= same
-        dup[:-1] |= same
-        self._dup = dup
-        self._dup_prefixes = np.unique(self._ms[dup])
+        self._prefixes = _prefix(self._mine)
+        self._bits = max(4, int(2 * max(mine.shape[0], 1) - 1).bit_length())
+        self._table = K.match_table(self._prefixes, self._bits)
 
     def feed(self, theirs: np.ndarray) -> None:
-        if not self._mine.shape[0] or not theirs.shape[0]:
-            return
-        ms, tp = self._ms, _prefix(theirs)
-        pos = np.minimum(np.searchsorted(ms, tp), ms.size - 1)
-        cand = (ms[pos] == tp) & ~self._dup[pos]
-        ti = np.nonzero(cand)[0]
-        mi = self._order[pos[ti]]
-        exact = (self._mine[mi] == theirs[ti]).all(axis=1)
-        self._found[mi[exact]] = True
-        if self._dup_prefixes.size:
-            self._pool.update(theirs[i].tobytes() for i in np.nonzero(np.isin(tp, self._dup_prefixes))[0])
+        if self._mine.shape[0] and theirs.shape[0]:
+            K.match_feed(self._table, self._bits, self._prefixes, self._mine,
+                         np.ascontiguousarray(theirs), self._found)
 
     def result(self) -> np.ndarray:
-        if self._mine.shape[0] and self._dup_prefixes.size:
-            for i in self._order[self._dup]:
-                self._found[i] = self._mine[i].tobytes() in self._pool
         return self._found
 
 

@@ -208,3 +208,20 @@ def test_preparing_out_of_order_is_refused():
         s.prepare()                         # before message 3
     with pytest.raises(SessionStateError):
         r.prepare_finish()                  # before message 4
+
+
+@pytest.mark.parametrize("width", [5, 8, 10])
+def test_row_matcher_is_exact_with_shared_prefixes_and_repeats(width):
+    rng = np.random.default_rng(width)
+    mine = rng.integers(0, 256, (3000, width), dtype=np.uint8)
+    mine[1000:1100, :min(8, width)] = mine[0, :min(8, width)]     # many rows share one prefix
+    mine[2000] = mine[2001]                                      # a repeated row
+    theirs = np.concatenate([mine[::3], rng.integers(0, 256, (2000, width), dtype=np.uint8)])
+    theirs[-1, :min(8, width)] = mine[1050, :min(8, width)]      # same prefix, another row
+    theirs[-1, -1] ^= 1 if width > 8 else 0
+    want = {r.tobytes() for r in theirs}
+    m = kkrt_params.RowMatcher(mine)
+    for piece in np.array_split(theirs, 7):                      # fed in pieces
+        m.feed(piece)
+    assert m.result().tolist() == [r.tobytes() in want for r in mine]
+    assert not kkrt_params.RowMatcher(mine[:0]).result().size

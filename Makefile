@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pc_node.kernels     # numba compiles its kernels once, here, not in the first job
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -14,8 +14,8 @@ import threading
 
 import grpc
 
-from pc_common import clock, jobspec, server as grpc_server, sm4_aesni, wire
-from pc_node import idnum
+from pc_common import clock, jobspec, server as grpc_server, wire
+from pc_node import idnum, kernels
 from pc_common.config import NodeConfig
 from pc_common.catalog import catalog_digest
 from pc_common.errors import InvalidInput, PermissionDenied
@@ -24,7 +24,6 @@ from pc_common.pb import coordinator_pb2, node_pb2, node_pb2_grpc
 from pc_common.rpc import rpc
 from pc_node import steps
 from pc_node.quota_report import quota_report
-from pc_node.steps import psi_kkrt
 from pc_node.steps.common import hours_from_now
 from pc_node.runtime import VERSION, NodeRuntime
 
@@ -172,20 +171,8 @@ def create_server(config: NodeConfig, max_workers: int = 32):
         raise
     server.start()
     runtime.address = f"{config.listen.rsplit(':', 1)[0]}:{port}"
-    psi_kkrt.warm_up_in_background()
-    threading.Thread(target=_warm_up_blind_index, name="sm3-warm-up", daemon=True).start()
-    sm4_aesni.start_in_background()      # sealing and data at rest in bulk: SM4-GCM on AES-NI
+    kernels.warm_up_in_background()
     return server, port, runtime
-
-
-def _warm_up_blind_index() -> None:
-    """Load the bulk HMAC-SM3 kernel (the store's blind index) before the first job needs it."""
-    try:
-        import numpy as np
-        from pc_node.sm3_bulk import hmac_sm3_rows
-        hmac_sm3_rows(bytes(32), np.zeros((1, 18), np.uint8))
-    except Exception:  # noqa: BLE001 - a job would then load it itself (and report any error)
-        log.exception("blind-index kernel warm-up failed")
 
 
 class Presence:

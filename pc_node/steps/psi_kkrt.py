@@ -17,7 +17,6 @@ Each step runs once per job (atomic markers): no second OPRF for a replaying coo
 from __future__ import annotations
 
 import logging
-import threading
 
 from pc_common import job_kinds
 from pc_common.errors import FailedPrecondition, IntegrityError, InvalidInput, PermissionDenied
@@ -32,20 +31,6 @@ from pc_node.steps.common import done, progress, read_stream, store_results
 
 PIECE = CHUNK_BYTES - envelope.ENVELOPE_OVERHEAD     # plaintext bytes per sealed chunk
 log = logging.getLogger("pc.node.psi_kkrt")
-
-
-def _warm_up() -> None:
-    try:
-        log.info("KKRT kernels ready in %.2f s", kkrt.warm_up())
-    except Exception:  # noqa: BLE001 - a job would then load them itself (and report any error)
-        log.exception("KKRT warm-up failed")
-
-
-def warm_up_in_background() -> None:
-    """Load the numba kernels now, in the background, rather than in the first job (≈ 0.4 s
-    from the cache; a one-time compilation of ≈ 20 s right after installation). The node server
-    calls it at start; a job arriving earlier waits for the same load."""
-    threading.Thread(target=_warm_up, name="kkrt-warm-up", daemon=True).start()
 
 
 def _params(doc: dict) -> job_kinds.PsiParams:

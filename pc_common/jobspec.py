@@ -13,11 +13,14 @@ job's lifetime on every later admission poll and step (``verify(..., first_seen=
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import hashlib
 import json
 import re
 import secrets
 import string
+import threading
 import time
 
 from cryptography import x509
@@ -108,19 +111,7 @@ def verify(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_pem: bytes,
     been before the transport expiry, and ``now`` must be within the job's lifetime.
     """
     doc = parse(spec)
-    try:
-        cert = x509.load_pem_x509_certificate(signer_cert_pem)
-        ca = x509.load_pem_x509_certificate(ca_pem)
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, Exception):  # noqa: BLE001 - any failure means "not ours"
-        raise PermissionDenied("job spec signer certificate is not issued by the federation CA") from None
-    ident = identity_of(cert)
-    if ident.role != "node" or ident.agency != doc["requester"]:
-        raise PermissionDenied("job spec is not signed by the requester node it names")
-    try:
-        gm.Sm2PublicKey.from_hex(node_keys_of(cert).sm2_public).verify(spec, signature)
-    except (IntegrityError, InvalidInput, ValueError):
-        raise PermissionDenied("job spec signature is invalid") from None
+    _check_signature(spec, signature, signer_cert_pem, ca_pem, doc["requester"])
     now = time.time() if now is None else now
     if (now if first_seen is None else first_seen) > doc["expires_at"]:
         raise PermissionDenied(f"job spec has expired: it had to be submitted by {_iso(doc['expires_at'])}")
@@ -129,6 +120,41 @@ def verify(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_pem: bytes,
     if doc["issued_at"] > now + 300:
         raise PermissionDenied("job spec is issued in the future")
     return doc
+
+
+_VERIFIED: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()   # signatures found valid
+_VERIFIED_MAX = 512
+_verified_lock = threading.Lock()
+
+
+def _check_signature(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_pem: bytes, requester: str) -> None:
+    """The signer certificate chains to the CA, names the requester node, and its SM2 key signed
+    ``spec``. A party checks one spec at admission and again at each of its steps; the answer
+    depends on these bytes alone, so a valid one is remembered (the pure-Python SM2 verification
+    costs 20–30 ms; the time checks still run every time)."""
+    memo = hashlib.sha256(b"\0".join(hashlib.sha256(x).digest() for x in
+                                      (spec, signature, signer_cert_pem, ca_pem, requester.encode()))).digest()
+    with _verified_lock:
+        if memo in _VERIFIED:
+            _VERIFIED.move_to_end(memo)
+            return
+    try:
+        cert = x509.load_pem_x509_certificate(signer_cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, Exception):  # noqa: BLE001 - any failure means "not ours"
+        raise PermissionDenied("job spec signer certificate is not issued by the federation CA") from None
+    ident = identity_of(cert)
+    if ident.role != "node" or ident.agency != requester:
+        raise PermissionDenied("job spec is not signed by the requester node it names")
+    try:
+        gm.Sm2PublicKey.from_hex(node_keys_of(cert).sm2_public).verify(spec, signature)
+    except (IntegrityError, InvalidInput, ValueError):
+        raise PermissionDenied("job spec signature is invalid") from None
+    with _verified_lock:
+        _VERIFIED[memo] = None
+        while len(_VERIFIED) > _VERIFIED_MAX:
+            _VERIFIED.popitem(last=False)
 
 
 def _iso(t: float) -> str:

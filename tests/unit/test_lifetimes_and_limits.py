@@ -55,6 +55,25 @@ def test_spec_carries_a_transport_expiry_and_a_longer_job_lifetime(signer):
         jobspec.verify(spec, sig, cert, ca, now=T0 + DAY, first_seen=T0 + 16 * 60)
 
 
+def test_a_valid_signature_is_verified_once_and_only_those_exact_bytes_are_remembered(signer, monkeypatch):
+    spec, sig, cert, ca = _signed(signer)
+    calls = []
+    real = gm.Sm2PublicKey.verify
+    monkeypatch.setattr(gm.Sm2PublicKey, "verify", lambda self, *a: calls.append(1) or real(self, *a))
+    for _ in range(3):                                  # admission, then each step
+        jobspec.verify(spec, sig, cert, ca, now=T0 + 60)
+    assert len(calls) == 1
+    forged = bytes([sig[0] ^ 1]) + sig[1:]
+    with pytest.raises(PermissionDenied, match="signature is invalid"):
+        jobspec.verify(spec, forged, cert, ca, now=T0 + 60)
+    other = spec.replace(b'"subjects":1', b'"subjects":2')
+    assert other != spec
+    with pytest.raises(PermissionDenied, match="signature is invalid"):
+        jobspec.verify(other, sig, cert, ca, now=T0 + 60)
+    with pytest.raises(PermissionDenied, match="expired"):                 # time checks every time
+        jobspec.verify(spec, sig, cert, ca, now=T0 + 16 * 60)
+
+
 def test_lifetime_is_configurable_and_bounded(signer):
     spec, sig, cert, ca = _signed(signer, lifetime=3600)
     assert json.loads(spec)["admission_until"] == T0 + 3600

@@ -25,26 +25,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.exceptions import InvalidTag
 from gmssl import sm2 as _gmssl_sm2
 
-from pc_common import sm4_aesni
 from pc_common.errors import CryptoError, IntegrityError, InvalidInput
 
-__all__ = [
-    "SM3_DIGEST_SIZE",
-    "SM4_KEY_SIZE",
-    "GCM_NONCE_SIZE",
-    "GCM_TAG_SIZE",
-    "SM2_SIGNATURE_SIZE",
-    "DEFAULT_SM2_UID",
-    "sm3",
-    "hmac_sm3",
-    "constant_time_equal",
-    "sm4_gcm_encrypt",
-    "sm4_gcm_decrypt",
-    "sm4_gcm_encrypt_many",
-    "sm4_gcm_decrypt_many",
-    "Sm2PrivateKey",
-    "Sm2PublicKey",
-]
+__all__ = ["SM3_DIGEST_SIZE", "SM4_KEY_SIZE", "GCM_NONCE_SIZE", "GCM_TAG_SIZE",
+           "SM2_SIGNATURE_SIZE", "DEFAULT_SM2_UID", "sm3", "hmac_sm3", "constant_time_equal",
+           "sm4_gcm_encrypt", "sm4_gcm_decrypt", "sm4_gcm_encrypt_many", "sm4_gcm_decrypt_many",
+           "Sm2PrivateKey", "Sm2PublicKey"]
 
 SM3_DIGEST_SIZE = 32
 SM4_KEY_SIZE = 16
@@ -53,7 +39,7 @@ GCM_TAG_SIZE = 16
 GCM_OVERHEAD = GCM_NONCE_SIZE + GCM_TAG_SIZE
 SM2_SIGNATURE_SIZE = 64
 FAST_MIN_BYTES = 4096     # from this size SM4-GCM runs on the AES-NI kernels where the CPU has them
-_BULK_BYTES = 256 << 10   # a payload this large starts their compilation (in the background)
+_BULK_BYTES = 256 << 10   # a payload this large starts their compilation in the background
 DEFAULT_SM2_UID = b"1234567812345678"  # GB/T 35276 default signer identity
 
 _SM3 = hashes.SM3()
@@ -86,14 +72,17 @@ def _check_sm4_key(key: bytes) -> None:
         raise CryptoError("SM4 key must be 16 bytes")
 
 
-def _fast(size: int) -> bool:
-    """Whether this payload goes to the AES-NI kernels: only once they are compiled (no call
-    waits for them); bulk work or a node's start compiles them in the background."""
+def _fast(size: int):
+    """:mod:`pc_common.sm4_aesni` for ``size`` bytes once compiled (never waited for), else None;
+    imported here so that a small command never loads numpy."""
+    if size < FAST_MIN_BYTES:
+        return None
+    from pc_common import sm4_aesni
     if sm4_aesni.ready():
-        return True
+        return sm4_aesni
     if size >= _BULK_BYTES:
         sm4_aesni.start_in_background()
-    return False
+    return None
 
 
 def sm4_gcm_encrypt(key: bytes, plaintext: bytes, aad: bytes = b"", nonce: bytes | None = None) -> bytes:
@@ -107,8 +96,9 @@ def sm4_gcm_encrypt(key: bytes, plaintext: bytes, aad: bytes = b"", nonce: bytes
         nonce = os.urandom(GCM_NONCE_SIZE)
     elif len(nonce) != GCM_NONCE_SIZE:
         raise CryptoError("SM4-GCM nonce must be 12 bytes")
-    if len(plaintext) >= FAST_MIN_BYTES and _fast(len(plaintext)):
-        return sm4_aesni.gcm_encrypt_into(bytes(key), nonce, plaintext, bytes(aad))
+    fast = _fast(len(plaintext))
+    if fast:
+        return fast.gcm_encrypt_into(bytes(key), nonce, plaintext, bytes(aad))
     enc = Cipher(algorithms.SM4(bytes(key)), modes.GCM(nonce)).encryptor()
     if aad:
         enc.authenticate_additional_data(aad)
@@ -126,8 +116,9 @@ def sm4_gcm_decrypt(key: bytes, blob: bytes, aad: bytes = b"") -> bytes:
         raise IntegrityError("ciphertext failed authentication") from None
     if len(view) < GCM_OVERHEAD:
         raise IntegrityError("ciphertext failed authentication")
-    if len(view) - GCM_OVERHEAD >= FAST_MIN_BYTES and _fast(len(view)):
-        return sm4_aesni.gcm_decrypt(bytes(key), view, bytes(aad))
+    fast = _fast(len(view) - GCM_OVERHEAD)
+    if fast:
+        return fast.gcm_decrypt(bytes(key), view, bytes(aad))
     try:
         dec = Cipher(
             algorithms.SM4(bytes(key)),

@@ -27,8 +27,14 @@ from pc_common.config import NodeConfig
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import NAME_RE
 from pc_client.sdk import Federation
-from pc_node import admin
 from pc_rules.rules import column_uses, load_rule
+
+
+def _admin():
+    """The node's admin module, imported when a sandbox is brought up or granted (not for a
+    client of a running sandbox: it pulls the import machinery, pyarrow among it)."""
+    from pc_node import admin
+    return admin
 
 STATE = "sandbox.json"
 SANDBOX_PURPOSE_PSI = "data_matching"
@@ -41,7 +47,7 @@ def agencies_of(directory: pathlib.Path) -> list[str]:
     out = []
     for p in sorted(directory.iterdir()):
         if p.is_dir() and not p.name.startswith(".") and p.name != "rules" and (
-                any(p.glob("*.csv")) or any(p.glob("*" + admin.POSTGRES_SUFFIX))):
+                any(p.glob("*.csv")) or any(p.glob("*" + _admin().POSTGRES_SUFFIX))):
             if not NAME_RE.match(p.name):
                 raise InvalidInput(f"agency folder '{p.name}' must be named [a-z][a-z0-9_]*")
             out.append(p.name)
@@ -207,7 +213,7 @@ class Sandbox:
 
     def _wait_registered(self, agencies: list[str], timeout: float) -> None:
         deadline = time.time() + timeout
-        expected = {a: len(list((self.dir / a).glob("*.csv"))) + len(list((self.dir / a).glob("*" + admin.POSTGRES_SUFFIX)))
+        expected = {a: len(list((self.dir / a).glob("*.csv"))) + len(list((self.dir / a).glob("*" + _admin().POSTGRES_SUFFIX)))
                     for a in agencies}
         with self.federation() as fed:
             while time.time() < deadline:
@@ -249,21 +255,21 @@ class Sandbox:
             f'sm2_key = {_toml_str(str(nd / "sm2.key"))}\nx25519_key = {_toml_str(str(nd / "x25519.key"))}\n')
         return path
 
-    def grants(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> list[admin.Grant]:
+    def grants(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> list[_admin().Grant]:
         """Sandbox grants: PSI on every dataset between sandbox agencies, and what each rule needs,
         pinned to that rule (its id and the digest of its criteria touching ``agency``): edit a
         rule's thresholds and ``pc sandbox up`` again to serve the edited rule."""
         datasets = sorted([p.stem for p in (self.dir / agency).glob("*.csv")]
-                          + [p.name.removesuffix(admin.POSTGRES_SUFFIX)
-                             for p in (self.dir / agency).glob("*" + admin.POSTGRES_SUFFIX)])
-        key_of = {ds: (keys or {}).get(agency, {}).get(ds) or admin.key_column_of(self.dir / agency / f"{ds}.csv")
+                          + [p.name.removesuffix(_admin().POSTGRES_SUFFIX)
+                             for p in (self.dir / agency).glob("*" + _admin().POSTGRES_SUFFIX)])
+        key_of = {ds: (keys or {}).get(agency, {}).get(ds) or _admin().key_column_of(self.dir / agency / f"{ds}.csv")
                   for ds in datasets}
-        out = [admin.Grant(ds, other, (SANDBOX_PURPOSE_PSI,), {key_of[ds]: "join_key"}, approval="auto")
+        out = [_admin().Grant(ds, other, (SANDBOX_PURPOSE_PSI,), {key_of[ds]: "join_key"}, approval="auto")
                for ds in datasets for other in agencies if other != agency]
         for rule in rules:
             for ds, cols in sorted(column_uses(rule, agency).items()):
-                columns = {key_of.get(ds, admin.DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
-                out.append(admin.Grant(ds, rule.requester, (rule.purpose,), columns, approval="auto",
+                columns = {key_of.get(ds, _admin().DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
+                out.append(_admin().Grant(ds, rule.requester, (rule.purpose,), columns, approval="auto",
                                        reveal=rule.reveal, rules=((rule.id, rule.criteria_digest(agency)),),
                                        max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY))
         out += query_grants(agency, [p.read_text(encoding="utf-8") for p in sorted((self.dir / "queries").glob("*.sql"))]
@@ -272,7 +278,7 @@ class Sandbox:
 
     def write_policy(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> pathlib.Path:
         """Write ``grants(...)`` as the agency node's policy file under this sandbox's root."""
-        return admin.write_grants(self.root / agency / "policy.toml", self.grants(agency, agencies, rules, keys),
+        return _admin().write_grants(self.root / agency / "policy.toml", self.grants(agency, agencies, rules, keys),
                                   comment="Written by 'pc sandbox up': grants for trying the sandbox out.")
 
 
@@ -315,7 +321,7 @@ def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, st
     """
     dir_, root_ = pathlib.Path(directory), pathlib.Path(root)
     keys, warnings = {}, []
-    with admin.NodeAdmin(NodeConfig.load(root_ / agency / "node.toml")) as node:
+    with _admin().NodeAdmin(NodeConfig.load(root_ / agency / "node.toml")) as node:
         for csv_path in sorted((dir_ / agency).glob("*.csv")):
             if node.imported_unchanged(csv_path):
                 keys[csv_path.stem] = node.dataset(csv_path.stem).key_column
@@ -325,7 +331,7 @@ def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, st
             try:
                 # Row numbers and reasons only: no identifier lands in a node's folder.
                 rep = node.import_dataset(csv_path, replace=True, skip_invalid=True, rejects=rejects,
-                                          key_column=admin.key_column_of(csv_path, detect=True),
+                                          key_column=_admin().key_column_of(csv_path, detect=True),
                                           rejects_with_values=False)
             except PcError as exc:
                 raise type(exc)(f"{agency}/{csv_path.name}: {exc}") from None
@@ -333,7 +339,7 @@ def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, st
                 warnings.append(f"warning: {agency}/{csv_path.name}: {rep.rejected} invalid row(s) skipped,"
                                 f" see {rejects}")
             keys[rep.dataset] = node.dataset(rep.dataset).key_column
-        for spec in sorted((dir_ / agency).glob("*" + admin.POSTGRES_SUFFIX)):   # attached, not imported
+        for spec in sorted((dir_ / agency).glob("*" + _admin().POSTGRES_SUFFIX)):   # attached, not imported
             try:
                 att = node.attach_from_file(spec, replace=True)
             except PcError as exc:
@@ -366,7 +372,7 @@ def query_grants(agency: str, queries: list[str], key_of: dict[str, str]) -> lis
         first = re.match(r"\s*--\s*epsilon\s*:\s*([0-9]+(?:\.[0-9]+)?)\s*(?:\n|$)", sql)
         dp = {"epsilon": float(first.group(1)), "epsilon_budget": 10 * float(first.group(1))} if first else {}
         for ds, cols in sorted(query_column_uses(plan, agency).items()):
-            columns = {key_of.get(ds, admin.DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
-            out.append(admin.Grant(ds, plan.requester, (DEFAULT_PURPOSE,), columns, approval="auto",
+            columns = {key_of.get(ds, _admin().DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
+            out.append(_admin().Grant(ds, plan.requester, (DEFAULT_PURPOSE,), columns, approval="auto",
                                    max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY, min_group_size=5, **dp))
     return out

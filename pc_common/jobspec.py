@@ -127,17 +127,28 @@ _VERIFIED_MAX = 512
 _verified_lock = threading.Lock()
 
 
-def _check_signature(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_pem: bytes, requester: str) -> None:
-    """The signer certificate chains to the CA, names the requester node, and its SM2 key signed
-    ``spec``. A party checks one spec at admission and again at each of its steps; the answer
-    depends on these bytes alone, so a valid one is remembered (the pure-Python SM2 verification
-    costs 20–30 ms; the time checks still run every time)."""
-    memo = hashlib.sha256(b"\0".join(hashlib.sha256(x).digest() for x in
-                                      (spec, signature, signer_cert_pem, ca_pem, requester.encode()))).digest()
+def _memo(spec: bytes, signature: bytes, sm2_public_hex: str) -> bytes:
+    return hashlib.sha256(b"\0".join(hashlib.sha256(x).digest() for x in
+                                      (spec, signature, sm2_public_hex.encode()))).digest()
+
+
+def _remember(memo: bytes) -> None:
     with _verified_lock:
-        if memo in _VERIFIED:
-            _VERIFIED.move_to_end(memo)
-            return
+        _VERIFIED[memo] = None
+        while len(_VERIFIED) > _VERIFIED_MAX:
+            _VERIFIED.popitem(last=False)
+
+
+def remember_signed(spec: bytes, signature: bytes, sm2_public_hex: str) -> None:
+    """The requester node's own signature, just made: its later steps need not verify it."""
+    _remember(_memo(spec, signature, sm2_public_hex))
+
+
+def _check_signature(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_pem: bytes, requester: str) -> None:
+    """The signer certificate chains to the CA and names the requester node, and its SM2 key
+    signed ``spec``. A party checks one spec at admission and again at each of its steps; the
+    pure-Python SM2 verification (20–30 ms) runs once per exact (spec, signature, key) — the
+    certificate and time checks every time."""
     try:
         cert = x509.load_pem_x509_certificate(signer_cert_pem)
         ca = x509.load_pem_x509_certificate(ca_pem)
@@ -147,14 +158,17 @@ def _check_signature(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_p
     ident = identity_of(cert)
     if ident.role != "node" or ident.agency != requester:
         raise PermissionDenied("job spec is not signed by the requester node it names")
+    public = node_keys_of(cert).sm2_public
+    memo = _memo(spec, signature, public)
+    with _verified_lock:
+        if memo in _VERIFIED:
+            _VERIFIED.move_to_end(memo)
+            return
     try:
-        gm.Sm2PublicKey.from_hex(node_keys_of(cert).sm2_public).verify(spec, signature)
+        gm.Sm2PublicKey.from_hex(public).verify(spec, signature)
     except (IntegrityError, InvalidInput, ValueError):
         raise PermissionDenied("job spec signature is invalid") from None
-    with _verified_lock:
-        _VERIFIED[memo] = None
-        while len(_VERIFIED) > _VERIFIED_MAX:
-            _VERIFIED.popitem(last=False)
+    _remember(memo)
 
 
 def _iso(t: float) -> str:

@@ -111,7 +111,9 @@ class NodeService(node_pb2_grpc.NodeServicer):
             self.rt.store.keep_blob("subjects", request.subject_set, clock.iso(jobspec.lifetime_end(doc)))
         self.rt.audit.append("job.prepare", job=doc["job_id"], requester=caller.user, purpose=purpose,
                              detail=request.kind)
-        return node_pb2.SignedJobSpec(spec=spec, signature=jobspec.sign(spec, self.rt.sm2), signer=self.rt.node_id)
+        signature = jobspec.sign(spec, self.rt.sm2)
+        jobspec.remember_signed(spec, signature, self.rt.sm2.public_key().to_hex())
+        return node_pb2.SignedJobSpec(spec=spec, signature=signature, signer=self.rt.node_id)
 
     @rpc("client", check=_own_agency)
     def FetchResults(self, request, context, caller):

@@ -72,6 +72,10 @@ def test_a_valid_signature_is_verified_once_and_only_those_exact_bytes_are_remem
         jobspec.verify(other, sig, cert, ca, now=T0 + 60)
     with pytest.raises(PermissionDenied, match="expired"):                 # time checks every time
         jobspec.verify(spec, sig, cert, ca, now=T0 + 16 * 60)
+    own, own_sig, *_ = _signed(signer)                  # the requester's own, just signed
+    jobspec.remember_signed(own, own_sig, signer[0].public_key().to_hex())
+    jobspec.verify(own, own_sig, cert, ca, now=T0 + 60)
+    assert len(calls) == 3                              # two refusals above, none for its own spec
 
 
 def test_lifetime_is_configurable_and_bounded(signer):

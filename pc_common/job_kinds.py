@@ -149,16 +149,17 @@ class PsiParams(_OverDatasets):
     purpose: str = DEFAULT_PURPOSE
     subjects: int = 0                       # rows of the requester's dataset
     protocol: str = ""                      # "kkrt" | "ecdh"; "" = the planner's choice (psi_protocol)
+    crypto: str = ""                        # KKRT's primitives: "aes" (AES, BLAKE3; = "") | "gm" (SM4, SM3)
 
     KEYS: ClassVar[tuple[str, ...]] = ("datasets", "cardinality_only", "result_to_all", "purpose", "subjects",
-                                       "protocol")
+                                       "protocol", "crypto")
 
     @classmethod
     def from_params(cls, params: Mapping) -> "PsiParams":
         _check_keys(params, cls.KEYS, "psi")
         p = cls(datasets=parse_refs(_strs(params, "datasets")), cardinality_only=_bool(params, "cardinality_only"),
                 result_to_all=_bool(params, "result_to_all"), purpose=_str(params, "purpose") or DEFAULT_PURPOSE,
-                subjects=_count(params, "subjects"), protocol=_str(params, "protocol"))
+                subjects=_count(params, "subjects"), protocol=_str(params, "protocol"), crypto=_str(params, "crypto"))
         if p.result_to_all and (len(p.datasets) != 2 or p.cardinality_only):
             raise InvalidInput("--result-to-all is for two-party PSI without --cardinality-only")
         if p.protocol not in ("",) + PSI_PROTOCOLS:
@@ -166,6 +167,11 @@ class PsiParams(_OverDatasets):
         if p.protocol == "kkrt" and (len(p.datasets) != 2 or p.cardinality_only or p.result_to_all):
             raise InvalidInput("--protocol kkrt is for two-party PSI without --cardinality-only or "
                                "--result-to-all (use --protocol ecdh)")
+        if p.crypto not in ("", "aes", "gm"):
+            raise InvalidInput("PSI crypto profile must be aes or gm")
+        if p.crypto == "gm" and p.engine != "kkrt":
+            raise InvalidInput("--crypto gm is a profile of the KKRT protocol (two-party PSI without "
+                               "--cardinality-only or --result-to-all)")
         return p
 
     @property

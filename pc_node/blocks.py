@@ -13,7 +13,7 @@ or file fails to decrypt):
 * ``c<i>``: the dataset's column ``i`` (text, stripped) as a zstd-compressed Arrow IPC stream,
   so a step that needs one column decrypts only that column.
 
-The blind index: HMAC-SM3 of every identifier (computed in bulk, ``pc_node.sm3_bulk``), its
+The blind index: HMAC-SM3 of every identifier (computed in bulk, ``pc_common.sm3_bulk``), its
 first 8 bytes as a big-endian integer, sorted into ``2**bits`` buckets by its top bits with
 the row numbers; the store keeps one SQLite row per bucket. A lookup reads only the buckets of
 the wanted identifiers and the blocks holding candidate rows, and keeps a row only if its

@@ -1,7 +1,7 @@
 """The node's compiled kernels, made ready before any job needs them.
 
 * numba kernels (``pc_node.psi.kkrt_kernels``: BLAKE3, cuckoo, OPRF rows, matching;
-  ``pc_node.sm3_bulk``: the blind index) compile at first use after installation — 20–40 s on
+  ``pc_common.sm3_bulk``: the blind index) compile at first use after installation — 20–40 s on
   this machine — into numba's on-disk cache (``__pycache__``), from which a process loads them
   in well under a second;
 * the SM4-GCM kernels (``pc_common.sm4_aesni``) compile from LLVM IR in about half a second
@@ -27,7 +27,7 @@ def _kkrt() -> None:
 
 def _blind_index() -> None:
     import numpy as np
-    from pc_node.sm3_bulk import hmac_sm3_rows
+    from pc_common.sm3_bulk import hmac_sm3_rows
     hmac_sm3_rows(bytes(32), np.zeros((1, 18), np.uint8))
 
 

@@ -225,8 +225,8 @@ class FieldCipher:
     def blind_index_rows(self, identifiers):
         """The blind indexes of many identifiers at once: ``identifiers`` an (n, L) uint8 array
         of their bytes (L ≤ 55; identity numbers: 18) → (n, 32) uint8, equal row by row to
-        :meth:`blind_index` (numba HMAC-SM3 kernel, ``pc_node.sm3_bulk``)."""
-        from pc_node.sm3_bulk import hmac_sm3_rows
+        :meth:`blind_index` (numba HMAC-SM3 kernel, ``pc_common.sm3_bulk``)."""
+        from pc_common.sm3_bulk import hmac_sm3_rows
         return hmac_sm3_rows(self._index_key, identifiers)
 
     def __repr__(self) -> str:

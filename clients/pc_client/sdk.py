@@ -225,12 +225,16 @@ class Federation:
 
     # ----- PSI and lookups -------------------------------------------------------------------------
     def psi(self, datasets: list[str], cardinality_only: bool = False, out=None, purpose: str = "data_matching",
-            result_to_all: bool = False, on_update: ProgressFn | None = None, protocol: str = "") -> JobResult:
-        """``protocol``: "kkrt" (OT extension, two-party), "ecdh", or "" for the planner's choice."""
+            result_to_all: bool = False, on_update: ProgressFn | None = None, protocol: str = "",
+            crypto: str = "") -> JobResult:
+        """``protocol``: "kkrt" (OT extension, two-party), "ecdh", or "" for the planner's choice;
+        ``crypto``: KKRT's primitives, "aes" (default: AES, BLAKE3) or "gm" (SM4, SM3)."""
         params = {"datasets": list(datasets), "cardinality_only": bool(cardinality_only), "purpose": purpose,
                   "result_to_all": bool(result_to_all)}
         if protocol:
             params["protocol"] = protocol
+        if crypto:
+            params["crypto"] = crypto
         job_id = self.submit("psi", params)
         return self._finish(self.watch(job_id, on_update), out, local_summary=True)
 

@@ -32,18 +32,17 @@ import struct
 import time
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from pc_common.errors import InvalidInput
 from pc_common.ot import iknp
 from pc_common.ot.primitives import Rng, SessionStateError, Steps, as_buffer, default_rng, draw, kdf, prg
 
-from . import kkrt_kernels as K
 from .encoding import normalise_ids
 from .kkrt_params import (
-    CODE_BITS, CODE_BYTES, HASHES, ITEM_BYTES, MAX_ITEMS, bin_count, cuckoo_bins, cuckoo_table,
-    RowMatcher, derive_key, hash_items, mask_bytes, placement,
+    CODE_BITS, CODE_BYTES, HASHES, MAX_ITEMS, bin_count, cuckoo_bins, cuckoo_table, RowMatcher,
+    mask_bytes, placement,
 )
+from .kkrt_profiles import PROFILES, profile
 
 MAGIC = b"PCKK"
 VERSION = 1
@@ -108,21 +107,8 @@ def announced_count(data, round_no: int) -> int:
     return _count(value, f"KKRT message {round_no}")
 
 
-def _item_key(domain: bytes) -> np.ndarray:
-    return derive_key("pc.psi.kkrt.v1 identifier hash", bytes(domain))
-
-
-def code_words(items: np.ndarray, seed: bytes) -> np.ndarray:
-    """The pseudo-random code C(x) = AES_{c1}(x) ‖ … ‖ AES_{c4}(x): (n, 64) uint8."""
-    n = items.shape[0]
-    out = np.empty((n, CODE_BYTES), dtype=np.uint8)
-    flat = np.ascontiguousarray(items).reshape(-1)
-    buf = np.empty(flat.size + 16, dtype=np.uint8)
-    for i in range(CODE_BITS // 128):
-        key = kdf(b"pc.psi.kkrt.v1/code", seed, bytes([i]))
-        Cipher(algorithms.AES(key), modes.ECB()).encryptor().update_into(flat, buf)
-        out[:, 16 * i:16 * (i + 1)] = buf[:flat.size].reshape(n, 16)
-    return out
+def _item_key(profile, domain: bytes):
+    return profile.key("pc.psi.kkrt.v1 identifier hash", bytes(domain))
 
 
 class _RowStream:
@@ -131,11 +117,12 @@ class _RowStream:
     One AES-CTR encryptor per seed continues its keystream from batch to batch, so the rows
     equal those of the whole matrix (``prg(seed, m/8)``) cut at multiples of 128 bins.
     ``pair_with``: also the rows of PRG(seed_i) ⊕ PRG(pair_with_i) (the receiver's t and u).
+    The PRG is the profile's (AES-128-CTR, or SM4-CTR in the national profile).
     """
 
-    def __init__(self, seeds: list[bytes], pair_with: list[bytes] | None = None) -> None:
+    def __init__(self, profile, seeds: list[bytes], pair_with: list[bytes] | None = None) -> None:
         def streams(keys):
-            return [Cipher(algorithms.AES(k), modes.CTR(bytes(16))).encryptor() for k in keys]
+            return [profile.stream(k) for k in keys]
         self._a = streams(seeds)
         self._b = streams(pair_with) if pair_with is not None else None
 
@@ -206,15 +193,17 @@ class _Timed:
 class KkrtSender(_Timed):
     """The OPRF sender S (set Y): learns |X| only."""
 
-    def __init__(self, ids, *, rng: Rng | None = None, domain: bytes = b"", bins: int | None = None) -> None:
+    def __init__(self, ids, *, rng: Rng | None = None, domain: bytes = b"", bins: int | None = None,
+                 crypto: str = "aes") -> None:
         super().__init__()
         t0 = time.perf_counter()
+        self._c = profile(crypto)
         self._bins = bins                    # tests only: the receiver's forced table size
         self._rng = default_rng(rng)
         self._domain = bytes(domain)
         norm = _normalised(ids)
         self.count = len(norm)
-        self._items = hash_items(norm, _item_key(self._domain))
+        self._items = self._c.hash_items(norm, _item_key(self._c, self._domain))
         self._steps = Steps("start", "extend", "masks")
         self._mark("hash", t0)
 
@@ -245,7 +234,7 @@ class KkrtSender(_Timed):
             raise SessionStateError("the sender prepares message 5 only after message 3")
         if getattr(self, "_code", None) is None:
             t0 = time.perf_counter()
-            self._code = code_words(self._items, self._code_seed)
+            self._code = self._c.code_words(self._items, self._code_seed)
             n, L = self.count, mask_bytes(self.receiver_count, self.count)
             self._filler = prg(draw(self._rng, SEED), HASHES * n * L).reshape(HASHES, n, L)
             perm_src = prg(draw(self._rng, SEED), HASHES * n * 8).view("<u8").reshape(HASHES, n)
@@ -277,15 +266,15 @@ class KkrtSender(_Timed):
             t0 = time.perf_counter()
             if kind == "head":
                 seeds = self._ot.receive(data)
-                self._key = derive_key("pc.psi.kkrt.v1 oprf output", self._ot.derive_key(b"kkrt-oprf"))
-                self._q = _RowStream([seeds[i].tobytes() for i in range(CODE_BITS)])
+                self._key = self._c.key("pc.psi.kkrt.v1 oprf output", self._ot.derive_key(b"kkrt-oprf"))
+                self._q = _RowStream(self._c, [seeds[i].tobytes() for i in range(CODE_BITS)])
                 self._mark("base_ot", t0)
                 continue
             q = self._q.next(data.shape[0])
             self._mark("transpose", t0)
             t0 = time.perf_counter()
             lo, hi = np.searchsorted(self._pair_blocks, [first // iknp.KAPPA, -(-(first + data.shape[0]) // iknp.KAPPA)])
-            K.sender_masks(self._key, q, data, first, self._s, self._pair_bin[lo:hi], self._pair_item[lo:hi],
+            self._c.sender_masks(self._key, q, data, first, self._s, self._pair_bin[lo:hi], self._pair_item[lo:hi],
                            self._pair_out[lo:hi], self._code, self._out.reshape(HASHES * self.count, self._L), self._L)
             self._mark("oprf", t0)
         return _frame(5, self.count) + self._out.tobytes()
@@ -293,7 +282,7 @@ class KkrtSender(_Timed):
     def _place(self, m: int) -> None:
         """Y's bins in the receiver's table of m bins: every (item, hash) pair grouped by its
         bin, the fillers of repeated bins in place."""
-        bins = cuckoo_bins(self._items, self._cuckoo_seed, m)
+        bins = cuckoo_bins(self._items, self._cuckoo_seed, m, self._c)
         n, L = self.count, mask_bytes(self.receiver_count, self.count)
         filler, pos = self._filler, self._pos
         self._filler = None
@@ -323,14 +312,15 @@ class KkrtReceiver(_Timed):
     """The OPRF receiver R (set X): learns X ∩ Y (and |Y|)."""
 
     def __init__(self, ids, *, rng: Rng | None = None, domain: bytes = b"",
-                 max_rehash: int = 16, bins: int | None = None) -> None:
+                 max_rehash: int = 16, bins: int | None = None, crypto: str = "aes") -> None:
         super().__init__()
         t0 = time.perf_counter()
+        self._c = profile(crypto)
         self._rng = default_rng(rng)
         self._domain = bytes(domain)
         self._ids = _normalised(ids)
         self.count = len(self._ids)
-        self._items = hash_items(self._ids, _item_key(self._domain))
+        self._items = self._c.hash_items(self._ids, _item_key(self._c, self._domain))
         self._m = bin_count(self.count) if bins is None else int(bins)   # ``bins``: tests only
         self._max_rehash = max_rehash
         self._steps = Steps("respond", "correct", "finish")
@@ -345,7 +335,7 @@ class KkrtReceiver(_Timed):
         out = self._ot.respond(body)
         t0 = time.perf_counter()
         self._cuckoo_seed, self._bins, self._table, self.cuckoo_attempts = cuckoo_table(
-            self._items, self._m, lambda: draw(self._rng, SEED), self._max_rehash)
+            self._items, self._m, lambda: draw(self._rng, SEED), self._max_rehash, profile=self._c)
         self._mark("cuckoo", t0)
         return _frame(2, self.count) + out + self._cuckoo_seed
 
@@ -364,15 +354,15 @@ class KkrtReceiver(_Timed):
         k = np.frombuffer(draw(self._rng, 2 * CODE_BITS * 16), dtype=np.uint8).reshape(2, CODE_BITS, 16)
         ot4 = self._ot.send(body[:ot_size], k[0], k[1])
         code_seed = bytes(body[ot_size:])
-        self._key = derive_key("pc.psi.kkrt.v1 oprf output", self._ot.derive_key(b"kkrt-oprf"))
+        self._key = self._c.key("pc.psi.kkrt.v1 oprf output", self._ot.derive_key(b"kkrt-oprf"))
         self._mark("base_ot", t0)
         t0 = time.perf_counter()
         m = self._m
         self._occupied, self._placed, self._hidx = placement(self._bins, self._table)
-        code = code_words(self._items[self._placed], code_seed)
+        code = self._c.code_words(self._items[self._placed], code_seed)
         self._mark("code", t0)
         yield _frame(4, m) + ot4
-        rows = _RowStream([k[0, i].tobytes() for i in range(CODE_BITS)],
+        rows = _RowStream(self._c, [k[0, i].tobytes() for i in range(CODE_BITS)],
                           pair_with=[k[1, i].tobytes() for i in range(CODE_BITS)])
         self._t = np.empty((m, CODE_BYTES), dtype=np.uint8)
         for lo in range(0, m, BATCH_BINS):
@@ -394,7 +384,7 @@ class KkrtReceiver(_Timed):
             raise SessionStateError("the receiver prepares matching only after message 4")
         t0 = time.perf_counter()
         L = mask_bytes(self.count, self.sender_count)
-        mine = K.receiver_masks(self._key, self._t, self._occupied, L)
+        mine = self._c.receiver_masks(self._key, self._t, self._occupied, L)
         self._t = None
         self._mark("oprf", t0)
         t0 = time.perf_counter()
@@ -437,13 +427,15 @@ def warm_up() -> float:
     Node processes call it in the background at start, so no job pays it."""
     t0 = time.perf_counter()
     ids = [f"W{i:03d}" for i in range(96)]           # already in normal form
-    if intersect(ids[:64], ids[32:]) != ids[32:64]:
-        raise AssertionError("KKRT warm-up intersection is wrong")
+    for crypto in PROFILES:
+        if intersect(ids[:64], ids[32:], crypto=crypto) != ids[32:64]:
+            raise AssertionError(f"KKRT warm-up intersection is wrong ({crypto})")
     return time.perf_counter() - t0
 
 
-def intersect(receiver_ids, sender_ids, *, rng: Rng | None = None, domain: bytes = b"") -> list[str]:
+def intersect(receiver_ids, sender_ids, *, rng: Rng | None = None, domain: bytes = b"",
+              crypto: str = "aes") -> list[str]:
     """Run both parties in process (tests, local use): R's items in Y."""
-    s = KkrtSender(sender_ids, rng=rng, domain=domain)
-    r = KkrtReceiver(receiver_ids, rng=rng, domain=domain)
+    s = KkrtSender(sender_ids, rng=rng, domain=domain, crypto=crypto)
+    r = KkrtReceiver(receiver_ids, rng=rng, domain=domain, crypto=crypto)
     return r.finish(s.masks(r.correct(s.extend(r.respond(s.start())))))

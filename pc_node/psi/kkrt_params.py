@@ -76,21 +76,22 @@ def hash_items(ids: list[str] | list[bytes], key_words: np.ndarray, out_len: int
     return out
 
 
-def cuckoo_bins(items: np.ndarray, seed: bytes, m: int) -> np.ndarray:
-    """The 3 candidate bins of each 16-byte item hash: BLAKE3-keyed(seed-key, x) → 3 × 64 bits mod m."""
-    key = derive_key("pc.psi.kkrt.v1 cuckoo hash", seed)
-    rows = np.zeros((items.shape[0], 64), dtype=np.uint8)
-    rows[:, :ITEM_BYTES] = items
-    words = K.blake3_rows(key, rows, np.full(items.shape[0], ITEM_BYTES, dtype=np.int64), 24)
-    return (words.view("<u8") % np.uint64(m)).astype(np.int64)
+def cuckoo_bins(items: np.ndarray, seed: bytes, m: int, profile=None) -> np.ndarray:
+    """The 3 candidate bins of each 16-byte item hash: a keyed hash (key from the cuckoo seed;
+    BLAKE3, or HMAC-SM3 in the national profile) → 3 × 64 bits mod m."""
+    if profile is None:
+        from .kkrt_profiles import AesProfile
+        profile = AesProfile()
+    words = profile.cuckoo_words(items, profile.key("pc.psi.kkrt.v1 cuckoo hash", seed))
+    return (words % np.uint64(m)).astype(np.int64)
 
 
-def cuckoo_table(items: np.ndarray, m: int, draw_seed, max_rehash: int, max_kicks: int = 500):
+def cuckoo_table(items: np.ndarray, m: int, draw_seed, max_rehash: int, max_kicks: int = 500, profile=None):
     """Insert ``items`` into m bins; on failure re-hash with a fresh seed, up to ``max_rehash``
     times. Returns (seed, bins (n, 3), table (m,) item index or −1, attempts)."""
     for attempt in range(1, max_rehash + 1):
         seed = draw_seed()
-        bins = cuckoo_bins(items, seed, m)
+        bins = cuckoo_bins(items, seed, m, profile)
         table, ok = K.cuckoo_insert(bins, m, max_kicks, int.from_bytes(seed[:7], "little"))
         if ok:
             return seed, bins, table, attempt

@@ -113,7 +113,7 @@ def recv(runtime, header, inbound):
         raise PermissionDenied("only the requester receives the intersection")
     p = _params(doc)
     provider = p.providers()[0]
-    r = kkrt.KkrtReceiver(runtime.store.subject_ids(p.datasets[0][1]), domain=_domain(doc))
+    r = kkrt.KkrtReceiver(runtime.store.subject_ids(p.datasets[0][1]), domain=_domain(doc), crypto=p.crypto or "aes")
     if r.count != p.subjects:
         raise FailedPrecondition(f"the dataset changed since the job was prepared ({r.count} identifiers, the "
                                  f"signed spec says {p.subjects}); prepare the job again")
@@ -132,6 +132,7 @@ def recv(runtime, header, inbound):
     yield progress("kkrt", runtime.node_id, 3, 3)
     log.info("kkrt receiver stages (s): %s", {k: round(v, 3) for k, v in r.stages.items()})
     summary = {"intersection": len(ids), "own": n_r, "cardinality_only": False, "protocol": "kkrt",
+               "crypto": p.crypto or "aes",
                "datasets": [f"{a}.{d}" for a, d in p.datasets]}
     store_results(runtime, doc["job_id"], "id_number\n" + "".join(f"{i}\n" for i in ids), len(ids), summary)
     runtime.audit.append("psi.kkrt_recv", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
@@ -149,7 +150,7 @@ def send(runtime, header, inbound):
         raise PermissionDenied("the job names no dataset of this node")
     use_once(runtime, doc, "psi.kkrt_send")
     requester = doc["requester"]
-    s = kkrt.KkrtSender(runtime.store.subject_ids(dataset), domain=_domain(doc))
+    s = kkrt.KkrtSender(runtime.store.subject_ids(dataset), domain=_domain(doc), crypto=p.crypto or "aes")
     yield from sealed(runtime, doc, requester, 1, s.start())
     m2 = read_sealed(runtime, doc, inbound, 2, kkrt.message_size(2, p.subjects, s.count))
     if kkrt.announced_count(m2, 2) != p.subjects:

@@ -97,8 +97,11 @@ def test_kkrt_equals_the_plaintext_and_the_ecdh_intersection(fed, city, analyst,
     kk = analyst.psi(DATASETS, out=tmp_path / "kkrt.csv", protocol="kkrt")
     ec = analyst.psi(DATASETS, out=tmp_path / "ecdh.csv", protocol="ecdh")
     auto = analyst.psi(DATASETS, out=tmp_path / "auto.csv")
-    assert kk.state == ec.state == auto.state == "succeeded"
+    gm = analyst.psi(DATASETS, out=tmp_path / "gm.csv", crypto="gm")            # the national profile
+    assert kk.state == ec.state == auto.state == gm.state == "succeeded"
     assert _result(tmp_path / "kkrt.csv") == want == _result(tmp_path / "ecdh.csv") == _result(tmp_path / "auto.csv")
+    assert _result(tmp_path / "gm.csv") == want
+    assert (kk.summary["crypto"], gm.summary["crypto"], gm.summary["protocol"]) == ("aes", "gm", "kkrt")
     assert kk.summary["intersection"] == len(want) and kk.summary["protocol"] == "kkrt"
     assert ec.summary["protocol"] == "ecdh" and auto.summary["protocol"] == "kkrt"
     assert set(kk.leakage) == {REQ, PS, "coordinator"}
@@ -130,6 +133,10 @@ def test_kkrt_refuses_ecdh_only_options_in_one_line(analyst):
     with pytest.raises(grpc.RpcError) as err:
         _prepare(analyst, protocol="rr22")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for kw in ({"protocol": "ecdh", "crypto": "gm"}, {"crypto": "sm9"}):
+        with pytest.raises(grpc.RpcError) as err:
+            _prepare(analyst, **kw)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "crypto" in err.value.details()
 
 
 def test_coordinator_transcript_holds_only_sealed_bytes_and_steps_run_once(fed, city, analyst, as_coordinator):

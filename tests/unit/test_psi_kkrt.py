@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pc_common.errors import InvalidInput
 from pc_common.ot.primitives import SessionStateError
-from pc_node.psi import kkrt, kkrt_kernels, kkrt_params
+from pc_node.psi import kkrt, kkrt_kernels, kkrt_params, kkrt_profiles
 from pc_node.psi.encoding import normalise_ids
 
 
@@ -225,3 +225,44 @@ def test_row_matcher_is_exact_with_shared_prefixes_and_repeats(width):
         m.feed(piece)
     assert m.result().tolist() == [r.tobytes() in want for r in mine]
     assert not kkrt_params.RowMatcher(mine[:0]).result().size
+
+
+# ----- the national profile (--crypto gm): SM4 for the PRG and code, HMAC-SM3 for the hashes ----------
+@pytest.mark.parametrize("crypto", kkrt_profiles.PROFILES)
+def test_both_profiles_give_the_plaintext_intersection(crypto):
+    xs = [f"{i:018d}" for i in range(0, 3000)] + ["Ａ１２"]            # a non-ASCII identifier too
+    ys = [f"{i:018d}" for i in range(2000, 6000)] + ["A12"]
+    want = [i for i in normalise_ids(xs) if i in set(normalise_ids(ys))]
+    assert kkrt.intersect(xs, ys, crypto=crypto) == want
+    assert kkrt.intersect(xs, ys, crypto=crypto, domain=b"job-2") == want
+
+
+def test_gm_profile_primitives_are_the_standard_ones():
+    import hmac as std_hmac
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    gm = kkrt_profiles.profile("gm")
+    key = gm.key("ctx", b"material")
+    assert key == std_hmac.digest(b"ctx", b"material", "sm3")
+    ids = ["110105194912310021", "x" * 130, "短"]                        # one beyond the kernel's length
+    got = gm.hash_items(ids, key)
+    assert [bytes(r) for r in got] == [std_hmac.digest(key, i.encode(), "sm3")[:16] for i in ids]
+    seed = bytes(range(16))
+    stream, want = gm.stream(seed), Cipher(algorithms.SM4(seed), modes.CTR(bytes(16))).encryptor()
+    for n in (2048, 4096, 40):                                          # continuing, then a last partial piece
+        buf, ref = np.empty(n + 16, np.uint8), np.empty(n + 16, np.uint8)
+        stream.update_into(np.zeros(n, np.uint8), buf)
+        want.update_into(np.zeros(n, np.uint8), ref)
+        assert bytes(buf[:n]) == bytes(ref[:n])
+    items = np.arange(32, dtype=np.uint8).reshape(2, 16)
+    code = gm.code_words(items, seed)
+    first_key = kkrt_profiles.kdf(b"pc.psi.kkrt.v1/gm/code", seed, b"\x00")
+    assert bytes(code[0, :16]) == Cipher(algorithms.SM4(first_key), modes.ECB()).encryptor().update(bytes(items[0]))
+    with pytest.raises(InvalidInput):
+        kkrt_profiles.profile("sm9")
+
+
+def test_profiles_do_not_interoperate():
+    """A receiver and a sender on different profiles find nothing (both read it from the signed spec)."""
+    ids = [f"{i:018d}" for i in range(200)]
+    s, r = kkrt.KkrtSender(ids, crypto="gm"), kkrt.KkrtReceiver(ids, crypto="aes")
+    assert r.finish(s.masks(r.correct(s.extend(r.respond(s.start()))))) == []

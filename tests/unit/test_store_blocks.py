@@ -1,5 +1,5 @@
 """The block layout of imported datasets (pc_node.blocks, pc_node.store) and its bulk
-HMAC-SM3 (pc_node.sm3_bulk): equal to OpenSSL's, lookups equal to a plain scan, the old
+HMAC-SM3 (pc_common.sm3_bulk): equal to OpenSSL's, lookups equal to a plain scan, the old
 "cells" layout still readable, an interrupted import leaves the previous version."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pc_node import blocks, idnum
 from pc_node.keystore import FieldCipher
 from pc_node.psi.encoding import NormalIds, normalise_ids
 from pc_node.runtime import open_cipher
-from pc_node.sm3_bulk import MAX_LEN, hmac_sm3_rows
+from pc_common.sm3_bulk import MAX_LEN, hmac_sm3_rows
 from pc_node.store import NodeStore
 from pc_rules.metadata import ColumnMeta, DatasetMeta
 
@@ -47,7 +47,7 @@ def meta(name: str = "cars") -> DatasetMeta:
 def test_bulk_hmac_sm3_equals_openssl_for_every_length():
     rng = np.random.default_rng(1)
     for key in (os.urandom(32), os.urandom(7), os.urandom(80)):
-        for length in (0, 1, 17, 18, 31, 32, MAX_LEN):
+        for length in (0, 1, 17, 18, 31, 32, 55, 56, 64, MAX_LEN):
             msgs = rng.integers(0, 256, (37, length), dtype=np.uint8)
             got = hmac_sm3_rows(key, msgs)
             assert [bytes(r) for r in got] == [hmac.digest(key, bytes(m), "sm3") for m in msgs]

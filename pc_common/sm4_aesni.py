@@ -41,7 +41,7 @@ from pc_common.errors import IntegrityError
 from pc_common.sm4_ir import BLOCK, ctr_ir, ghash_ir
 
 __all__ = ["available", "ready", "start_in_background", "gcm_encrypt_into", "gcm_decrypt", "gcm_tag",
-           "ctr_xor", "round_keys"]
+           "ctr_xor", "ctr_raw", "round_keys", "STEP"]
 
 _W, _G = 8, 2                         # 32-bit lanes per register, interleaved groups
 STEP = _W * _G * BLOCK                # bytes per kernel iteration (256)
@@ -121,6 +121,12 @@ def ctr_xor(rk: np.ndarray, nonce: bytes, data, out: np.ndarray, counter: int = 
         iv[3] = (counter + full * STEP // BLOCK) & 0xFFFFFFFF
         ctr(_ptr(rk), _ptr(iv), _ptr(buf), _ptr(buf), 1)
         out[full * STEP:] = buf[:tail]
+
+
+def ctr_raw(rk: np.ndarray, iv: np.ndarray, src: np.ndarray, out: np.ndarray, steps: int) -> None:
+    """``steps`` whole kernel steps (STEP bytes each) of :func:`ctr_xor` without its checks:
+    ``iv`` the four counter-block words (uint32), ``src``/``out`` contiguous uint8 arrays."""
+    _kernels()[1](_ptr(rk), _ptr(iv), _ptr(src), _ptr(out), steps)
 
 
 def _ghash(h: bytes, aad: bytes, ct: np.ndarray) -> bytes:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import secrets
 import shutil
 import subprocess
 
@@ -10,6 +11,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from gmssl import sm2 as gmssl_sm2
 from gmssl import sm4 as gmssl_sm4
 
+from pc_common import sm2_openssl
 from pc_common.errors import CryptoError, IntegrityError, InvalidInput
 from pc_common.gm import (
     Sm2PrivateKey,
@@ -298,3 +300,24 @@ def test_sm2_pem_is_readable_by_openssl(tmp_path, kat_key):
                          capture_output=True)
     assert pub.returncode == 0
     assert Sm2PublicKey.from_der(pub.stdout) == kat_key.public_key()
+
+
+@pytest.mark.skipif(not sm2_openssl.available(), reason="no system libcrypto with SM2")
+def test_sm2_on_openssl_points_interoperates_with_gmssl(monkeypatch):
+    """Signatures made with OpenSSL's points verify with gmssl's and the other way round; a
+    wrong message, key or signature fails on both paths."""
+    for _ in range(5):
+        key = Sm2PrivateKey.generate()
+        other = Sm2PrivateKey.generate().public_key()
+        msg = secrets.token_bytes(70)
+        fast_sig = key.sign(msg)
+        with monkeypatch.context() as m:
+            m.setattr(sm2_openssl, "available", lambda: False)       # the gmssl path
+            assert Sm2PrivateKey.from_hex(key.private_hex()).public_key() == key.public_key()
+            key.public_key().verify(msg, fast_sig)
+            slow_sig = key.sign(msg)
+            assert not other.is_valid_signature(msg, fast_sig)
+        key.public_key().verify(msg, slow_sig)
+        for bad_msg, bad_key, bad_sig in ((msg + b"!", key.public_key(), fast_sig), (msg, other, slow_sig),
+                                          (msg, key.public_key(), fast_sig[:32] + slow_sig[32:])):
+            assert not bad_key.is_valid_signature(bad_msg, bad_sig)

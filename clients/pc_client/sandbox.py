@@ -27,12 +27,12 @@ from pc_common.config import NodeConfig
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import NAME_RE
 from pc_client.sdk import Federation
-from pc_rules.rules import column_uses, load_rule
 
 
 def _admin():
     """The node's admin module, imported when a sandbox is brought up or granted (not for a
-    client of a running sandbox: it pulls the import machinery, pyarrow among it)."""
+    client of a running sandbox: it pulls the import machinery, pyarrow among it; the rule
+    machinery is imported where it is used for the same reason)."""
     from pc_node import admin
     return admin
 
@@ -114,6 +114,7 @@ class Sandbox:
             raise InvalidInput(f"no such folder: {self.dir}")
         if self.running():
             raise FailedPrecondition(f"a sandbox is already up in {self.dir}; run 'pc sandbox down' first")
+        from pc_rules.rules import load_rule
         agencies = agencies_of(self.dir)
         rules = [load_rule(p) for p in sorted((self.dir / "rules").glob("*.toml"))] \
             if (self.dir / "rules").is_dir() else []
@@ -266,6 +267,7 @@ class Sandbox:
                   for ds in datasets}
         out = [_admin().Grant(ds, other, (SANDBOX_PURPOSE_PSI,), {key_of[ds]: "join_key"}, approval="auto")
                for ds in datasets for other in agencies if other != agency]
+        from pc_rules.rules import column_uses
         for rule in rules:
             for ds, cols in sorted(column_uses(rule, agency).items()):
                 columns = {key_of.get(ds, _admin().DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}

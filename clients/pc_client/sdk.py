@@ -22,12 +22,10 @@ import grpc
 from cryptography import x509
 
 from pc_common import tls
-from pc_common.catalog import catalog_view
 from pc_common.certs import PartyFiles
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_common.identity import Identity, identity_of
 from pc_common.pb import common_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc
-from pc_rules.rules import Rule, load_rule, validate_against_catalog
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ProgressFn = Callable[[object], None]
@@ -182,7 +180,7 @@ class Federation:
         return max(rows - 1, 0), summary
 
     # ----- eligibility verification --------------------------------------------------------------
-    def upload_subjects(self, subjects_csv, rule: Rule) -> node_pb2.SubjectsReceipt:
+    def upload_subjects(self, subjects_csv, rule) -> node_pb2.SubjectsReceipt:
         path = pathlib.Path(subjects_csv)
         try:
             with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -214,6 +212,8 @@ class Federation:
 
     def verify(self, rule_path, subjects_csv, out=None, he: str = "bfv",
                on_update: ProgressFn | None = None) -> JobResult:
+        from pc_common.catalog import catalog_view      # here, not at the top: a PSI command never loads
+        from pc_rules.rules import load_rule, validate_against_catalog     # the rule machinery
         rule = load_rule(rule_path)
         if rule.requester != self.identity.agency:
             raise InvalidInput(f"{pathlib.Path(rule_path).name}: the rule's requester is '{rule.requester}' but"
@@ -254,6 +254,7 @@ class Federation:
               on_update: ProgressFn | None = None, private: bool = False, epsilon: float | None = None) -> JobResult:
         """A federated query (docs/query.md): checked here against the catalog before anything runs;
         returns the released groups as ``records`` (and writes the results file to ``out``)."""
+        from pc_common.catalog import catalog_view
         plan, view = parse_query(sql), catalog_view(self.catalog())
         validate_query(plan, view, self.identity.agency)
         if not private:   # the published k / ε demands, before preparing (private mode: at its provider)

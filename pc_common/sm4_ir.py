@@ -81,17 +81,8 @@ def derive() -> tuple[list[int], list[int], list[int], list[int]]:
     inv_sm4, inv_aes = _inverses(0x1F5), _inverses(0x11B)
     if any(_affine_sm4(inv_sm4[_affine_sm4(x) ^ 0xD3]) ^ 0xD3 != sm4[x] for x in range(256)):
         raise AssertionError("SM4 S-box structure not as expected")
-    beta = next(b for b in range(2, 256) if _power_poly(b, 0x1F5) == 0)
-
-    def iso(x: int) -> int:
-        out, p = 0, 1
-        for i in range(8):
-            if x >> i & 1:
-                out ^= p
-            p = _gmul(p, beta, 0x11B)
-        return out
-
-    pre = [iso(_affine_sm4(x) ^ 0xD3) for x in range(256)]
+    beta = next(b for b in range(2, 256) if _evaluate(0x1F5, b) == 0)     # a root of SM4's polynomial
+    pre = [_evaluate(_affine_sm4(x) ^ 0xD3, beta) for x in range(256)]      # x ↦ x(β): the isomorphism
     sub = _aes_sbox(inv_aes)
     pre_inv, sub_inv = [0] * 256, [0] * 256
     for x in range(256):
@@ -103,13 +94,15 @@ def derive() -> tuple[list[int], list[int], list[int], list[int]]:
     return (*_nibble_tables(pre), *_nibble_tables(post))
 
 
-def _power_poly(b: int, poly_bits: int) -> int:
-    """The polynomial ``poly_bits`` (SM4's field polynomial) evaluated at b in AES's field."""
+def _evaluate(poly_bits: int, at: int) -> int:
+    """The polynomial whose coefficients are the bits of ``poly_bits`` evaluated at ``at`` in
+    AES's field: SM4's field polynomial (to find a root β), or an element of SM4's field as a
+    polynomial in its generator (to carry it to AES's field)."""
     acc, p = 0, 1
-    for i in range(9):
+    for i in range(poly_bits.bit_length()):
         if poly_bits >> i & 1:
             acc ^= p
-        p = _gmul(p, b, 0x11B)
+        p = _gmul(p, at, 0x11B)
     return acc
 
 

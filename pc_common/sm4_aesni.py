@@ -38,10 +38,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from gmssl.sm4 import SM4_BOXES_TABLE, SM4_CK, SM4_FK
 
 from pc_common.errors import IntegrityError
-from pc_common.sm4_ir import BLOCK, ctr_ir, ghash_ir
+from pc_common.sm4_ir import BLOCK, ghash_ir, sm4_ir
 
 __all__ = ["available", "ready", "start_in_background", "gcm_encrypt_into", "gcm_decrypt", "gcm_tag",
-           "ctr_xor", "ctr_raw", "round_keys", "STEP"]
+           "ctr_xor", "ctr_raw", "ecb_encrypt", "round_keys", "STEP"]
 
 _W, _G = 8, 2                         # 32-bit lanes per register, interleaved groups
 STEP = _W * _G * BLOCK                # bytes per kernel iteration (256)
@@ -78,14 +78,14 @@ def _compile():
     llvm.initialize_native_asmprinter()
     tm = llvm.Target.from_default_triple().create_target_machine(
         cpu=llvm.get_host_cpu_name(), features=features.flatten(), opt=3)
-    mod = llvm.parse_assembly(ctr_ir(_W, _G) + "\n" + ghash_ir())
+    mod = llvm.parse_assembly(sm4_ir(_W, _G) + "\n" + ghash_ir())
     mod.verify()
     pb = llvm.create_pass_builder(tm, llvm.PipelineTuningOptions(speed_level=3))
     pb.getModulePassManager().run(mod, pb)
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
     return (engine, _CTR_T(engine.get_function_address("sm4_ctr")),
-            _GHASH_T(engine.get_function_address("ghash")))
+            _GHASH_T(engine.get_function_address("ghash")), _CTR_T(engine.get_function_address("sm4_ecb")))
 
 
 def _kernels():
@@ -107,7 +107,7 @@ def _ptr(a: np.ndarray) -> int:
 
 def ctr_xor(rk: np.ndarray, nonce: bytes, data, out: np.ndarray, counter: int = 2) -> None:
     """``out[:] = data ⊕ SM4-CTR keystream`` from block nonce ‖ counter (GCM's inc32 counter)."""
-    _, ctr, _ = _kernels()
+    ctr = _kernels()[1]
     src = np.frombuffer(data, dtype=np.uint8)
     n = src.size
     iv = np.array([*struct.unpack(">3I", nonce), counter & 0xFFFFFFFF], dtype=np.uint32)
@@ -123,6 +123,20 @@ def ctr_xor(rk: np.ndarray, nonce: bytes, data, out: np.ndarray, counter: int = 
         out[full * STEP:] = buf[:tail]
 
 
+def ecb_encrypt(rk: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """SM4 encryption of every 16-byte block of ``blocks`` (contiguous uint8, a multiple of 16
+    bytes): what OpenSSL's SM4-ECB gives."""
+    src = np.ascontiguousarray(blocks, dtype=np.uint8).reshape(-1)
+    if src.size % BLOCK:
+        raise ValueError("SM4-ECB takes whole 16-byte blocks")
+    steps = -(-src.size // STEP)
+    buf = np.zeros(steps * STEP, dtype=np.uint8)
+    buf[:src.size] = src
+    iv = np.zeros(4, dtype=np.uint32)
+    _kernels()[3](_ptr(rk), _ptr(iv), _ptr(buf), _ptr(buf), steps)
+    return buf[:src.size]
+
+
 def ctr_raw(rk: np.ndarray, iv: np.ndarray, src: np.ndarray, out: np.ndarray, steps: int) -> None:
     """``steps`` whole kernel steps (STEP bytes each) of :func:`ctr_xor` without its checks:
     ``iv`` the four counter-block words (uint32), ``src``/``out`` contiguous uint8 arrays."""
@@ -130,7 +144,7 @@ def ctr_raw(rk: np.ndarray, iv: np.ndarray, src: np.ndarray, out: np.ndarray, st
 
 
 def _ghash(h: bytes, aad: bytes, ct: np.ndarray) -> bytes:
-    _, _, gh = _kernels()
+    gh = _kernels()[2]
     state = np.zeros(BLOCK, dtype=np.uint8)
     hv = np.frombuffer(h, dtype=np.uint8)
 

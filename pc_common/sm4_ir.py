@@ -1,5 +1,7 @@
 """LLVM IR of the SM4-GCM kernels of :mod:`pc_common.sm4_aesni` (see there for what and why).
 
+* ``sm4_ecb(rk, iv, in, out, niter)`` — SM4 encryption of 16 blocks per iteration (the
+  national KKRT profile's code words), the same rounds on blocks loaded from ``in``.
 * ``sm4_ctr(rk, iv, in, out, niter)`` — SM4 in CTR mode with GCM's 32-bit counter, 16 blocks
   per iteration: two groups of eight blocks in 256-bit registers, word-sliced (register w holds
   word w of eight blocks as numbers, so the round's rotations are lane rotations), the S-box as
@@ -131,7 +133,23 @@ class _Emit:
         self.lines.append(line)
 
 
-def ctr_ir(W: int, G: int) -> str:
+def sm4_ir(W: int, G: int) -> str:
+    """The module text of ``sm4_ctr`` and ``sm4_ecb`` (same signature; ECB ignores ``iv``)."""
+    B, Q = 4 * W, W // 2
+    vi, vb, vq = f"<{W} x i32>", f"<{B} x i8>", f"<{Q} x i64>"
+    aes, shuf = ("@llvm.x86.aesni.aesenclast.256", "@llvm.x86.avx2.pshuf.b") if W == 8 else \
+        ("@llvm.x86.aesni.aesenclast", "@llvm.x86.ssse3.pshuf.b.128")
+    n4 = 4 * W
+    decls = [
+        f"declare {vq} {aes}({vq}, {vq})",
+        f"declare {vb} {shuf}({vb}, {vb})",
+        f"declare {vi} @llvm.fshl.v{W}i32({vi}, {vi}, {vi})",
+        f"declare <{n4} x i32> @llvm.bswap.v{n4}i32(<{n4} x i32>)",
+    ]
+    return "\n".join(decls + [_sm4_function(W, G, "ctr"), _sm4_function(W, G, "ecb")])
+
+
+def _sm4_function(W: int, G: int, mode: str) -> str:
     B, Q = 4 * W, W // 2
     vi, vb, vq = f"<{W} x i32>", f"<{B} x i8>", f"<{Q} x i64>"
     if W == 8:
@@ -185,10 +203,19 @@ def ctr_ir(W: int, G: int) -> str:
     i32 = e("trunc i64 %i to i32")
     base = e(f"add i32 {ivw[3]}, {e(f'mul i32 {i32}, {G * W}')}")
     offset = e(f"mul i64 %i, {G * W * BLOCK}")
+    n4 = 4 * W
     states = []
     for g in range(G):
-        ctr = e(f"add {vi} {splat(e(f'add i32 {base}, {g * W}'))}, {lanes}")
-        states.append([iv_splats[0], iv_splats[1], iv_splats[2], ctr])
+        if mode == "ctr":     # word w of the counter blocks nonce ‖ (ctr + lane)
+            ctr = e(f"add {vi} {splat(e(f'add i32 {base}, {g * W}'))}, {lanes}")
+            states.append([iv_splats[0], iv_splats[1], iv_splats[2], ctr])
+            continue
+        # ECB: the input blocks, big-endian words, sliced: register w holds word w of each block
+        pin = e(f"getelementptr inbounds i8, ptr %in, i64 {e(f'add i64 {offset}, {g * W * BLOCK}')}")
+        words = e(f"bitcast <{4 * n4} x i8> {e(f'load <{4 * n4} x i8>, ptr {pin}, align 1')} to <{n4} x i32>")
+        words = e(f"call <{n4} x i32> @llvm.bswap.v{n4}i32(<{n4} x i32> {words})")
+        states.append([e(f"shufflevector <{n4} x i32> {words}, <{n4} x i32> poison, <{W} x i32> "
+                         f"{_i32_list([4 * j + w for j in range(W)])}") for w in range(4)])
     for r in range(32):
         for g in range(G):
             x0, x1, x2, x3 = states[g]
@@ -199,7 +226,6 @@ def ctr_ir(W: int, G: int) -> str:
             l2 = e(f"xor {vi} {rol(s, 10)}, {rol(s, 18)}")
             l3 = e(f"xor {vi} {e(f'xor {vi} {l1}, {l2}')}, {rol(s, 24)}")
             states[g] = [x1, x2, x3, e(f"xor {vi} {x0}, {l3}")]
-    n4 = 4 * W
     order = _i32_list([(k % 4) * W + k // 4 for k in range(n4)])    # block j word w ← Y_w[j]
     for g in range(G):
         y0, y1, y2, y3 = states[g][3], states[g][2], states[g][1], states[g][0]   # (X35, X34, X33, X32)
@@ -211,21 +237,17 @@ def ctr_ir(W: int, G: int) -> str:
         off = e(f"add i64 {offset}, {g * W * BLOCK}")
         pin = e(f"getelementptr inbounds i8, ptr %in, i64 {off}")
         pout = e(f"getelementptr inbounds i8, ptr %out, i64 {off}")
-        data = e(f"load <{4 * n4} x i8>, ptr {pin}, align 1")
-        e.raw(f"  store <{4 * n4} x i8> {e(f'xor <{4 * n4} x i8> {data}, {ks}')}, ptr {pout}, align 1")
+        if mode == "ctr":
+            data = e(f"load <{4 * n4} x i8>, ptr {pin}, align 1")
+            ks = e(f"xor <{4 * n4} x i8> {data}, {ks}")
+        e.raw(f"  store <{4 * n4} x i8> {ks}, ptr {pout}, align 1")
     e.raw("  %inext = add i64 %i, 1")
     e.raw("  %done = icmp eq i64 %inext, %niter")
     e.raw("  br i1 %done, label %exit, label %loop")
     e.raw("exit:")
     e.raw("  ret void")
-    decls = [
-        f"declare {vq} {aes}({vq}, {vq})",
-        f"declare {vb} {shuf}({vb}, {vb})",
-        f"declare {vi} @llvm.fshl.v{W}i32({vi}, {vi}, {vi})",
-        f"declare <{n4} x i32> @llvm.bswap.v{n4}i32(<{n4} x i32>)",
-    ]
-    return "\n".join(decls + ["define void @sm4_ctr(ptr noalias %rk, ptr noalias %iv, ptr %in, ptr %out, i64 %niter) {"]
-                     + e.lines + ["}"])
+    return "\n".join([f"define void @sm4_{mode}(ptr noalias %rk, ptr noalias %iv, ptr %in, ptr %out, i64 %niter) {{"]
+                      + e.lines + ["}"])
 
 
 def ghash_ir() -> str:

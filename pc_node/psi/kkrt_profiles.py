@@ -37,12 +37,18 @@ PARALLEL_GRAIN = K.PARALLEL_GRAIN
 
 
 def _block_code(algorithm, items: np.ndarray, seed: bytes, label: bytes) -> np.ndarray:
+    """C(x) = E_{c1}(x) ‖ … ‖ E_{c4}(x) with the block cipher ``algorithm`` (AES or SM4, the
+    latter on the AES-NI kernel where there is one)."""
+    from pc_common import sm4_aesni
     n = items.shape[0]
     out = np.empty((n, CODE_BYTES), dtype=np.uint8)
     flat = np.ascontiguousarray(items).reshape(-1)
     buf = np.empty(flat.size + 16, dtype=np.uint8)
     for i in range(CODE_BITS // 128):
         key = kdf(label, seed, bytes([i]))
+        if algorithm is algorithms.SM4 and sm4_aesni.available():
+            out[:, 16 * i:16 * (i + 1)] = sm4_aesni.ecb_encrypt(sm4_aesni.round_keys(key), flat).reshape(n, 16)
+            continue
         Cipher(algorithm(key), modes.ECB()).encryptor().update_into(flat, buf)
         out[:, 16 * i:16 * (i + 1)] = buf[:flat.size].reshape(n, 16)
     return out

@@ -86,3 +86,12 @@ def test_gm_uses_the_kernels_for_large_payloads_and_interoperates(monkeypatch):
     assert gm.sm4_gcm_decrypt(key, openssl_gcm(key, blob[:12], pt, b"x"), b"x") == pt   # and the reverse
     small = gm.sm4_gcm_encrypt(key, pt[:100], b"x")                                     # OpenSSL path
     assert calls == [1] and gm.sm4_gcm_decrypt(key, small, b"x") == pt[:100]
+
+
+@pytest.mark.parametrize("blocks", [1, 15, 16, 17, 1000])
+def test_ecb_equals_openssl(blocks):
+    key, data = os.urandom(16), os.urandom(16 * blocks)
+    got = sm4_aesni.ecb_encrypt(sm4_aesni.round_keys(key), np.frombuffer(data, np.uint8)).tobytes()
+    assert got == Cipher(algorithms.SM4(key), modes.ECB()).encryptor().update(data)
+    with pytest.raises(ValueError):
+        sm4_aesni.ecb_encrypt(sm4_aesni.round_keys(key), np.zeros(15, np.uint8))

@@ -20,6 +20,7 @@ from pc_coordinator.verify_compare import Outbox
 
 TO_PROVIDER = frozenset(kkrt_stream(r) for r in KKRT_FROM_RECEIVER)
 TO_REQUESTER = frozenset(kkrt_stream(r) for r in KKRT_FROM_SENDER)
+RELAY_CHUNKS = 32
 
 
 class _Pump:
@@ -56,18 +57,26 @@ def run(ctx: JobContext, doc: dict, params, t0: float) -> dict:
     """Run the two steps; returns the job's summary fields (sizes, sealed bytes)."""
     requester, provider = doc["requester"], params.providers()[0]
     admit_all(ctx, [provider])
-    to_requester, to_provider = Outbox(), Outbox()
+    # at most RELAY_CHUNKS sealed chunks (1 MiB each) wait per direction: the relay's memory is
+    # bounded whatever the set sizes, and a slow reader slows its sender down
+    to_requester, to_provider = Outbox(RELAY_CHUNKS), Outbox(RELAY_CHUNKS)
     to_requester.put([ctx.header("psi.kkrt_recv", requester)])
     to_provider.put([ctx.header("psi.kkrt_send", requester)])
     errors: list[BaseException] = []
     sender = _Pump(ctx, provider, TO_REQUESTER, to_requester, errors)
     receiver = _Pump(ctx, requester, TO_PROVIDER, to_provider, errors)
-    thread = threading.Thread(target=sender.run, args=(ctx.step(provider, to_provider),),
-                              name=f"kkrt-{ctx.job_id[:8]}", daemon=True)
+    def provider_step() -> None:
+        try:
+            sender.run(ctx.step(provider, to_provider))
+        finally:
+            to_provider.abandon()          # its reader is gone: the requester's pump never waits on it
+
+    thread = threading.Thread(target=provider_step, name=f"kkrt-{ctx.job_id[:8]}", daemon=True)
     thread.start()
     try:
         receiver.run(ctx.step(requester, to_requester))
     finally:
+        to_requester.abandon()
         to_provider.close()
         thread.join()
     if errors:

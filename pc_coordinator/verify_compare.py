@@ -11,6 +11,7 @@ requests go through a queue (:class:`Outbox`) that this thread fills as R's answ
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Iterator
 
@@ -29,19 +30,34 @@ _GC_ANSWER_LIMIT = MAX_BLOB
 
 
 class Outbox:
-    """A request iterator fed from another thread; ``close()`` ends the stream."""
+    """A request iterator fed from another thread; ``close()`` ends the stream.
+
+    ``maxsize`` bounds the messages waiting (0: unbounded): a producer faster than the stream's
+    reader then waits, so gRPC's flow control reaches back to the node producing them. A reader
+    that is gone for good (its step ended) is marked with ``abandon()``: waiting and later puts
+    then return at once, and the producer is never stuck behind a dead peer.
+    """
 
     _END = object()
 
-    def __init__(self) -> None:
-        self._q: queue.Queue = queue.Queue()
+    def __init__(self, maxsize: int = 0) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize)
+        self._abandoned = threading.Event()
 
     def put(self, messages) -> None:
         for m in messages:
-            self._q.put(m)
+            while not self._abandoned.is_set():
+                try:
+                    self._q.put(m, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
 
     def close(self) -> None:
-        self._q.put(self._END)
+        self.put([self._END])
+
+    def abandon(self) -> None:
+        self._abandoned.set()
 
     def __iter__(self) -> Iterator[node_pb2.StepMessage]:
         while True:

@@ -189,3 +189,22 @@ def test_guarded_deserializer_never_raises_and_aborts_invalid_argument():
         for item in h.stream_stream(iter([good, h.request_deserializer(b"\x0a\x05ab")]), ctx):
             out.append(item)
     assert out == ["x"] and ctx.aborted[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_relay_outbox_is_bounded_and_never_waits_on_an_abandoned_reader():
+    import threading
+    from pc_coordinator.verify_compare import Outbox
+    box = Outbox(maxsize=3)
+    done = threading.Event()
+
+    def produce():
+        box.put(range(10))
+        box.close()
+        done.set()
+
+    threading.Thread(target=produce, daemon=True).start()
+    assert not done.wait(0.5)                      # 3 wait, the producer waits for the reader
+    it = iter(box)
+    assert [next(it) for _ in range(4)] == [0, 1, 2, 3]
+    box.abandon()                                  # the reader's step ended
+    assert done.wait(2)                            # the producer returns instead of hanging

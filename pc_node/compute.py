@@ -23,6 +23,7 @@ unpickling code sent by the node.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ipaddress
 import os
 import threading
@@ -34,6 +35,7 @@ import numpy as np
 
 from pc_common.errors import FailedPrecondition, InvalidInput, PcError
 from pc_node.psi.curve import EcBackend, best_backend, get_backend
+from pc_node.psi.encoding import as_points
 
 LOCAL = "local"
 SECRETS = ("psi_scalars", "values")          # what an operator may let go to a trusted cluster
@@ -42,6 +44,8 @@ NEVER = ("he_secret_keys",)                  # what no setting lets go
 #: and the fewest points of one call worth a round trip.
 PSI_TASK_POINTS = 8192
 PSI_MIN_POINTS = 2048
+#: Calls of one session that may wait on the workers at once (16k-point chunks: 4 MiB in all).
+PSI_IN_FLIGHT = 8
 CONNECT_TIMEOUT_S = 10
 
 
@@ -92,6 +96,16 @@ def scalarmult_task(backend_name: str, scalar: bytes, points: np.ndarray) -> np.
 
 def _apply(fn: Callable, args: tuple):
     return fn(*args)
+
+
+@contextlib.contextmanager
+def _cluster_errors(kind: str):
+    try:
+        yield
+    except PcError:
+        raise                # the core's own one-line error (e.g. a point of small order)
+    except Exception as exc:  # noqa: BLE001 - a worker's error, without its arguments
+        raise FailedPrecondition(f"a {kind} task failed on the compute cluster ({type(exc).__name__})") from None
 
 
 # ----- the seam -------------------------------------------------------------------------------------
@@ -156,17 +170,25 @@ class Compute:
         """``[fn(*b) for b in batches]``, on the cluster when there is one (results in order)."""
         if self._client is None or not batches:
             return [fn(*b) for b in batches]
+        return self.gather(self.submit_batches(fn, batches, kind), kind)
+
+    def submit_batches(self, fn: Callable, batches: Sequence[tuple], kind: str = "batch") -> list:
+        """Start ``fn(*b)`` for each batch on the cluster without waiting: its futures, for
+        :meth:`gather`. Callers that do not need a result at once keep several calls in flight."""
+        if self._client is None:
+            raise FailedPrecondition("submit_batches needs a compute cluster")
         with self._lock:
             self.submitted[kind] += len(batches)
-        try:
+        with _cluster_errors(kind):
             # Arguments go to the workers directly (scatter), not inside the task graph through
             # the scheduler: measured 85–98k → 104–115k points/s on the PSI batches.
             data = self._client.scatter(list(batches), hash=False)
-            return self._client.gather(self._client.map(_apply, [fn] * len(batches), data, pure=False))
-        except PcError:
-            raise                # the core's own one-line error (e.g. a point of small order)
-        except Exception as exc:  # noqa: BLE001 - a worker's error, without its arguments
-            raise FailedPrecondition(f"a {kind} task failed on the compute cluster ({type(exc).__name__})") from None
+            return self._client.map(_apply, [fn] * len(batches), data, pure=False)
+
+    def gather(self, futures: list, kind: str = "batch") -> list:
+        """The results of :meth:`submit_batches`, in order (waits for them)."""
+        with _cluster_errors(kind):
+            return self._client.gather(futures)
 
     # -- what the node offloads
     def psi_backend(self, curve: str = "x25519") -> EcBackend | None:
@@ -193,12 +215,20 @@ class Compute:
 
 class ClusterEcBackend(EcBackend):
     """An EC backend whose scalar multiplications run as cluster tasks of ``PSI_TASK_POINTS``
-    points each, with the same backend on the workers; everything else stays local."""
+    points each, with the same backend on the workers; everything else stays local.
+
+    :meth:`scalarmult_later` returns at once with the tasks under way, so a session that needs a
+    result only later (its own chunks one ahead, the provider's chunks until the end) keeps the
+    workers busy while it hashes or receives the next chunk; at most ``PSI_IN_FLIGHT`` calls wait
+    on the workers, the oldest is fetched when one more starts.
+    """
 
     def __init__(self, inner: EcBackend, compute: Compute):
         self.inner, self.compute = inner, compute
         self.name, self.curve = inner.name, inner.curve
         self.scalar_len, self.lane_width = inner.scalar_len, inner.lane_width
+        self._in_flight: collections.deque[_Later] = collections.deque()
+        self._lock = threading.Lock()
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -217,19 +247,50 @@ class ClusterEcBackend(EcBackend):
         return self.inner._mul(scalars, inp, out, lo, hi)
 
     def scalarmult_batch(self, scalar: bytes, points):
-        from pc_node.psi.encoding import as_points
         as_bytes = not isinstance(points, np.ndarray)
+        out = self.scalarmult_later(scalar, as_points(points))()
+        return out.tobytes() if as_bytes else out
+
+    def scalarmult_later(self, scalar: bytes, points: np.ndarray) -> Callable[[], np.ndarray]:
         inp = np.ascontiguousarray(as_points(points))
         key = self.check_scalar(scalar)
         if len(inp) < PSI_MIN_POINTS:                    # too small to pay for a round trip
             out = self.inner.scalarmult_batch(key, inp)
-        else:
-            self.inner.validate_points(inp)
-            tasks = max(2, -(-len(inp) // PSI_TASK_POINTS))
-            step = -(-len(inp) // tasks)
-            batches = [(self.inner.name, key, inp[lo:lo + step]) for lo in range(0, len(inp), step)]
-            out = np.concatenate(self.compute.map_batches(scalarmult_task, batches, kind="psi_scalarmult"))
-        return out.tobytes() if as_bytes else out
+            return lambda: out
+        self.inner.validate_points(inp)                  # a bad point fails here, at its chunk
+        tasks = max(2, -(-len(inp) // PSI_TASK_POINTS))
+        step = -(-len(inp) // tasks)
+        batches = [(self.inner.name, key, inp[lo:lo + step]) for lo in range(0, len(inp), step)]
+        later = _Later(self.compute, self.compute.submit_batches(scalarmult_task, batches, kind="psi_scalarmult"))
+        with self._lock:
+            while self._in_flight and self._in_flight[0].done:
+                self._in_flight.popleft()
+            self._in_flight.append(later)
+            oldest = self._in_flight.popleft() if len(self._in_flight) > PSI_IN_FLIGHT else None
+        if oldest is not None:
+            oldest()                                     # bounds what the workers hold for this session
+        return later
 
     def __repr__(self) -> str:
         return f"<ClusterEcBackend {self.inner.name}/{self.curve} on {self.compute.address}>"
+
+
+class _Later:
+    """One scalar multiplication under way on the cluster; calling it waits for the points (once)."""
+
+    def __init__(self, compute: Compute, futures: list):
+        self._compute, self._futures = compute, futures
+        self._out: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def done(self) -> bool:
+        return self._out is not None
+
+    def __call__(self) -> np.ndarray:
+        with self._lock:
+            if self._out is None:
+                parts = self._compute.gather(self._futures, kind="psi_scalarmult")
+                self._futures = None                     # lets the workers drop the results
+                self._out = np.concatenate(parts)
+            return self._out

@@ -220,10 +220,10 @@ def run_psi(n: int, address: str | None):
         req.accept_double(prov.reencrypt(chunk))
     for chunk in prov.own_chunks(16384):
         req.accept_provider(chunk)
-    size = len(req.finish())
+    found = req.finish()
     dt = time.perf_counter() - t0
     compute.close()
-    return size, dt
+    return found, dt
 
 
 def main() -> None:
@@ -233,32 +233,40 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=131072)
     ap.add_argument("--psi", type=int, default=0, help="also a whole N × N ECDH PSI, cluster path vs local")
     ap.add_argument("--psi-repeat", type=int, default=1, help="local/cluster pairs of the whole PSI")
+    ap.add_argument("--psi-only", action="store_true", help="only the whole PSI (skip the batch measurements)")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()}", flush=True)
-    psi = psi_batches(args.points)
-    bfv = bfv_parts(args.slots)
-    be, scalar, batches = psi
-    t0 = time.perf_counter()
-    out = {"local_psi_result": np.concatenate([be.scalarmult_batch(scalar, b) for b in batches])}
-    psi_s = time.perf_counter() - t0
-    from pc_node.secure_agg.bfv import encrypt_parts
-    hbe, secret, values, public, groups = bfv
-    t0 = time.perf_counter()
-    blobs = [b for g in groups for b in encrypt_parts(public, g)]
-    bfv_s = time.perf_counter() - t0
-    print(f"local startup_s=0 psi_points_per_s={args.points / psi_s:,.0f} (threads: all cores) "
-          f"bfv_s={bfv_s:.2f} (one thread) bfv_decrypts={_decrypts_to(hbe, secret, blobs, values)}", flush=True)
+    if args.psi_only:
+        if not args.psi:
+            ap.error("--psi-only needs --psi N")
+        args.engines = "dask"
+    else:
+        psi = psi_batches(args.points)
+        bfv = bfv_parts(args.slots)
+        be, scalar, batches = psi
+        t0 = time.perf_counter()
+        out = {"local_psi_result": np.concatenate([be.scalarmult_batch(scalar, b) for b in batches])}
+        psi_s = time.perf_counter() - t0
+        from pc_node.secure_agg.bfv import encrypt_parts
+        hbe, secret, values, public, groups = bfv
+        t0 = time.perf_counter()
+        blobs = [b for g in groups for b in encrypt_parts(public, g)]
+        bfv_s = time.perf_counter() - t0
+        print(f"local startup_s=0 psi_points_per_s={args.points / psi_s:,.0f} (threads: all cores) "
+              f"bfv_s={bfv_s:.2f} (one thread) bfv_decrypts={_decrypts_to(hbe, secret, blobs, values)}", flush=True)
     for name in [e for e in args.engines.split(",") if e]:
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"pc-bench-{name}-"))
         engine = None
         try:
             engine = (DaskEngine if name == "dask" else RayEngine)(tmp)
-            run_engine(engine, psi, bfv, out)
+            if not args.psi_only:
+                run_engine(engine, psi, bfv, out)
             for _ in range(args.psi_repeat if args.psi and name == "dask" else 0):
                 size_l, local_s = run_psi(args.psi, None)           # alternating: the load drifts
                 size_c, cluster_s = run_psi(args.psi, engine.address)
                 print(f"psi {args.psi}x{args.psi} local_s={local_s:.1f} cluster_s={cluster_s:.1f} "
-                      f"overhead={(cluster_s / local_s - 1) * 100:+.0f}% identical={size_l == size_c} "
+                      f"overhead={(cluster_s / local_s - 1) * 100:+.1f}% "
+                      f"found={len(size_c)} identical={size_l == size_c} "
                       f"load={os.getloadavg()[0]:.1f}", flush=True)
         finally:
             if engine is not None:

@@ -160,6 +160,13 @@ class EcBackend(ABC):
         key = np.frombuffer(self.check_scalar(scalar), dtype=np.uint8).reshape(1, -1)
         return self._run(key, points)
 
+    def scalarmult_later(self, scalar: bytes, points: np.ndarray) -> Callable[[], np.ndarray]:
+        """``scalarmult_batch`` for a caller that needs the result only later: calling the returned
+        function gives it. Here it is computed at once; a backend that works elsewhere
+        (``pc_node.compute``) starts it and returns, so several calls run while the caller goes on."""
+        out = self.scalarmult_batch(scalar, points)
+        return lambda: out
+
     def scalarmult_each(self, scalars: bytes | np.ndarray, points: bytes | np.ndarray) -> bytes | np.ndarray:
         """Row ``i`` of ``points`` multiplied by row ``i`` of ``scalars``."""
         ks = as_points(scalars) if not isinstance(scalars, np.ndarray) else scalars

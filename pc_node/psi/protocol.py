@@ -89,14 +89,19 @@ class _Party:
         """A fresh re-encryption stage under this party's key (k-party relays, PSI-CA)."""
         return ReencryptHop(self._key, self.backend, shuffle=shuffle, rng=self._rng)
 
-    def _encrypt_own(self, order: np.ndarray, lo: int, hi: int) -> np.ndarray:
-        ids = [self._ids[i] for i in order[lo:hi]]
-        return self.backend.scalarmult_batch(self._key, self.backend.hash_to_points(ids, self._domain))
-
     def _own_chunks(self, order: np.ndarray, chunk_size: int) -> Iterator[bytes]:
         check_chunk_size(chunk_size)
+        # One chunk ahead: with a backend that works elsewhere, chunk k is multiplied there
+        # while chunk k + 1 is hashed here.
+        ahead = None
         for lo in range(0, len(order), chunk_size):
-            yield self._encrypt_own(order, lo, lo + chunk_size).tobytes()
+            ids = [self._ids[i] for i in order[lo:lo + chunk_size]]
+            later = self.backend.scalarmult_later(self._key, self.backend.hash_to_points(ids, self._domain))
+            if ahead is not None:
+                yield ahead().tobytes()
+            ahead = later
+        if ahead is not None:
+            yield ahead().tobytes()
 
     def __repr__(self) -> str:  # never shows ids or the key
         return f"<{type(self).__name__} n={self.count} curve={self.curve} backend={self.backend.name}>"
@@ -115,7 +120,7 @@ class ReencryptHop:
         self._backend = backend
         self.shuffle = shuffle
         self._rng = rng or system_rng
-        self._parts: list[np.ndarray] = []
+        self._parts: list = []          # scalarmult_later results, fetched in output_chunks
         self.received = 0
         self._closed = False
 
@@ -133,14 +138,14 @@ class ReencryptHop:
             raise FailedPrecondition("the stage has already produced its output")
         pts = decode_points(chunk, count)
         self.received += len(pts)
-        self._parts.append(self._backend.scalarmult_batch(self._key, pts))
+        self._parts.append(self._backend.scalarmult_later(self._key, pts))
 
     def output_chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
         if not self.shuffle:
             raise FailedPrecondition("an in-order stage returns each chunk from process()")
         check_chunk_size(chunk_size)
         if not self._closed:
-            allpts = (np.concatenate(self._parts) if self._parts
+            allpts = (np.concatenate([later() for later in self._parts]) if self._parts
                       else np.empty((0, POINT_LEN), dtype=np.uint8))
             self._parts = [allpts[random_permutation(len(allpts), self._rng)]]
             self._closed = True
@@ -162,7 +167,7 @@ class RequesterSession(_Party):
         self.cardinality_only = bool(cardinality_only)
         self._double = np.empty((self.count, POINT_LEN), dtype=np.uint8)
         self._double_n = 0
-        self._provider_parts: list[np.ndarray] = []
+        self._provider_parts: list = []  # scalarmult_later results, fetched in _compute
         self._provider_n = 0
         self._mask: np.ndarray | None = None
         self._provider_all: np.ndarray | None = None
@@ -187,7 +192,7 @@ class RequesterSession(_Party):
         """The next chunk of B's H(y)^b; raised to ``a`` here."""
         self._check_open()
         pts = decode_points(chunk, count)
-        self._provider_parts.append(self.backend.scalarmult_batch(self._key, pts))
+        self._provider_parts.append(self.backend.scalarmult_later(self._key, pts))
         self._provider_n += len(pts)
 
     # -- results
@@ -199,7 +204,7 @@ class RequesterSession(_Party):
         if self._mask is None:
             if self._double_n != self.count:
                 raise FailedPrecondition("not all re-encrypted values have arrived")
-            parts = self._provider_parts
+            parts = [later() for later in self._provider_parts]
             provider = np.concatenate(parts) if parts else np.empty((0, POINT_LEN), dtype=np.uint8)
             self._provider_parts = []
             self._provider_all = provider

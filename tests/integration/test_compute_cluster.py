@@ -10,6 +10,7 @@ one line.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed", reason="the Dask 'distributed' package is not installed")
@@ -50,16 +52,17 @@ class ClusterFederation(LocalFederation):
         return dataclasses.replace(super().node_config(agency), **self.overrides.get(agency, {}))
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """``(address, client)`` of a scheduler and two one-thread workers, separate processes."""
-    tmp = tmp_path_factory.mktemp("dask")
+@contextlib.contextmanager
+def _dask_cluster(tmp: pathlib.Path, tls: list[str] = (), security=None):
+    """``(address, client)`` of a scheduler and two one-thread workers, separate processes
+    (``tls``: the TLS options given to both, ``security``: the client's)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PC_PSI_WORKERS": "1"}
     dask = str(pathlib.Path(sys.executable).parent / "dask")
     sched_file = tmp / "scheduler.json"
+    protocol = ["--protocol", "tls"] if tls else []
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(sched_file)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
+                               *protocol, *tls, "--scheduler-file", str(sched_file)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         address = None
         deadline = time.monotonic() + 30
@@ -71,9 +74,9 @@ def cluster(tmp_path_factory):
         assert address, "the Dask scheduler did not start"
         for _ in range(2):
             procs.append(subprocess.Popen([dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-                                           "--no-dashboard", "--local-directory", str(tmp)], env=env, cwd=str(ROOT),
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        client = distributed.Client(address, set_as_default=False, timeout=30)
+                                           "--no-dashboard", *tls, "--local-directory", str(tmp)], env=env,
+                                          cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        client = distributed.Client(address, set_as_default=False, timeout=30, security=security)
         client.wait_for_workers(2, timeout=60)
         yield address, client
         client.shutdown()            # scheduler and workers close at once (SIGTERM waits on nannies)
@@ -82,6 +85,12 @@ def cluster(tmp_path_factory):
             p.terminate()
         for p in procs:
             p.wait(20)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with _dask_cluster(tmp_path_factory.mktemp("dask")) as both:
+        yield both
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +210,62 @@ def test_node_toml_reads_compute_settings(tmp_path):
     assert compute_mod.check_settings("n", new.compute, new.compute_trusted, new.compute_secrets) == \
         ("tls://10.0.0.5:8786", True, ("psi_scalars",))
     assert new.compute_tls == (tmp_path / "cca.pem", tmp_path / "cc.pem", tmp_path / "cc.key")
+
+
+def _psi(ids_a, ids_b, compute) -> list[str]:
+    from pc_node.psi import ProviderSession, RequesterSession
+    req = RequesterSession(ids_a, backend=compute.psi_backend())
+    prov = ProviderSession(ids_b, backend=compute.psi_backend())
+    for chunk in req.blinded_chunks(64):
+        req.accept_double(prov.reencrypt(chunk))
+    for chunk in prov.own_chunks(64):
+        req.accept_provider(chunk)
+    return req.finish()
+
+
+def test_tls_cluster_gives_identical_results(tmp_path, monkeypatch):
+    """A ``tls://`` scheduler and workers (certificates from the project's CA), reached through
+    ``Compute.from_config`` with ``[compute_tls]``: the same PSI as local, with several calls of
+    each session in flight; a client without the certificates gets no answer."""
+    from pc_common.certs import CertificateAuthority
+    from pc_common.identity import Identity
+    from distributed.security import Security
+    from pc_node.psi import ProviderSession
+    ca = CertificateAuthority(tmp_path / "ca")
+    ca.create()
+    cluster_files = ca.issue(Identity("node", "compute_cluster"), tmp_path / "ca" / "cluster")
+    node_files = ca.issue(Identity("node", "node_client"), tmp_path / "ca" / "node")
+    tls = ["--tls-ca-file", str(ca.ca_pem), "--tls-cert", str(cluster_files.cert),
+           "--tls-key", str(cluster_files.key)]
+    config = dataclasses.make_dataclass("Cfg", ["compute", "compute_trusted", "compute_secrets", "compute_tls"])
+    monkeypatch.setattr(compute_mod, "PSI_MIN_POINTS", 1)
+    monkeypatch.setattr(compute_mod, "PSI_TASK_POINTS", 16)
+    monkeypatch.setattr(compute_mod, "PSI_IN_FLIGHT", 3)
+    ids_a = POOL[:200]
+    ids_b = POOL[150:] + [f"x{i}" for i in range(100)]
+    local = _psi(ids_a, ids_b, compute_mod.Compute.local())
+    assert sorted(local) == sorted(set(ids_a) & set(ids_b)) and len(local) == 50
+    (tmp_path / "dask").mkdir()
+    with _dask_cluster(tmp_path / "dask", tls, security=Security(
+            tls_ca_file=str(ca.ca_pem), tls_client_cert=str(node_files.cert), tls_client_key=str(node_files.key),
+            require_encryption=True)) as (address, _client):
+        assert address.startswith("tls://127.0.0.1:")
+        compute = compute_mod.Compute.from_config(config(address, True, ["psi_scalars"],
+                                                         (ca.ca_pem, node_files.cert, node_files.key)))
+        try:
+            assert _psi(ids_a, ids_b, compute) == local
+            assert compute.submitted["psi_scalarmult"] >= 4 * (200 // 64)
+            # Several calls of one session wait on the workers at once; the oldest is fetched
+            # when one more would exceed PSI_IN_FLIGHT; results stay in order.
+            prov = ProviderSession(ids_b, backend=compute.psi_backend())
+            pts = prov.backend.hash_to_points(ids_a, b"d")
+            key = prov.backend.random_scalar()
+            laters = [prov.backend.scalarmult_later(key, pts[lo:lo + 40]) for lo in range(0, 200, 40)]
+            assert sum(not later.done for later in laters) <= 3
+            want = compute_mod.best_backend().scalarmult_batch(key, pts)
+            assert (np.concatenate([later() for later in laters]) == want).all()
+        finally:
+            compute.close()
+        monkeypatch.setattr(compute_mod, "CONNECT_TIMEOUT_S", 2)
+        with pytest.raises(FailedPrecondition, match="not reachable"):   # plain TCP to a TLS scheduler
+            compute_mod.Compute.connect(address.replace("tls://", "tcp://"))

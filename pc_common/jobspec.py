@@ -146,9 +146,9 @@ def remember_signed(spec: bytes, signature: bytes, sm2_public_hex: str) -> None:
 
 def _check_signature(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_pem: bytes, requester: str) -> None:
     """The signer certificate chains to the CA and names the requester node, and its SM2 key
-    signed ``spec``. A party checks one spec at admission and again at each of its steps; the
-    pure-Python SM2 verification (20–30 ms) runs once per exact (spec, signature, key) — the
-    certificate and time checks every time."""
+    signed ``spec``. A party checks one spec at admission and again at each of its steps; the SM2
+    verification (0.4 ms on OpenSSL's curve, 13–30 ms where only gmssl is there) runs once per
+    exact (spec, signature, key) — the certificate and time checks every time."""
     try:
         cert = x509.load_pem_x509_certificate(signer_cert_pem)
         ca = x509.load_pem_x509_certificate(ca_pem)

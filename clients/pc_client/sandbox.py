@@ -256,22 +256,23 @@ class Sandbox:
             f'sm2_key = {_toml_str(str(nd / "sm2.key"))}\nx25519_key = {_toml_str(str(nd / "x25519.key"))}\n')
         return path
 
-    def grants(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> list[_admin().Grant]:
+    def grants(self, agency: str, agencies: list[str], rules, keys: dict | None = None) -> list:
         """Sandbox grants: PSI on every dataset between sandbox agencies, and what each rule needs,
         pinned to that rule (its id and the digest of its criteria touching ``agency``): edit a
         rule's thresholds and ``pc sandbox up`` again to serve the edited rule."""
+        admin = _admin()
         datasets = sorted([p.stem for p in (self.dir / agency).glob("*.csv")]
-                          + [p.name.removesuffix(_admin().POSTGRES_SUFFIX)
-                             for p in (self.dir / agency).glob("*" + _admin().POSTGRES_SUFFIX)])
-        key_of = {ds: (keys or {}).get(agency, {}).get(ds) or _admin().key_column_of(self.dir / agency / f"{ds}.csv")
+                          + [p.name.removesuffix(admin.POSTGRES_SUFFIX)
+                             for p in (self.dir / agency).glob("*" + admin.POSTGRES_SUFFIX)])
+        key_of = {ds: (keys or {}).get(agency, {}).get(ds) or admin.key_column_of(self.dir / agency / f"{ds}.csv")
                   for ds in datasets}
-        out = [_admin().Grant(ds, other, (SANDBOX_PURPOSE_PSI,), {key_of[ds]: "join_key"}, approval="auto")
+        out = [admin.Grant(ds, other, (SANDBOX_PURPOSE_PSI,), {key_of[ds]: "join_key"}, approval="auto")
                for ds in datasets for other in agencies if other != agency]
         from pc_rules.rules import column_uses
         for rule in rules:
             for ds, cols in sorted(column_uses(rule, agency).items()):
-                columns = {key_of.get(ds, _admin().DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
-                out.append(_admin().Grant(ds, rule.requester, (rule.purpose,), columns, approval="auto",
+                columns = {key_of.get(ds, admin.DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
+                out.append(admin.Grant(ds, rule.requester, (rule.purpose,), columns, approval="auto",
                                        reveal=rule.reveal, rules=((rule.id, rule.criteria_digest(agency)),),
                                        max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY))
         out += query_grants(agency, [p.read_text(encoding="utf-8") for p in sorted((self.dir / "queries").glob("*.sql"))]
@@ -321,9 +322,10 @@ def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, st
     and a CSV without metadata and without an ``id_number`` column uses the column that
     holds identity numbers. A CSV unchanged since the last ``up`` is not imported again.
     """
+    admin = _admin()
     dir_, root_ = pathlib.Path(directory), pathlib.Path(root)
     keys, warnings = {}, []
-    with _admin().NodeAdmin(NodeConfig.load(root_ / agency / "node.toml")) as node:
+    with admin.NodeAdmin(NodeConfig.load(root_ / agency / "node.toml")) as node:
         for csv_path in sorted((dir_ / agency).glob("*.csv")):
             if node.imported_unchanged(csv_path):
                 keys[csv_path.stem] = node.dataset(csv_path.stem).key_column
@@ -333,7 +335,7 @@ def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, st
             try:
                 # Row numbers and reasons only: no identifier lands in a node's folder.
                 rep = node.import_dataset(csv_path, replace=True, skip_invalid=True, rejects=rejects,
-                                          key_column=_admin().key_column_of(csv_path, detect=True),
+                                          key_column=admin.key_column_of(csv_path, detect=True),
                                           rejects_with_values=False)
             except PcError as exc:
                 raise type(exc)(f"{agency}/{csv_path.name}: {exc}") from None
@@ -341,7 +343,7 @@ def _import_agency(directory: str, root: str, agency: str) -> tuple[dict[str, st
                 warnings.append(f"warning: {agency}/{csv_path.name}: {rep.rejected} invalid row(s) skipped,"
                                 f" see {rejects}")
             keys[rep.dataset] = node.dataset(rep.dataset).key_column
-        for spec in sorted((dir_ / agency).glob("*" + _admin().POSTGRES_SUFFIX)):   # attached, not imported
+        for spec in sorted((dir_ / agency).glob("*" + admin.POSTGRES_SUFFIX)):   # attached, not imported
             try:
                 att = node.attach_from_file(spec, replace=True)
             except PcError as exc:
@@ -364,6 +366,7 @@ def query_grants(agency: str, queries: list[str], key_of: dict[str, str]) -> lis
     """Grants of ``agency`` for each query (SQL text; ``DIR/queries/*.sql`` in a sandbox): what the
     query needs, to the agency of its FROM dataset, with the minimum group size 5 (docs/query.md);
     a first line ``-- epsilon: E`` makes the grant demand DP: ε E per query, 10·E per day."""
+    admin = _admin()
     import re
     from pc_common.job_kinds import DEFAULT_PURPOSE
     from pc_rules.query import parse_query
@@ -374,7 +377,7 @@ def query_grants(agency: str, queries: list[str], key_of: dict[str, str]) -> lis
         first = re.match(r"\s*--\s*epsilon\s*:\s*([0-9]+(?:\.[0-9]+)?)\s*(?:\n|$)", sql)
         dp = {"epsilon": float(first.group(1)), "epsilon_budget": 10 * float(first.group(1))} if first else {}
         for ds, cols in sorted(query_column_uses(plan, agency).items()):
-            columns = {key_of.get(ds, _admin().DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
-            out.append(_admin().Grant(ds, plan.requester, (DEFAULT_PURPOSE,), columns, approval="auto",
+            columns = {key_of.get(ds, admin.DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
+            out.append(admin.Grant(ds, plan.requester, (DEFAULT_PURPOSE,), columns, approval="auto",
                                    max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY, min_group_size=5, **dp))
     return out

@@ -45,7 +45,7 @@ from .kkrt_params import (
 from .kkrt_profiles import PROFILES, profile
 
 MAGIC = b"PCKK"
-VERSION = 1
+VERSION = 2                 # 2: the cuckoo seed travels in message 2 (was in message 4)
 HEADER = "<4sBBHQ"          # magic, version, round, reserved, value (a count or m)
 HEADER_SIZE = struct.calcsize(HEADER)
 SEED = 16
@@ -114,7 +114,7 @@ def _item_key(profile, domain: bytes):
 class _RowStream:
     """Rows of the transposed 512 × m bit matrix of PRG(seed_i), batch after batch of bins.
 
-    One AES-CTR encryptor per seed continues its keystream from batch to batch, so the rows
+    One keystream per seed continues from batch to batch, so the rows
     equal those of the whole matrix (``prg(seed, m/8)``) cut at multiples of 128 bins.
     ``pair_with``: also the rows of PRG(seed_i) ⊕ PRG(pair_with_i) (the receiver's t and u).
     The PRG is the profile's (AES-128-CTR, or SM4-CTR in the national profile).

@@ -118,8 +118,9 @@ def sm4_gcm_decrypt(key: bytes, blob: bytes, aad: bytes = b"") -> bytes:
     if len(view) < GCM_OVERHEAD:
         raise IntegrityError("ciphertext failed authentication")
     fast = _fast(len(view) - GCM_OVERHEAD)
-    if fast:
-        return fast.gcm_decrypt(bytes(key), view, bytes(aad))
+    if fast:        # a buffer another thread may change is copied: only authenticated bytes are decrypted
+        plain_bytes = view.readonly and view.contiguous and view.format == "B"
+        return fast.gcm_decrypt(bytes(key), view if plain_bytes else memoryview(view.tobytes()), bytes(aad))
     try:
         dec = Cipher(
             algorithms.SM4(bytes(key)),
@@ -129,7 +130,7 @@ def sm4_gcm_decrypt(key: bytes, blob: bytes, aad: bytes = b"") -> bytes:
             dec.authenticate_additional_data(aad)
         out = dec.update(view[GCM_NONCE_SIZE:-GCM_TAG_SIZE])
         dec.finalize()
-    except (InvalidTag, ValueError, TypeError):
+    except (InvalidTag, ValueError, TypeError, BufferError):
         raise IntegrityError("ciphertext failed authentication") from None
     return out
 
@@ -190,7 +191,7 @@ def sm4_gcm_decrypt_many(
             body = dec.update(blob[GCM_NONCE_SIZE:-GCM_TAG_SIZE])
             dec.finalize()
             out[i] = body
-    except (InvalidTag, ValueError, TypeError):
+    except (InvalidTag, ValueError, TypeError, BufferError):
         raise IntegrityError("ciphertext failed authentication") from None
     return out
 

@@ -66,7 +66,7 @@ class Identity:
 class NodeKeys:
     """Public keys bound to a node certificate."""
 
-    sm2_public: str        # hex, uncompressed point without the 04 prefix (gmssl format)
+    sm2_public: str        # hex, uncompressed point 04 ‖ x ‖ y (Sm2PublicKey.to_hex)
     x25519_public: bytes   # 32 bytes
 
 

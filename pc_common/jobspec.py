@@ -26,7 +26,7 @@ import time
 from cryptography import x509
 
 from pc_common import gm, job_kinds
-from pc_common.errors import IntegrityError, InvalidInput, PermissionDenied
+from pc_common.errors import CryptoError, IntegrityError, InvalidInput, PcError, PermissionDenied
 from pc_common.identity import identity_of, node_keys_of
 
 KINDS = tuple(job_kinds.KINDS)      # the one table of job kinds; their params: job_kinds.params_of
@@ -155,10 +155,12 @@ def _check_signature(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_p
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, Exception):  # noqa: BLE001 - any failure means "not ours"
         raise PermissionDenied("job spec signer certificate is not issued by the federation CA") from None
-    ident = identity_of(cert)
+    try:
+        ident, public = identity_of(cert), node_keys_of(cert).sm2_public
+    except PcError:
+        raise PermissionDenied("job spec signer certificate carries no node identity and keys") from None
     if ident.role != "node" or ident.agency != requester:
         raise PermissionDenied("job spec is not signed by the requester node it names")
-    public = node_keys_of(cert).sm2_public
     memo = _memo(spec, signature, public)
     with _verified_lock:
         if memo in _VERIFIED:
@@ -166,7 +168,7 @@ def _check_signature(spec: bytes, signature: bytes, signer_cert_pem: bytes, ca_p
             return
     try:
         gm.Sm2PublicKey.from_hex(public).verify(spec, signature)
-    except (IntegrityError, InvalidInput, ValueError):
+    except (CryptoError, IntegrityError, InvalidInput, ValueError):
         raise PermissionDenied("job spec signature is invalid") from None
     _remember(memo)
 

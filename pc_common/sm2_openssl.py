@@ -56,17 +56,21 @@ def mul_add(g_scalar: int, point: bytes | None = None, p_scalar: int = 0) -> byt
     lib = _lib()
     group = lib.EC_GROUP_new_by_curve_name(NID_SM2)
     ctx = lib.BN_CTX_new()
-    out_pt, in_pt, bns = lib.EC_POINT_new(group), None, []
+    out_pt, in_pt, bns = lib.EC_POINT_new(group) if group else None, None, []
     try:
         g = lib.BN_bin2bn(g_scalar.to_bytes(32, "big"), 32, None)
         bns.append(g)
+        if not (group and ctx and out_pt and g):
+            raise MemoryError("OpenSSL could not allocate an SM2 computation")
         p = None
         if point is not None:
             in_pt = lib.EC_POINT_new(group)
-            if not lib.EC_POINT_oct2point(group, in_pt, bytes(point), len(point), ctx):
-                return None
             p = lib.BN_bin2bn(p_scalar.to_bytes(32, "big"), 32, None)
             bns.append(p)
+            if not (in_pt and p):
+                raise MemoryError("OpenSSL could not allocate an SM2 computation")
+            if not lib.EC_POINT_oct2point(group, in_pt, bytes(point), len(point), ctx):
+                return None
         if not lib.EC_POINT_mul(group, out_pt, g, in_pt, p, ctx):
             return None
         buf = ctypes.create_string_buffer(65)
@@ -76,12 +80,16 @@ def mul_add(g_scalar: int, point: bytes | None = None, p_scalar: int = 0) -> byt
     finally:
         lib.ERR_clear_error()                      # keep this thread's error queue empty
         for bn in bns:
-            lib.BN_clear_free(bn)
+            if bn:
+                lib.BN_clear_free(bn)
         if in_pt:
             lib.EC_POINT_free(in_pt)
-        lib.EC_POINT_free(out_pt)
-        lib.BN_CTX_free(ctx)
-        lib.EC_GROUP_free(group)
+        if out_pt:
+            lib.EC_POINT_free(out_pt)
+        if ctx:
+            lib.BN_CTX_free(ctx)
+        if group:
+            lib.EC_GROUP_free(group)
 
 
 def sign(d: int, k: int, e: bytes, n: int) -> bytes | None:
@@ -96,7 +104,9 @@ def sign(d: int, k: int, e: bytes, n: int) -> bytes | None:
 
 
 def verify(public_point: bytes, r: int, s: int, e: bytes, n: int) -> bool:
-    """t = (r + s) mod n, (x1, y1) = s·G + t·P; valid iff (e + x1) mod n = r (r, s checked in
-    range by the caller)."""
+    """t = (r + s) mod n, (x1, y1) = s·G + t·P; valid iff (e + x1) mod n = r (with r, s in
+    [1, n − 1] and t ≠ 0, checked here as by the caller)."""
+    if not (1 <= r < n and 1 <= s < n) or (r + s) % n == 0:
+        return False
     point = mul_add(s, public_point, (r + s) % n)
     return point is not None and (int.from_bytes(e, "big") + int.from_bytes(point[1:33], "big")) % n == r

@@ -93,9 +93,9 @@ def _kernels():
         if "k" not in _state:
             try:
                 _state["k"] = _compile()
-            except Exception:  # noqa: BLE001 - no kernels: OpenSSL serves every call
-                _state["k"] = None
-            if _state["k"] is not None and not _agrees_with_openssl():
+                if _state["k"] is not None and not _agrees_with_openssl():
+                    _state["k"] = None
+            except Exception:  # noqa: BLE001 - no kernels (or no check of them): OpenSSL serves every call
                 _state["k"] = None
             _state["verified"] = _state["k"] is not None
         return _state["k"]

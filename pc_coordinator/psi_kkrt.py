@@ -24,10 +24,12 @@ RELAY_CHUNKS = 32
 
 
 class _Pump:
-    """One direction: a node's answers into the other node's requests."""
+    """One direction: a node's answers into the other node's requests. ``failed`` runs on the
+    first error of either direction (it abandons both queues, so both streams end)."""
 
-    def __init__(self, ctx: JobContext, node: str, streams: frozenset, outbox: Outbox, errors: list):
+    def __init__(self, ctx: JobContext, node: str, streams: frozenset, outbox: Outbox, errors: list, failed):
         self.ctx, self.node, self.streams, self.outbox, self.errors = ctx, node, streams, outbox, errors
+        self.failed = failed
         self.sealed_bytes = 0
         self.done = None
 
@@ -49,6 +51,7 @@ class _Pump:
                 raise InvalidInput(f"node '{self.node}' ended the step without finishing it")
         except BaseException as exc:  # noqa: BLE001 - the first error is the job's
             self.errors.append(exc)
+            self.failed()
         finally:
             self.outbox.close()
 
@@ -57,14 +60,23 @@ def run(ctx: JobContext, doc: dict, params, t0: float) -> dict:
     """Run the two steps; returns the job's summary fields (sizes, sealed bytes)."""
     requester, provider = doc["requester"], params.providers()[0]
     admit_all(ctx, [provider])
-    # at most RELAY_CHUNKS sealed chunks (1 MiB each) wait per direction: the relay's memory is
-    # bounded whatever the set sizes, and a slow reader slows its sender down
-    to_requester, to_provider = Outbox(RELAY_CHUNKS), Outbox(RELAY_CHUNKS)
+    # At most RELAY_CHUNKS sealed chunks (1 MiB each) wait per direction: the relay's memory is
+    # bounded whatever the set sizes, and a slow reader slows its sender down. A wait for room
+    # ends at a cancel or at the job's deadline, whatever the nodes do.
+    deadline = time.monotonic() + ctx.timeout
+    to_requester = Outbox(RELAY_CHUNKS, stop=ctx.cancelled, deadline=deadline)
+    to_provider = Outbox(RELAY_CHUNKS, stop=ctx.cancelled, deadline=deadline)
     to_requester.put([ctx.header("psi.kkrt_recv", requester)])
     to_provider.put([ctx.header("psi.kkrt_send", requester)])
     errors: list[BaseException] = []
-    sender = _Pump(ctx, provider, TO_REQUESTER, to_requester, errors)
-    receiver = _Pump(ctx, requester, TO_PROVIDER, to_provider, errors)
+
+    def failed() -> None:                  # both request streams end, so both steps end
+        to_requester.abandon()
+        to_provider.abandon()
+
+    sender = _Pump(ctx, provider, TO_REQUESTER, to_requester, errors, failed)
+    receiver = _Pump(ctx, requester, TO_PROVIDER, to_provider, errors, failed)
+
     def provider_step() -> None:
         try:
             sender.run(ctx.step(provider, to_provider))

@@ -21,7 +21,7 @@ from pc_common import steps_schema as schema
 from pc_common.errors import InvalidInput
 from pc_common.pb import node_pb2
 from pc_common.wire import MAX_BLOB, blob_chunks
-from pc_coordinator.runner import JobContext
+from pc_coordinator.runner import Cancelled, JobContext
 from pc_node.secure_agg import verdict
 from pc_node.secure_agg.backend import CipherVector, HeBackend
 from pc_node.secure_agg.gc import ComparisonGarbler
@@ -30,38 +30,58 @@ _GC_ANSWER_LIMIT = MAX_BLOB
 
 
 class Outbox:
-    """A request iterator fed from another thread; ``close()`` ends the stream.
+    """A request iterator fed from another thread; ``close()`` ends the stream (once what was
+    put is read).
 
     ``maxsize`` bounds the messages waiting (0: unbounded): a producer faster than the stream's
-    reader then waits, so gRPC's flow control reaches back to the node producing them. A reader
-    that is gone for good (its step ended) is marked with ``abandon()``: waiting and later puts
-    then return at once, and the producer is never stuck behind a dead peer.
+    reader then waits, so gRPC's flow control reaches back to the node producing them. The wait
+    ends with an error when ``stop`` is set (the job was cancelled) or at ``deadline`` (monotonic
+    seconds: a reader that stopped reading). ``abandon()`` marks a reader that is gone for good
+    (its step ended, or the job failed): puts then return at once and the iterator ends, so no
+    thread is ever left waiting on a dead peer.
     """
 
+    _POLL = 0.2
     _END = object()
 
-    def __init__(self, maxsize: int = 0) -> None:
+    def __init__(self, maxsize: int = 0, stop: threading.Event | None = None, deadline: float | None = None) -> None:
         self._q: queue.Queue = queue.Queue(maxsize)
-        self._abandoned = threading.Event()
+        self._stop, self._deadline = stop, deadline
+        self._abandoned, self._closed = threading.Event(), threading.Event()
 
     def put(self, messages) -> None:
         for m in messages:
             while not self._abandoned.is_set():
                 try:
-                    self._q.put(m, timeout=0.2)
+                    self._q.put(m, timeout=self._POLL)
                     break
                 except queue.Full:
-                    continue
+                    self._check_waiting()
+
+    def _check_waiting(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise Cancelled("job was cancelled")
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise InvalidInput("a node stopped reading its stream (the relay waited until the job's deadline)")
 
     def close(self) -> None:
-        self.put([self._END])
+        self._closed.set()
+        try:
+            self._q.put_nowait(self._END)    # the reader ends at once, not at its next poll
+        except queue.Full:
+            pass                             # it ends when it finds the queue empty
 
     def abandon(self) -> None:
         self._abandoned.set()
 
     def __iter__(self) -> Iterator[node_pb2.StepMessage]:
-        while True:
-            m = self._q.get()
+        while not self._abandoned.is_set():
+            try:
+                m = self._q.get(timeout=self._POLL)
+            except queue.Empty:
+                if self._closed.is_set():
+                    return
+                continue
             if m is self._END:
                 return
             yield m

@@ -138,7 +138,9 @@ class GmProfile:
         return hmac_sm3(context.encode(), bytes(material))
 
     def hash_items(self, ids, key: bytes) -> np.ndarray:
-        data = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in ids]
+        if not all(isinstance(s, (str, bytes)) for s in ids):
+            raise InvalidInput("identifiers must be strings")
+        data = [s.encode("utf-8") if isinstance(s, str) else s for s in ids]
         out = np.empty((len(data), ITEM_BYTES), dtype=np.uint8)
         lengths = np.fromiter(map(len, data), dtype=np.int64, count=len(data))
         for length in np.unique(lengths):           # the kernel takes rows of one length

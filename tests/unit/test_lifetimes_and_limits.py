@@ -208,3 +208,26 @@ def test_relay_outbox_is_bounded_and_never_waits_on_an_abandoned_reader():
     assert [next(it) for _ in range(4)] == [0, 1, 2, 3]
     box.abandon()                                  # the reader's step ended
     assert done.wait(2)                            # the producer returns instead of hanging
+
+
+def test_relay_outbox_wait_ends_at_cancel_or_deadline_and_close_never_blocks():
+    import threading
+    import time as _time
+    from pc_coordinator.runner import Cancelled
+    from pc_coordinator.verify_compare import Outbox
+    stop = threading.Event()
+    box = Outbox(maxsize=1, stop=stop)
+    box.put([1])
+    stop.set()
+    with pytest.raises(Cancelled):
+        box.put([2])                                   # a full queue and a cancelled job
+    late = Outbox(maxsize=1, deadline=_time.monotonic() + 0.3)
+    late.put([1])
+    with pytest.raises(InvalidInput, match="stopped reading"):
+        late.put([2])                                  # nobody reads before the job's deadline
+    late.close()                                       # full: close still returns at once
+    assert list(late) == [1]                           # what was put is read, then the stream ends
+    gone = Outbox()
+    gone.put([1, 2])
+    gone.abandon()
+    assert list(gone) == []                            # an abandoned reader's stream ends at once

@@ -208,19 +208,13 @@ def _decrypts_to(hbe, secret, blobs, values) -> bool:
 
 def run_psi(n: int, address: str | None):
     from pc_node.compute import Compute
-    from pc_node.psi import ProviderSession, RequesterSession
+    from pc_node.psi import intersect
     rng = np.random.default_rng(7)
     a = [f"{x:018d}" for x in rng.choice(10 ** 12, n, replace=False)]
     b = a[: n // 2] + [f"x{x:017d}" for x in range(n - n // 2)]
     compute = Compute.connect(address, ("psi_scalars",)) if address else Compute.local()
     t0 = time.perf_counter()
-    req = RequesterSession(a, backend=compute.psi_backend())
-    prov = ProviderSession(b, backend=compute.psi_backend())
-    for chunk in req.blinded_chunks(16384):
-        req.accept_double(prov.reencrypt(chunk))
-    for chunk in prov.own_chunks(16384):
-        req.accept_provider(chunk)
-    found = req.finish()
+    found = intersect(a, b, chunk_size=16384, backend=compute.psi_backend()).intersection
     dt = time.perf_counter() - t0
     compute.close()
     return found, dt

@@ -213,14 +213,8 @@ def test_node_toml_reads_compute_settings(tmp_path):
 
 
 def _psi(ids_a, ids_b, compute) -> list[str]:
-    from pc_node.psi import ProviderSession, RequesterSession
-    req = RequesterSession(ids_a, backend=compute.psi_backend())
-    prov = ProviderSession(ids_b, backend=compute.psi_backend())
-    for chunk in req.blinded_chunks(64):
-        req.accept_double(prov.reencrypt(chunk))
-    for chunk in prov.own_chunks(64):
-        req.accept_provider(chunk)
-    return req.finish()
+    from pc_node.psi import intersect
+    return intersect(ids_a, ids_b, chunk_size=64, backend=compute.psi_backend()).intersection
 
 
 def test_tls_cluster_gives_identical_results(tmp_path, monkeypatch):

@@ -132,20 +132,29 @@ def check_disclosure(plan: QueryPlan, catalog: Mapping[str, Mapping[str, Any]], 
                 raise PermissionDenied("this provider's grant demands differential privacy, which --private cannot"
                                        " carry (the requester learns exact per-group match counts); run the query"
                                        " without --private")
-            need = max(max(int(g["min_group_size"]), 1) for g in grants)
-            if min_group_size < need:
-                raise PermissionDenied(f"this provider's grant needs a minimum group size of at least {need}"
-                                       f" (the query asks for {min_group_size})")
-            if not epsilon and demands_dp:
-                caps = [g["epsilon"] for g in grants if g["epsilon"] is not None]
-                most = f" (at most {min(caps):g} per query)" if caps else ""
-                raise PermissionDenied(f"this provider's grant demands differential privacy: run the query with"
-                                       f" --epsilon E{most}")
+            refuse_undisclosable(min_group_size, epsilon,
+                                 [(g["min_group_size"], g["epsilon"], g["epsilon_budget"]) for g in grants])
             t = plan.join.table if plan.join is not None else None
             if t is not None and t.agency == agency and plan.provider_group and \
                     plan.provider_group not in catalog.get(t.ref, {}).get("categories", {plan.provider_group: 1}):
                 raise InvalidInput(f"GROUP BY {t.alias}.{plan.provider_group}: the column declares no categories"
                                    f" in the metadata of '{t.ref}' (at most 64; they are one-hot encrypted)")
+
+
+def refuse_undisclosable(min_group_size: int, epsilon: float | None, grants) -> None:
+    """A query's minimum group size and ε against the ``(min_group_size, epsilon, epsilon_budget)``
+    of each grant it would use: PermissionDenied when the group size is below the largest the
+    grants demand, or ε is missing while a grant demands DP. One wording for the client and the
+    coordinator (from the catalog) and the provider's admission (from its policy)."""
+    need = max((max(int(k), 1) for k, _, _ in grants), default=1)
+    if min_group_size < need:
+        raise PermissionDenied(f"this provider's grant needs a minimum group size of at least {need}"
+                               f" (the query asks for {min_group_size})")
+    if not epsilon and any(e is not None or b is not None for _, e, b in grants):
+        caps = [e for _, e, _ in grants if e is not None]
+        most = f" (at most {min(caps):g} per query)" if caps else ""
+        raise PermissionDenied(f"this provider's grant demands differential privacy: run the query with"
+                               f" --epsilon E{most}")
 
 
 def query_column_uses(plan: QueryPlan, agency: str) -> dict[str, dict[str, str]]:

@@ -11,6 +11,7 @@ from pc_common.errors import InvalidInput, PermissionDenied, ResourceExhausted
 from pc_node.policy import PERIODS
 from pc_node.secure_agg import dp_noise
 from pc_rules.query import QueryPlan, parse_query
+from pc_rules.query_catalog import refuse_undisclosable
 
 
 def params_of(doc: dict) -> job_kinds.QueryParams:
@@ -44,15 +45,8 @@ def categories(runtime, plan: QueryPlan) -> tuple[str, ...]:
 def check_group_size(p: job_kinds.QueryParams, grants: list) -> None:
     """At admission: the signed minimum group size must be at least what every grant of this node
     demands; a grant with ``epsilon`` / ``epsilon_budget`` demands DP of at most its ε per query."""
-    need = max((g.min_group_size for g in grants), default=1)
-    if p.min_group_size < need:
-        raise PermissionDenied(f"this provider's grant needs a minimum group size of at least {need}"
-                               f" (the query asks for {p.min_group_size})")
+    refuse_undisclosable(p.min_group_size, p.epsilon, [(g.min_group_size, g.epsilon, g.epsilon_budget) for g in grants])
     caps = [g.epsilon for g in grants if g.epsilon is not None]
-    if not p.epsilon and any(g.epsilon is not None or g.epsilon_budget is not None for g in grants):
-        most = f" (at most {min(caps):g} per query)" if caps else ""
-        raise PermissionDenied(f"this provider's grant demands differential privacy: run the query with"
-                               f" --epsilon E{most}")
     if p.epsilon and caps and p.epsilon > min(caps):
         raise ResourceExhausted(f"the query asks epsilon {p.epsilon:g}; this provider's grant allows at most"
                                 f" {min(caps):g} per query")

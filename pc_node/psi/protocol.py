@@ -125,11 +125,18 @@ class ReencryptHop:
         self._closed = False
 
     def process(self, chunk: bytes, count: int | None = None) -> bytes:
+        return self.process_later(chunk, count)()
+
+    def process_later(self, chunk: bytes, count: int | None = None):
+        """:meth:`process` for a caller that needs the bytes only later (a node's hop step holds
+        its outputs until the stream is signed): calling the result gives them; with a backend
+        that works elsewhere the chunk is multiplied while the next ones arrive."""
         if self.shuffle:
             raise FailedPrecondition("a shuffling stage returns values only after the whole set")
         pts = decode_points(chunk, count)
         self.received += len(pts)
-        return self._backend.scalarmult_batch(self._key, pts).tobytes()
+        later = self._backend.scalarmult_later(self._key, pts)
+        return lambda: later().tobytes()
 
     def accept(self, chunk: bytes, count: int | None = None) -> None:
         if not self.shuffle:

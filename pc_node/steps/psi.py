@@ -330,7 +330,7 @@ def hop(runtime, header, inbound):
         if shuffle:
             stage.accept(data, count)
         else:
-            outputs.append(stage.process(data, count))
+            outputs.append(stage.process_later(data, count))      # fetched once the stream is signed
         yield progress(hp.label, runtime.node_id, n_in, expected or 0)
     signature = read_blob(inbound, "binding", MAX_SIGNATURE)
     if expected is not None and n_in != expected:
@@ -339,7 +339,7 @@ def hop(runtime, header, inbound):
     # Only now does anything leave this node.
     final = pos == len(chain.hops) - 1
     out = Out(runtime, doc, chain.id, pos + 2, recipient=chain.destination if final else None)
-    for data in (stage.output_chunks(CHUNK_POINTS) if shuffle else outputs):
+    for data in (stage.output_chunks(CHUNK_POINTS) if shuffle else (later() for later in outputs)):
         yield out.chunk(data)
     yield from out.end()
     runtime.audit.append("psi.hop", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],

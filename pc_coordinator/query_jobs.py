@@ -24,6 +24,7 @@ from pc_coordinator.directory import Directory
 from pc_coordinator.runner import JobContext
 from pc_coordinator.streams import collect_blobs, send_blobs, subject_lists
 from pc_coordinator.verify_compare import Outbox, _read_blob, _read_done
+from pc_node.secure_agg import query_paillier as qp
 from pc_node.secure_agg import query_release as qr
 from pc_node.secure_agg.backend import get_backend
 from pc_node.secure_agg.gc import ComparisonGarbler
@@ -32,9 +33,6 @@ from pc_rules.query_catalog import check_disclosure, query_column_uses, validate
 
 _RANK = {"none": 0, "predicate": 1, "group_by": 1.5, "aggregate": 2, "masked": 3, "plaintext": 4}
 
-
-def vectors(plan: QueryPlan) -> tuple[str, ...]:
-    return ("subjects", "rows") + tuple(f"sum:{c}" for c in plan.sum_columns())
 
 
 def _plan(doc: dict) -> tuple[job_kinds.QueryParams, QueryPlan]:
@@ -108,16 +106,18 @@ def run(ctx: JobContext, doc: dict) -> None:
         sizes = np.bincount(layout, minlength=n_groups)
         if sizes.min() < 1 or sizes.max() > qr.MAX_GROUP_ROWS:
             raise InvalidInput(f"every group needs 1 to {qr.MAX_GROUP_ROWS} rows")
-        backend = get_backend("bfv")
+        scheme = plan.he_scheme()
+        backend = get_backend(scheme)
         pub = backend.load_public(pubctx)
+        if scheme == "paillier":      # the requester's encrypted own values go to the main provider
+            lists[provider].update({k: v for k, v in blobs.items() if k.startswith(schema.ciphertext_stream("own:"))})
         timings["prepare_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        indicators = [_indicator(ctx, requester, a, lists[a], backend, pub, n_slots) for a in plan.indicator_providers()]
         msgs = [ctx.header("query.evaluate", requester)]
         ev_done, ev_blobs = collect_blobs(ctx, provider, send_blobs(msgs, lists[provider]))
         evaluated: schema.QueryEvaluated = schema.decode_result("query.evaluate", ev_done)
-        names = vectors(plan)
+        names = plan.vectors()
         if evaluated.aggregates != names or evaluated.subjects != n_slots:
             raise InvalidInput(f"provider '{provider}' answered other aggregates than the query's")
         cats = evaluated.categories
@@ -127,36 +127,60 @@ def run(ctx: JobContext, doc: dict) -> None:
         reps = max(len(cats), 1)
         layout = np.concatenate([layout + c * n_groups for c in range(reps)])
         n_groups *= reps
-        cvs = {n: backend.load_ciphertext(pub, ev_blobs[schema.ciphertext_stream(n)]) for n in names}
+        streams = [schema.ciphertext_stream(n) for n in names] if scheme == "bfv" else \
+            [schema.ciphertext_stream(qp.pack_stream(k)) for k in range(len(qp.pack_names(names, qp.digits_per_pack(pub))))]
+        answer = _answer(provider, ev_blobs, streams)
+        timings["evaluate_s"] = time.perf_counter() - t
+        for agency in plan.indicator_providers():     # each keeps the answer where its semi-joins hold
+            t = time.perf_counter()
+            done_msg, blobs = collect_blobs(ctx, agency, send_blobs([ctx.header("query.evaluate", requester)],
+                                                                     {**lists[agency], **answer}))
+            selected: schema.QueryEvaluated = schema.decode_result("query.evaluate", done_msg)
+            if selected.aggregates != names or selected.subjects != n_slots or selected.categories:
+                raise InvalidInput(f"provider '{agency}' answered other aggregates than the query's")
+            answer = _answer(agency, blobs, streams)
+            timings[f"select_{agency}_s"] = time.perf_counter() - t
+        cvs = {name: backend.load_ciphertext(pub, blob) for name, blob in answer.items()}
         if any(cv.length != n_slots * reps for cv in cvs.values()):
             raise InvalidInput(f"provider '{provider}' answered another number of slots")
-        timings["evaluate_s"] = time.perf_counter() - t
-        if indicators:        # several provider agencies: their answers multiplied under encryption
-            t = time.perf_counter()
-            cvs = qr.combine(backend, cvs, indicators)
-            timings["combine_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        noise = _dp_noise(p, evaluated, ev_blobs, backend, pub, names, plan.noise_parties(), n_groups, len(cats))
+        t_mod = pub.plaintext_modulus if scheme == "bfv" else qp.DIGIT_MOD
+        noise = _dp_noise(p, evaluated, ev_blobs, backend, pub, names, plan.noise_parties(), n_groups, len(cats),
+                          streams)
         if noise is None:
-            tp = qr.threshold_plan(p.min_group_size, int(sizes.max()), pub.plaintext_modulus)
+            tp = qr.threshold_plan(p.min_group_size, int(sizes.max()), t_mod)
         else:
-            tp = qr.dp_threshold_plan(p.min_group_size, int(sizes.max()), pub.plaintext_modulus, noise.shift)
-        cm = qr.mask(backend, tp, cvs["subjects"], [cvs[n] for n in names], layout, n_groups, noise)
-        del cvs, ev_blobs, noise
+            tp = qr.dp_threshold_plan(p.min_group_size, int(sizes.max()), t_mod, noise.shift)
+        if scheme == "bfv":
+            cm = qr.mask(backend, tp, cvs[streams[0]], [cvs[s] for s in streams], layout, n_groups, noise)
+            masked = [(schema.masked_stream("threshold"), cm.masked_subjects)]
+            for j, (name, cv) in enumerate(zip(names, cm.masked_aggregates)):
+                masked.append((schema.masked_stream(name), cv))
+                if noise is not None:
+                    masked.append((schema.masked_stream("noise:" + name), cm.masked_noise[j + 1]))
+            if noise is not None:
+                masked.insert(1, (schema.masked_stream("noise:threshold"), cm.masked_noise[0]))
+        else:
+            cm = qp.mask(backend, tp, qp.pack_names(names, qp.digits_per_pack(pub)), names,
+                         [cvs[s] for s in streams], layout, n_groups, None if noise is None else noise.provider,
+                         None if noise is None else noise.coordinator, 0 if noise is None else noise.shift)
+            masked = [(schema.masked_stream(qp.pack_stream(k)), cv) for k, cv in enumerate(cm.masked)]
+        del cvs, ev_blobs, noise, answer
         timings["mask_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        answer = _release(ctx, requester, tp, cm, names, n_groups, _decimal_sums(plan, ctx.runner.directory),
-                          doc["job_id"].encode(), timings, cats, _column_type(plan, ctx.runner.directory))
-        if answer.groups != n_groups:
+        released = _release(ctx, requester, tp, cm.garbler_input, cm.pads, t_mod, masked, names, n_groups,
+                            _decimal_sums(plan, ctx.runner.directory), doc["job_id"].encode(), timings, cats,
+                            _column_type(plan, ctx.runner.directory))
+        if released.groups != n_groups:
             raise InvalidInput("the requester's release does not match the job")
         timings["release_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t0
         ctx.progress("finish", requester, n_slots, n_slots)
         ctx.jobs.record(ctx.job_id, summary={
             "subjects": n_slots, "groups": n_groups, **({"categories": len(cats)} if cats else {}),
-            "providers": providers, "he": "bfv",
+            "providers": providers, "he": scheme,
             "min_group_size": p.min_group_size, **({"epsilon": p.epsilon} if p.epsilon else {}),
             **{k: round(v, 3) for k, v in timings.items()}},
             leakage=leakage_report(plan, requester, provider, n_slots, n_groups, p.min_group_size, tp, p.epsilon,
@@ -165,17 +189,12 @@ def run(ctx: JobContext, doc: dict) -> None:
         ctx.cleanup([requester] + providers)
 
 
-def _indicator(ctx: JobContext, requester: str, agency: str, streams: dict, backend, pub, n_slots: int):
-    """A further provider's evaluate step: its 0/1 indicator per slot, under the requester's key."""
-    done_msg, blobs = collect_blobs(ctx, agency, send_blobs([ctx.header("query.evaluate", requester)], streams))
-    answer: schema.QueryEvaluated = schema.decode_result("query.evaluate", done_msg)
-    stream = blobs.get(schema.ciphertext_stream(qr.INDICATOR))
-    if answer.aggregates != (qr.INDICATOR,) or answer.subjects != n_slots or answer.categories or stream is None:
-        raise InvalidInput(f"provider '{agency}' answered other aggregates than the query's")
-    cv = backend.load_ciphertext(pub, stream)
-    if cv.length != n_slots or cv.depth:
-        raise InvalidInput(f"provider '{agency}' answered another number of slots")
-    return cv
+def _answer(agency: str, blobs: dict[str, bytes], streams: list[str]) -> dict[str, bytes]:
+    """A provider's answer streams, each present (their ciphertexts are checked when loaded)."""
+    missing = [name for name in streams if name not in blobs]
+    if missing:
+        raise InvalidInput(f"provider '{agency}' did not send {', '.join(missing)}")
+    return {name: blobs[name] for name in streams}
 
 
 def _column_type(plan: QueryPlan, directory: Directory) -> str:
@@ -185,8 +204,10 @@ def _column_type(plan: QueryPlan, directory: Directory) -> str:
         plan.provider_group, "text")
 
 
-def _dp_noise(p, evaluated, blobs: dict, backend, pub, names, parties: int, n_groups: int, n_categories: int):
-    """DP: the provider's encrypted noise shares, checked, and the coordinator's own (docs/query.md)."""
+def _dp_noise(p, evaluated, blobs: dict, backend, pub, names, parties: int, n_groups: int, n_categories: int,
+              streams: list[str] | None = None):
+    """DP: the provider's encrypted noise shares (per vector, or per pack under Paillier), checked,
+    and the coordinator's own (docs/query.md)."""
     if not p.epsilon:
         return None
     try:
@@ -198,31 +219,26 @@ def _dp_noise(p, evaluated, blobs: dict, backend, pub, names, parties: int, n_gr
     if abs(scales[0] - qr.dp_subject_scale(p.epsilon, len(names), n_categories)) > 1e-9 * scales[0]:
         raise InvalidInput("the provider's noise scale of the distinct-subject count is not the signed epsilon's")
     provider = []
-    for n in names:
-        blob = blobs.get(schema.ciphertext_stream("noise:" + n))
+    for stream in streams or [schema.ciphertext_stream(n) for n in names]:
+        blob = blobs.get(stream.replace("ct:", "ct:noise:", 1))
         cv = backend.load_ciphertext(pub, blob) if blob is not None else None
         if cv is None or cv.length != n_groups:
-            raise InvalidInput(f"the provider's noise shares of '{n}' do not match the job's groups")
+            raise InvalidInput(f"the provider's noise shares of '{stream[3:]}' do not match the job's groups")
         provider.append(cv)
     return qr.DpNoise(provider, qr.coordinator_shares(scales, parties, n_groups),
                       qr.dp_shift(p.epsilon, len(names), parties, n_categories))
 
 
-def _release(ctx: JobContext, requester: str, tp, cm, names, n_groups: int, decimal_sums, context: bytes,
-             timings: dict, cats: tuple[str, ...] = (), category_type: str = "text") -> schema.QueryReleased:
-    garbler = ComparisonGarbler(tp.spec, [cm.garbler_input])
+def _release(ctx: JobContext, requester: str, tp, garbler_input, pads, t_mod: int, masked: list, names,
+             n_groups: int, decimal_sums, context: bytes, timings: dict, cats: tuple[str, ...] = (),
+             category_type: str = "text") -> schema.QueryReleased:
+    garbler = ComparisonGarbler(tp.spec, [garbler_input])
     out = Outbox()
     out.put([ctx.header("query.release", requester, schema.QueryReleaseParams(
         groups=n_groups, aggregates=tuple(names), decimal_sums=tuple(decimal_sums), categories=tuple(cats),
         category_type=category_type))])
-    noise = cm.masked_noise or []
-    out.put(blob_chunks(schema.masked_stream("threshold"), cm.masked_subjects.serialize()))
-    if noise:
-        out.put(blob_chunks(schema.masked_stream("noise:threshold"), noise[0].serialize()))
-    for j, (name, cv) in enumerate(zip(names, cm.masked_aggregates)):
-        out.put(blob_chunks(schema.masked_stream(name), cv.serialize()))
-        if noise:
-            out.put(blob_chunks(schema.masked_stream("noise:" + name), noise[j + 1].serialize()))
+    for stream, cv in masked:
+        out.put(blob_chunks(stream, cv.serialize()))
     try:
         answers = iter(ctx.step(requester, out))
         m1 = _read_blob(ctx, requester, answers, schema.gc_stream(1), 1 << 16)
@@ -231,7 +247,7 @@ def _release(ctx: JobContext, requester: str, tp, cm, names, n_groups: int, deci
         ctx.check_cancelled()
         tg = time.perf_counter()
         out.put(blob_chunks(schema.gc_stream(4), garbler.garble(m3)))
-        out.put(blob_chunks("release", qr.release_message(garbler, cm.pads, context)))
+        out.put(blob_chunks("release", qr.release_message(garbler, pads, context, t_mod)))
         timings["garble_s"] = time.perf_counter() - tg
         out.close()
         return schema.decode_result("query.release", _read_done(ctx, requester, answers))
@@ -241,12 +257,16 @@ def _release(ctx: JobContext, requester: str, tp, cm, names, n_groups: int, deci
 
 def leakage_report(plan: QueryPlan, requester: str, provider: str, n: int, groups: int, k: int, tp,
                    epsilon: float = 0.0, n_categories: int = 0) -> dict:
-    aggs = len(vectors(plan))
+    aggs = len(plan.vectors())
+    paillier = plan.he_scheme() == "paillier"
+    key = "Paillier" if paillier else "BFV"
+    asked = [f"the {n} identifiers it was asked about (the requester's rows after its WHERE), in random order",
+             f"the SQL text of the query, its purpose and minimum group size {k}"]
     report = {
         "coordinator": [
             f"sizes: {n} requester rows in {groups} opaque groups and each group's row count",
-            f"which provider took part ({provider}) and how long each step took",
-            ("only ciphertexts under the requester's one-job BFV key and a sealed list it cannot open; no identifier,"
+            (f"which providers took part ({', '.join(plan.providers())}) and how long each step took"),
+            (f"only ciphertexts under the requester's one-job {key} key and sealed lists it cannot open; no identifier,"
              " group value, count, aggregate or suppression bit"),
             (f"its own masks and pads and the garbled circuit of {groups} comparisons [distinct subjects < {k}]"
              f" ({tp.plan.mode} mode, l={tp.plan.bits}); the requester's OT messages hide its inputs"),
@@ -254,25 +274,25 @@ def leakage_report(plan: QueryPlan, requester: str, provider: str, n: int, group
         requester: [
             f"per group ({groups}): whether it was released (at least {k} distinct subjects) and, if released, "
             "its aggregates — exactly the group totals; suppressed groups' counts and aggregates stay masked",
-            (f"{n * (aggs + 1)} BFV slot values, one-time-padded mod t; per group the threshold count statistically "
+            (f"per group one re-randomised Paillier ciphertext per pack of its {aggs + 1} values, each value"
+             " statistically masked (κ = 40), unmasked only for released groups" if paillier else
+             f"{n * (aggs + 1)} BFV slot values, one-time-padded mod t; per group the threshold count statistically "
              "masked (κ = 40) or padded mod t, and the aggregates padded mod t, unpadded only for released groups"),
             "garbled-circuit labels and tables, which reveal only the suppression bits",
         ],
-        provider: [
-            f"the {n} identifiers it was asked about (the requester's rows after its WHERE), in random order",
-            f"the SQL text of the query, its purpose and minimum group size {k}",
-            "nothing about groups, group values or results",
-        ],
+        provider: asked + ["nothing about groups, group values or results"],
     }
+    if plan.own_sum_columns():
+        report[provider].append(f"the requester's {', '.join(plan.own_sum_columns())} per identifier, encrypted under"
+                                " its key (it raised them to its matched-row counts without seeing them)")
+        report[requester].append("a released sum of its own column weighs its own values by the providers' matches;"
+                                 " values it chose can make that sum tell apart its subjects' matches, which is why"
+                                 " such a query cannot carry DP (providers demanding DP refuse it)")
     for other in plan.indicator_providers():
-        report[other] = [
-            f"the {n} identifiers it was asked about (the requester's rows after its WHERE), in random order",
-            f"the SQL text of the query, its purpose and minimum group size {k}",
-            (f"nothing about groups, group values, results or {provider}'s answers: it answered one 0/1 indicator per"
-             " slot, encrypted, which the coordinator multiplied into the other answers under encryption"),
-        ]
-        report["coordinator"][1] = (f"which providers took part ({', '.join(plan.providers())}) and how long each"
-                                    " step took")
+        report[other] = asked + [
+            (f"nothing about groups, group values, results or {provider}'s answers: it kept {provider}'s encrypted"
+             " answer where its own semi-joins hold and put an encryption of zero elsewhere, each re-randomised, so"
+             " neither the coordinator nor the requester can tell which")]
         if epsilon:
             report[other].append(f"epsilon {epsilon:g} charged to '{requester}' in its ledger (it adds no noise share)")
     if n_categories:

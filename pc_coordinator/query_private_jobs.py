@@ -34,9 +34,6 @@ from pc_rules.query_catalog import check_disclosure, validate_query
 KIND = "query_private"
 
 
-def vectors(plan: QueryPlan) -> tuple[str, ...]:
-    return ("subjects", "rows") + tuple(f"sum:{c}" for c in plan.sum_columns())
-
 
 def _plan(doc: dict) -> tuple[job_kinds.QueryPrivateParams, QueryPlan]:
     p = job_kinds.params_of(doc, KIND)
@@ -67,7 +64,7 @@ def run(ctx: JobContext, doc: dict) -> None:
     timings: dict[str, float] = {}
     p, plan = _plan(doc)
     requester, provider = doc["requester"], plan.providers()[0]
-    names = vectors(plan)
+    names = plan.vectors()
     try:
         admit_all(ctx, [provider])
         timings["admit_s"] = time.perf_counter() - t0
@@ -136,7 +133,8 @@ def _release(ctx: JobContext, requester: str, p, plan: QueryPlan, names, sizes: 
             raise InvalidInput("the requester's assignment does not match the provider's positions")
         layout = pr.check_assignment(np.frombuffer(raw, dtype="<i4"), sizes, evaluated.positions)
         tm = time.perf_counter()
-        tp = qr.threshold_plan(p.min_group_size, int(sizes.max()), cvs["subjects"].public.plaintext_modulus)
+        t_mod = cvs["subjects"].public.plaintext_modulus
+        tp = qr.threshold_plan(p.min_group_size, int(sizes.max()), t_mod)
         cm = pr.mask_positions(get_backend("bfv"), tp, cvs["subjects"], [cvs[n] for n in names], layout, len(sizes))
         cvs.clear()
         out.put(blob_chunks(schema.masked_stream("threshold"), cm.masked_subjects.serialize()))
@@ -149,7 +147,7 @@ def _release(ctx: JobContext, requester: str, p, plan: QueryPlan, names, sizes: 
         m3 = _read_blob(ctx, requester, answers, schema.gc_stream(3), MAX_BLOB)
         ctx.check_cancelled()
         out.put(blob_chunks(schema.gc_stream(4), garbler.garble(m3)))
-        out.put(blob_chunks("release", qr.release_message(garbler, cm.pads, context)))
+        out.put(blob_chunks("release", qr.release_message(garbler, cm.pads, context, t_mod)))
         out.close()
         return schema.decode_result("query_private.release", _read_done(ctx, requester, answers))
     finally:

@@ -17,8 +17,9 @@ Accepted (standard SQL semantics on the joined rows)::
 * FROM one dataset of the requester's own agency (``agency.dataset [alias]``);
 * at most one provider dataset in an inner ``JOIN … ON`` an equality of key columns;
 * provider datasets in ``EXISTS`` / ``NOT EXISTS (SELECT … FROM agency.dataset x WHERE
-  x.key = a.key AND …)`` semi-joins — of the JOIN's agency or of one more provider agency;
-* aggregates ``COUNT(*)``, ``COUNT(DISTINCT a.<key>)``, ``SUM(col)``, ``AVG(col)``;
+  x.key = a.key AND …)`` semi-joins — of the JOIN's agency or of further provider agencies;
+* aggregates ``COUNT(*)``, ``COUNT(DISTINCT a.<key>)``, ``SUM(col)``, ``AVG(col)`` of columns of the
+  JOINed dataset or of the requester's own;
 * ``GROUP BY`` requester columns and at most one column of the JOINed dataset whose metadata
   declares its categories (every selected column must be a group column);
 * ``WHERE`` conjuncts, each on one table, in the ``where`` grammar's operators
@@ -52,16 +53,14 @@ from pc_rules.query_refusals import name_of as _name
 from pc_rules.query_refusals import unsupported as _unsupported
 from pc_rules.where import parse_where
 
-__all__ = ["AGGREGATES", "MAX_PROVIDER_AGENCIES", "MAX_SQL_LENGTH", "Aggregate", "QueryPlan", "SemiJoin", "TableRef", "parse_query"]
+__all__ = ["AGGREGATES", "check_epsilon", "MAX_PROVIDER_AGENCIES", "MAX_SQL_LENGTH", "Aggregate", "QueryPlan", "SemiJoin", "TableRef", "parse_query"]
 
 MAX_SQL_LENGTH = 8000
-#: Provider agencies of one query. Two (the JOIN's, or a first semi-join's, and one more with
-#: semi-joins) are built and tested: their answers are multiplied under encryption at the
-#: coordinator. They stay off because a BFV product is not circuit private at these parameters:
-#: its decryption noise depends on both factors, and the requester's node holds the secret key,
-#: so it could learn about each subject's answer beyond the released aggregates. Raising this
-#: needs noise flooding after the product (larger parameters, N = 16384); docs/query.md.
-MAX_PROVIDER_AGENCIES = 1
+#: Provider agencies of one query: the main one (the JOIN's, else the first semi-join's) and
+#: further ones with semi-joins, each of which selects the main one's Paillier answers by its own
+#: 0/1 test, re-randomised (docs/query.md, "Several provider agencies"). Each adds one
+#: re-randomisation per slot and pack.
+MAX_PROVIDER_AGENCIES = 3
 AGGREGATES = ("count", "count_distinct", "sum", "avg")
 
 _OPS = {exp.EQ: "=", exp.NEQ: "!=", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
@@ -134,8 +133,8 @@ class QueryPlan:
         return self.join.table.agency if self.join else self.providers()[0]
 
     def indicator_providers(self) -> list[str]:
-        """Further agencies (semi-joins only): each answers one 0/1 indicator per slot, multiplied
-        into the main provider's vectors under encryption at the coordinator."""
+        """Further agencies (semi-joins only): each keeps the main provider's encrypted answer of a
+        slot where its own semi-joins hold and replaces it by an encryption of zero elsewhere."""
         main = self.main_provider()
         return [a for a in self.providers() if a != main]
 
@@ -153,13 +152,43 @@ class QueryPlan:
 
     def sum_columns(self) -> tuple[str, ...]:
         """Provider columns (of the JOIN) that SUM or AVG read, each once, in SELECT order."""
-        return tuple(dict.fromkeys(a.column for a in self.select if a.func in ("sum", "avg")))
+        return tuple(dict.fromkeys(a.column for a in self.select
+                                   if a.func in ("sum", "avg") and a.alias != self.source.alias))
+
+    def own_sum_columns(self) -> tuple[str, ...]:
+        """The requester's own columns that SUM or AVG read, each once, in SELECT order."""
+        return tuple(dict.fromkeys(a.column for a in self.select
+                                   if a.func in ("sum", "avg") and a.alias == self.source.alias))
+
+    def vectors(self) -> tuple[str, ...]:
+        """The aggregate vectors, in order: distinct subjects, joined rows, one sum per provider
+        column (``sum:col``), one per own column (``own:col``)."""
+        return (("subjects", "rows") + tuple(f"sum:{c}" for c in self.sum_columns())
+                + tuple(f"own:{c}" for c in self.own_sum_columns()))
+
+    def sum_vector(self, item: Aggregate) -> str:
+        """The vector a SUM / AVG item reads."""
+        return f"{'own' if item.alias == self.source.alias else 'sum'}:{item.column}"
+
+    def he_scheme(self) -> str:
+        """``bfv`` (batched, fast) unless the answer needs a product of two parties' data — a
+        further provider agency's test, or the requester's own values times a provider's matches —
+        which runs under ``paillier``, whose re-randomisation hides how a ciphertext was made."""
+        return "paillier" if self.indicator_providers() or self.own_sum_columns() else "bfv"
 
     def table(self, alias: str) -> TableRef:
         for t in (self.source, *(s.table for s in self.providers_sources())):
             if t.alias == alias:
                 return t
         raise KeyError(alias)
+
+
+def check_epsilon(plan: QueryPlan, epsilon: float | None) -> None:
+    """DP bounds every subject's contribution by clipping it where the values are in the clear; the
+    requester's own values reach the provider only encrypted, so nobody could clip them."""
+    if epsilon and plan.own_sum_columns():
+        raise _fail("SUM/AVG of your own columns cannot carry differential privacy (the provider cannot clip"
+                    " values it holds only encrypted); sum provider columns, or run without --epsilon")
 
 
 # ----- parsing -------------------------------------------------------------------------------------------
@@ -445,9 +474,9 @@ def parse_query(sql: str) -> QueryPlan:
             if inner.args.get("expressions"):
                 raise _fail(f"{func.upper()} takes one column")
             alias, col = _column(inner.this, aliases)
-            if join is None or alias != join.table.alias:
-                raise _fail(f"{func.upper()}({alias}.{col}): only columns of the JOINed provider dataset can be"
-                            " summed (sums of your own columns are not supported yet)")
+            if alias != source.alias and (join is None or alias != join.table.alias):
+                raise _fail(f"{func.upper()}({alias}.{col}): only columns of your own dataset or of the JOINed"
+                            " provider dataset can be summed (an EXISTS dataset only tests)")
             items.append(Aggregate(func, _header(item, inner), alias, col))
             continue
         raise _unsupported(inner)
@@ -460,14 +489,9 @@ def parse_query(sql: str) -> QueryPlan:
         raise _fail("the query reads only your own dataset; run it locally, not through the federation")
     plan = QueryPlan(source, tuple(items), tuple(group_by), conds.get(source.alias), join, tuple(semijoins), sql=sql,
                      provider_group=provider_group, provider_group_at=provider_at)
-    if len(plan.providers()) > MAX_PROVIDER_AGENCIES == 1:
-        raise _fail("datasets of one provider agency per query: combining two agencies' answers needs a product"
-                    " under encryption that is not yet circuit private (docs/query.md, several provider agencies)")
     if len(plan.providers()) > MAX_PROVIDER_AGENCIES:
-        raise _fail(f"datasets of at most {MAX_PROVIDER_AGENCIES} provider agencies per query (their answers are"
-                    " multiplied under encryption, and the BFV parameters allow one multiplication)")
-    if len(plan.providers()) > 1 and plan.provider_group:
-        raise _fail("a GROUP BY on a provider column takes datasets of one provider agency only")
+        raise _fail(f"datasets of at most {MAX_PROVIDER_AGENCIES} provider agencies per query (each further agency"
+                    " re-encrypts every slot of the answer)")
     if plan.requester in plan.providers():
         raise _fail("a JOIN or EXISTS reads your own agency's data; join it locally instead")
     return plan

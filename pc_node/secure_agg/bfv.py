@@ -15,11 +15,9 @@ any number of additions we use; tested with 2^14+ terms). ``depth`` enforces it.
 
 Vectors longer than N are lists of chunks, each a full N-slot ciphertext
 (zero-padded), so chunks of vectors of different lengths always line up.
-No Galois keys are shipped (nothing rotates). Relinearisation keys travel in a public
-context only when asked (``public_bytes(ctx, relin=True)``: a federated query over two provider
-agencies, ~2 MB): :meth:`BfvBackend.multiply` then multiplies two fresh ciphertexts once —
-measured: one ciphertext × ciphertext product of full-size values decrypts exactly, a second
-(depth 2) does not, so a product counts as the one multiplication ``depth`` allows.
+No Galois or relinearisation keys are shipped: nothing rotates, and no two ciphertexts are
+multiplied (a product's decryption noise would depend on its factors and the key holder could
+read it; queries that need products run under Paillier, ``query_paillier``).
 """
 from __future__ import annotations
 
@@ -64,13 +62,12 @@ def new_context() -> Any:
     )
 
 
-def public_bytes(ctx: Any, relin: bool = False) -> bytes:
-    """Serialise the public part of ``ctx`` (works on a copy; never the secret key), with its
-    relinearisation keys when ``relin`` (for :meth:`BfvBackend.multiply`)."""
+def public_bytes(ctx: Any) -> bytes:
+    """Serialise the public part of ``ctx`` (works on a copy; never the secret key)."""
     pub = ctx.copy()
     pub.make_context_public()
     return pub.serialize(
-        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=relin
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
     )
 
 
@@ -273,21 +270,6 @@ class BfvBackend(HeBackend):
         # An all-zero plaintext would give a "transparent" (unencrypted) result.
         chunks = [c * p if any(p) else _zero_chunk(cv.public) for c, p in zip(cv.chunks, parts)]
         return BfvCipherVector(cv.public, chunks, cv.length, cv.depth + 1)
-
-    def multiply(self, a: CipherVector, b: CipherVector) -> BfvCipherVector:
-        """Slot-wise product of two fresh ciphertexts of equal length, relinearised (the key's
-        context must carry relinearisation keys). The result allows no further multiplication."""
-        check_backend(a, BfvCipherVector)
-        check_backend(b, BfvCipherVector)
-        check_same_key(a, b)
-        if a.depth or b.depth:
-            raise CryptoError("BFV ciphertexts allow one multiplication; noise budget exhausted")
-        if a.length != b.length:
-            raise CryptoError("ciphertexts to multiply have different lengths")
-        if not a.public.ctx.has_relin_keys():
-            raise CryptoError("the key carries no relinearisation keys; ciphertexts cannot be multiplied")
-        chunks = [x * y for x, y in zip(a.chunks, b.chunks)]      # TenSEAL relinearises (auto_relin)
-        return BfvCipherVector(a.public, chunks, a.length, 1)
 
     def rerandomize(self, cv: CipherVector) -> BfvCipherVector:
         """Fresh Enc(0) per chunk. Hides which ciphertexts were combined, but NOT the

@@ -42,10 +42,10 @@ class BfvSecretContext(SecretContext):
         return wire.pack_context(wire.MAGIC_SECRET, NAME, payload)
 
 
-def generate_keypair(relin: bool = False) -> tuple[BfvPublicContext, BfvSecretContext]:
-    """A fresh key pair; ``relin``: the public context carries relinearisation keys (``multiply``)."""
+def generate_keypair() -> tuple[BfvPublicContext, BfvSecretContext]:
+    """A fresh key pair."""
     ctx = new_context()
-    payload = public_bytes(ctx, relin)
+    payload = public_bytes(ctx)
     pub = BfvPublicContext(ts.context_from(payload), payload)
     return pub, BfvSecretContext(pub, ctx)
 

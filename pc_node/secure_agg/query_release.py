@@ -54,9 +54,6 @@ from .verdict import CriterionPlan, evaluator_input, garbler_targets
 MAX_GROUP_ROWS = 1 << 24
 #: A subject's matched provider rows counted by COUNT(*) are capped here (clipping, documented).
 ROW_CAP = 1 << 16
-PAD_BYTES = 8
-#: What a further provider agency (``QueryPlan.indicator_providers``) answers: 0/1 per slot.
-INDICATOR = "indicator"
 
 
 @dataclass(frozen=True)
@@ -198,39 +195,32 @@ def mask(backend: HeBackend, tp: ThresholdPlan, subjects: CipherVector, aggregat
     return CoordinatorMasks(masked_subjects, masked, g_in, pads, masked_noise if noise is not None else None)
 
 
-def combine(backend: HeBackend, vectors: dict[str, CipherVector], indicators: list[CipherVector]
-            ) -> dict[str, CipherVector]:
-    """C, several provider agencies: every vector of the main provider times the further
-    providers' 0/1 indicators, slot by slot, ciphertext × ciphertext (relinearised): a slot then
-    counts only where every provider's conditions hold. One factor only (the BFV parameters allow
-    one multiplication: ``pc_rules.query.MAX_PROVIDER_AGENCIES``)."""
-    if len(indicators) != 1:
-        raise InvalidInput("a query combines the answers of at most two provider agencies")
-    ind = indicators[0]
-    if any(cv.length != ind.length for cv in vectors.values()):
-        raise InvalidInput("the providers answered different numbers of slots")
-    return {name: backend.multiply(cv, ind) for name, cv in vectors.items()}
+def pad_bytes(t: int) -> int:
+    """Bytes of one pad: residues mod t (BFV's t < 2^64: 8; Paillier digits, t = 2^128: 16)."""
+    return ((int(t) - 1).bit_length() + 7) // 8
 
 
 def _keystream(label: np.ndarray, context: bytes, group: int, n: int) -> bytes:
     h = hashlib.shake_256()
     h.update(b"pc-query-release\x00" + context + group.to_bytes(8, "little"))
     h.update(np.ascontiguousarray(label, dtype=U64).tobytes())
-    return h.digest(n * PAD_BYTES)
+    return h.digest(n)
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
     return bytes(x ^ y for x, y in zip(a, b))
 
 
-def release_message(garbler, pads: np.ndarray, context: bytes) -> bytes:
-    """C, after garbling: per group the pads encrypted under the label of output "released"."""
+def release_message(garbler, pads: np.ndarray, context: bytes, t: int) -> bytes:
+    """C, after garbling: per group the pads (residues mod ``t``) encrypted under the label of
+    output "released"."""
     n_groups, n_agg = pads.shape
+    width = pad_bytes(t)
     labels = garbler.output_labels(False)         # output bit 0: [c < k] false → released
     out = bytearray()
     for g in range(n_groups):
-        raw = b"".join(int(pads[g, j]).to_bytes(PAD_BYTES, "little") for j in range(n_agg))
-        out += _xor(raw, _keystream(labels[g, 0], context, g, n_agg))
+        raw = b"".join(int(pads[g, j]).to_bytes(width, "little") for j in range(n_agg))
+        out += _xor(raw, _keystream(labels[g, 0], context, g, n_agg * width))
     return bytes(out)
 
 
@@ -246,7 +236,9 @@ def open_released(evaluator, suppressed: np.ndarray, masked_groups: list[np.ndar
     A suppressed group's pads stay encrypted under a label R does not hold, so its masked
     aggregates are never turned into values."""
     n_groups, n_agg = len(suppressed), len(masked_groups)
-    if len(message) != n_groups * n_agg * PAD_BYTES:
+    width = pad_bytes(t)
+    row = n_agg * width
+    if len(message) != n_groups * row:
         raise InvalidInput("the release message does not match the job's groups")
     labels = evaluator.output_labels()
     out: list[list[int] | None] = []
@@ -254,11 +246,10 @@ def open_released(evaluator, suppressed: np.ndarray, masked_groups: list[np.ndar
         if suppressed[g]:
             out.append(None)
             continue
-        chunk = message[g * n_agg * PAD_BYTES:(g + 1) * n_agg * PAD_BYTES]
-        raw = _xor(chunk, _keystream(labels[g, 0], context, g, n_agg))
+        raw = _xor(message[g * row:(g + 1) * row], _keystream(labels[g, 0], context, g, row))
         values = []
         for j in range(n_agg):
-            pad = int.from_bytes(raw[j * PAD_BYTES:(j + 1) * PAD_BYTES], "little")
+            pad = int.from_bytes(raw[j * width:(j + 1) * width], "little")
             v = (int(masked_groups[j][g]) - pad) % t
             values.append(v - t if v > t // 2 else v)
         out.append(values)
@@ -274,7 +265,7 @@ def fresh_context() -> bytes:
     return secrets.token_bytes(16)
 
 
-__all__ = ["INDICATOR", "MAX_GROUP_ROWS", "ROW_CAP", "CoordinatorMasks", "DpNoise", "ThresholdPlan",
-           "clamp_subject_sum", "combine",
+__all__ = ["MAX_GROUP_ROWS", "ROW_CAP", "CoordinatorMasks", "DpNoise", "ThresholdPlan",
+           "clamp_subject_sum", "pad_bytes",
            "coordinator_shares", "dp_shift", "dp_subject_scale", "dp_threshold_plan", "group_values", "mask",
            "open_released", "release_message", "requester_input", "slot_masks", "threshold_plan"]

@@ -2,9 +2,11 @@
 
 Requester node:
   ``query.prepare``  its own dataset's rows, filtered by its WHERE, grouped by the GROUP BY
-                     columns; a fresh one-job BFV key pair; opaque slots (one per row, random);
-                     to the provider a sealed (slot, identifier) list in random order; to the
-                     coordinator the public key and the slot→group layout (sizes only).
+                     columns; a fresh one-job key pair (BFV, or Paillier where the answer is a
+                     product: ``QueryPlan.he_scheme``); opaque slots (one per row, random); to each
+                     provider a sealed (slot, identifier) list in random order (to the main one
+                     also its own summed values, encrypted); to the coordinator the public key
+                     and the slot→group layout (sizes only).
   ``query.release``  decrypts masked values only, learns per group the suppression bit of the
                      garbled-circuit comparison [distinct subjects < k], removes the pads of
                      released groups (keyed by the circuit's output label), writes the results.
@@ -14,8 +16,11 @@ Provider node:
                      indicator, its matched-row count and its clipped sums — per category and slot
                      for a provider GROUP BY (one-hot); with DP (signed ε) also its encrypted noise
                      shares per group, after the ε ledger (``query_disclosure``) charged the job.
-                     A further provider agency (semi-joins only) returns one 0/1 indicator per
-                     slot (after charging its own ledger); the coordinator multiplies it in.
+                     Under Paillier the vectors are digits of packs (``query_paillier``), and the
+                     requester's own values are raised to each slot's matched rows. A further
+                     provider agency (semi-joins only, after charging its own ledger) keeps the
+                     main provider's packs where its semi-joins hold and puts a fresh encryption
+                     of zero elsewhere.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from pc_common import steps_schema as schema
 from pc_common.errors import InvalidInput, PermissionDenied
 from pc_common.wire import MAX_BLOB
 from pc_node.secure_agg import dp_noise, get_backend
+from pc_node.secure_agg import query_paillier as qp
 from pc_node.secure_agg import query_release as qr
 from pc_node.secure_agg.gc import ComparisonEvaluator
 from pc_node.steps.admit import (
@@ -55,13 +61,12 @@ from pc_node.steps.query_disclosure import (  # noqa: F401  (check_group_size: a
     dp_bounds,
     dp_scales,
     plan_of,
-    vectors,
 )
 from pc_node.steps.query_disclosure import params_of as _params
-from pc_node.steps.query_eval import evaluate_slots
+from pc_node.steps.query_eval import INDICATOR, cell_values, evaluate_slots
 from pc_node.steps.query_results import full_group, results_csv
 from pc_node.steps.verify import WORKING_DATA_HOURS, wipe
-from pc_rules.query import QueryPlan, parse_query
+from pc_rules.query import QueryPlan, check_epsilon, parse_query
 from pc_rules.query_catalog import query_column_uses
 from pc_rules.where import check_types
 
@@ -92,7 +97,14 @@ def _own_catalog(runtime) -> dict:
 
 
 def own_rows(runtime, plan: QueryPlan) -> tuple[list[str], list[tuple[str, ...]]]:
-    """(identifiers, group values) of the requester's rows passing its WHERE, one row per subject.
+    """(identifiers, group values) of the requester's rows passing its WHERE, one row per subject."""
+    ids, groups, _ = own_table(runtime, plan)
+    return ids, groups
+
+
+def own_table(runtime, plan: QueryPlan) -> tuple[list[str], list[tuple[str, ...]], dict[str, np.ndarray]]:
+    """``own_rows`` and, per own summed column (``plan.own_sum_columns()``), each row's value in
+    the plan's unit (cents for decimals).
 
     Kept for the dataset's current version and the query (submission and ``query.prepare`` both
     need it; a changed dataset reads anew, and ``prepare`` compares the counts with the signed ones)."""
@@ -102,8 +114,10 @@ def own_rows(runtime, plan: QueryPlan) -> tuple[list[str], list[tuple[str, ...]]
         return cached[1]
     meta = runtime.store.dataset(plan.source.dataset)
     names = [c.name for c in meta.columns]
+    types = {c.name: c.type for c in meta.columns}
     at = [names.index(g) for g in plan.group_by]
-    wanted = set(plan.group_by) | (plan.where.columns() if plan.where is not None else set())
+    summed = plan.own_sum_columns()
+    wanted = set(plan.group_by) | set(summed) | (plan.where.columns() if plan.where is not None else set())
     keys = list(dict.fromkeys(runtime.store.keys(plan.source.dataset)))
     found = runtime.store.rows_for_keys(plan.source.dataset, keys, columns=sorted(wanted))
     where = plan.where
@@ -115,9 +129,10 @@ def own_rows(runtime, plan: QueryPlan) -> tuple[list[str], list[tuple[str, ...]]
                            " one row per subject")
     ids = [k for k, rs in zip(keys, per_key) if rs]
     groups = [tuple(rs[0][j] for j in at) for rs in per_key if rs]
+    values = {c: cell_values([rs[0][names.index(c)] for rs in per_key if rs], types[c]) for c in summed}
     _own_cache.clear()
-    _own_cache["rows"] = (stamp, (ids, groups))
-    return ids, groups
+    _own_cache["rows"] = (stamp, (ids, groups, values))
+    return ids, groups, values
 
 
 def prepare_job(runtime, params: dict, subject_set: str = "") -> tuple[dict, str]:
@@ -134,8 +149,12 @@ def prepare_job(runtime, params: dict, subject_set: str = "") -> tuple[dict, str
     for c in sorted(set(plan.group_by) | (plan.where.columns() if plan.where is not None else set())):
         if c not in cols:
             raise InvalidInput(f"query: dataset '{plan.source.ref}' has no column '{c}'")
+    for c in plan.own_sum_columns():
+        if c not in cols:
+            raise InvalidInput(f"query: dataset '{plan.source.ref}' has no column '{c}'")
     if plan.where is not None:
         check_types(plan.where, cols)
+    check_epsilon(plan, p.epsilon)
     ids, groups = own_rows(runtime, plan)
     return {**params, "subjects": len(ids), "groups": len(set(groups))}, p.purpose
 
@@ -149,15 +168,14 @@ def prepare(runtime, header, inbound):
     if doc["requester"] != runtime.node_id:
         raise PermissionDenied("only the requester node prepares its own job")
     plan, params = plan_of(doc), _params(doc)
-    ids, groups = own_rows(runtime, plan)
+    ids, groups, values = own_table(runtime, plan)
     distinct = list(dict.fromkeys(groups))
     if len(ids) != params.subjects or len(distinct) != params.groups:
         raise InvalidInput("the requester's dataset changed since the job was signed; submit the query again")
     if not ids:
         raise InvalidInput("no row of your dataset passes the query's WHERE")
-    backend = get_backend("bfv")
-    # Several provider agencies: the coordinator multiplies their answers (relinearisation keys).
-    pub, secret = backend.generate_keypair(relin=len(plan.providers()) > 1)
+    backend = get_backend(plan.he_scheme())
+    pub, secret = backend.generate_keypair()
     placed = subject_lists.assign_slots(groups)
     slots, distinct = placed.slots, placed.distinct
     n = len(ids)
@@ -168,10 +186,32 @@ def prepare(runtime, header, inbound):
     pubctx = pub.serialize()
     yield from blob_chunks("pubctx", pubctx)
     yield from blob_chunks("layout", placed.layout.tobytes())
-    yield from subject_lists.send_lists(runtime, "query", doc["job_id"], plan.providers(), slots, ids, pubctx)
+    extra = {}
+    if plan.own_sum_columns():         # the main provider raises these to each slot's matched rows
+        extra[plan.main_provider()] = own = _own_packs(backend, pub, plan, values, slots)
+        for name, blob in own.items():
+            yield from blob_chunks(name, blob)
+    yield from subject_lists.send_lists(runtime, "query", doc["job_id"], plan.providers(), slots, ids, pubctx, extra)
     runtime.audit.append("query.prepare", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"subjects": n, "groups": len(distinct)})
     yield done(schema.QueryPrepared(slots=n, groups=len(distinct)))
+
+
+def _own_packs(backend, pub, plan: QueryPlan, values: dict[str, np.ndarray], slots: list[int]) -> dict[str, bytes]:
+    """Per pack that holds own digits: the requester's clipped own values, encrypted per slot."""
+    n, at = len(slots), np.asarray(slots, dtype=np.int64)
+    out = {}
+    for k, digits in enumerate(qp.pack_names(plan.vectors(), qp.digits_per_pack(pub))):
+        if not any(d.startswith("own:") for d in digits):
+            continue
+        cols = []
+        for d in digits:
+            col = np.zeros(n, dtype=np.int64)
+            if d.startswith("own:"):
+                col[at] = qp.clip_own(values[d.removeprefix("own:")])
+            cols.append(col)
+        out[schema.ciphertext_stream(qp.own_stream(k))] = backend.encrypt(pub, qp.pack(cols)).serialize()
+    return out
 
 
 def evaluate(runtime, header, inbound):
@@ -179,18 +219,28 @@ def evaluate(runtime, header, inbound):
     grants = require_admitted(runtime, doc)
     params, plan = _params(doc), plan_of(doc)
     admit_query(runtime, doc, grants)
-    main = runtime.node_id == plan.main_provider()     # else a further provider: an indicator only
+    main = runtime.node_id == plan.main_provider()     # else a further provider: it selects the main one's packs
     bounds = dp_bounds(runtime, plan) if params.epsilon and main else None
-    cats = categories(runtime, plan)
-    backend = get_backend("bfv")
+    cats = categories(runtime, plan) if main else ()
+    scheme = plan.he_scheme()
+    backend = get_backend(scheme)
     pubctx = read_blob(inbound, "pubctx", 64 << 20)
     sealed = read_blob(inbound, "sealed", 1 << 30)
     signature = read_blob(inbound, "binding", 1024)
-    subject_lists.check_binding(runtime, "query", doc, pubctx, sealed, signature)
+    pub = backend.load_public(pubctx)
+    names = qp.pack_names(plan.vectors(), qp.digits_per_pack(pub)) if scheme == "paillier" else []
+    limit = params.subjects * 64 * getattr(pub, "ct_bytes", 0) + 4096
+    own = {}                      # the requester's encrypted own values (signed in the binding)
+    if main and plan.own_sum_columns():
+        own = {name: read_blob(inbound, name, limit) for name in
+               (schema.ciphertext_stream(qp.own_stream(k)) for k, d in enumerate(names)
+                if any(x.startswith("own:") for x in d))}
+    theirs = [] if main or scheme != "paillier" else \
+        [read_blob(inbound, schema.ciphertext_stream(qp.pack_stream(k)), limit) for k in range(len(names))]
+    subject_lists.check_binding(runtime, "query", doc, pubctx, sealed, signature, own or None)
     if params.epsilon:
         charge_epsilon(runtime, doc, grants)      # before the list is opened or anything evaluated
     use_once(runtime, doc, "query.evaluate")
-    pub = backend.load_public(pubctx)
     clock = _Clock()
     items = subject_lists.open_list(runtime, sealed, subject_lists.aad("query", doc["job_id"], runtime.node_id))
     n = params.subjects
@@ -204,19 +254,38 @@ def evaluate(runtime, header, inbound):
     values = evaluate_slots(runtime, plan, items, n, bounds, cats)
     clock.lap("evaluate")
     yield progress("evaluate", runtime.node_id, n, n)
-    for name, vec in values.items():
-        yield from blob_chunks(schema.ciphertext_stream(name), backend.encrypt(pub, vec).serialize())
+    if not main:                  # keep the main provider's packs where this node's semi-joins hold
+        packs = [backend.load_ciphertext(pub, b) for b in theirs]
+        reps = packs[0].length // n if packs and n else 0
+        if not 1 <= reps <= 64 or any(cv.length != n * reps for cv in packs):
+            raise InvalidInput("the main provider's answer does not match the job's slots")
+        for k, cv in enumerate(qp.select(backend, packs, np.tile(values[INDICATOR], reps))):
+            yield from blob_chunks(schema.ciphertext_stream(qp.pack_stream(k)), cv.serialize())
+    elif scheme == "paillier":
+        own_cvs = {int(name.rsplit("pack", 1)[1]): backend.load_ciphertext(pub, blob) for name, blob in own.items()}
+        if any(cv.length != n for cv in own_cvs.values()):
+            raise InvalidInput("the requester's own values do not match the job's slots")
+        for k, cv in enumerate(qp.provider_packs(backend, pub, names, values, own_cvs, values["rows"])):
+            yield from blob_chunks(schema.ciphertext_stream(qp.pack_stream(k)), cv.serialize())
+    else:
+        for name, vec in values.items():
+            yield from blob_chunks(schema.ciphertext_stream(name), backend.encrypt(pub, vec).serialize())
     clock.lap("encrypt+send")
     log.info("query.evaluate %s: %d slots, %s", doc["job_id"], n, clock)
     scales = dp_scales(plan, params.epsilon, bounds, len(cats)) if bounds is not None else []
     if scales:     # this provider's noise shares, one per group (× category) and vector (docs/query.md, DP)
         source, parties = dp_noise.fresh_source(), plan.noise_parties()
-        for name, scale in zip(values, scales):
-            share = source.share(scale, parties, params.groups * max(len(cats), 1))
-            yield from blob_chunks(schema.ciphertext_stream("noise:" + name), backend.encrypt(pub, share).serialize())
+        shares = {name: source.share(scale, parties, params.groups * max(len(cats), 1))
+                  for name, scale in zip(plan.vectors(), scales)}
+        if scheme == "paillier":
+            for k, cv in enumerate(qp.noise_packs(backend, pub, names, shares)):
+                yield from blob_chunks(schema.ciphertext_stream("noise:" + qp.pack_stream(k)), cv.serialize())
+        else:
+            for name, share in shares.items():
+                yield from blob_chunks(schema.ciphertext_stream("noise:" + name), backend.encrypt(pub, share).serialize())
     runtime.audit.append("query.evaluate", job=doc["job_id"], requester=doc["requester"], purpose=doc["purpose"],
                          counts={"subjects": n})
-    yield done(schema.QueryEvaluated(subjects=n, aggregates=tuple(values), noise_scales=tuple(map(repr, scales)),
+    yield done(schema.QueryEvaluated(subjects=n, aggregates=plan.vectors(), noise_scales=tuple(map(repr, scales)),
                                      categories=cats))
 
 
@@ -227,16 +296,17 @@ def release(runtime, header, inbound):
         raise PermissionDenied("only the requester node releases its own job")
     plan, params = plan_of(doc), _params(doc)
     working = json.loads(runtime.store.get_blob("queryjob", doc["job_id"]))
-    backend = get_backend("bfv")
+    scheme = plan.he_scheme()
+    backend = get_backend(scheme)
     secret = backend.load_secret(runtime.store.get_blob("jobkeys", doc["job_id"]))
     rp: schema.QueryReleaseParams = schema.decode_params(header)
-    own_groups, names, cats = len(working["groups"]), vectors(plan), rp.categories
+    own_groups, names, cats = len(working["groups"]), plan.vectors(), rp.categories
     if bool(cats) != bool(plan.provider_group) or len(cats) > 64 or len(set(cats)) != len(cats):
         raise InvalidInput("the release's categories do not match the query's GROUP BY")
     n_groups = own_groups * max(len(cats), 1)         # requester group × category (index c·groups + g)
     if rp.groups != n_groups or rp.aggregates != names:
         raise InvalidInput("the release does not match this job's groups or the signed query")
-    t = secret.public.plaintext_modulus
+    t = secret.public.plaintext_modulus if scheme == "bfv" else qp.DIGIT_MOD
     own = np.zeros(len(working["slots"]), dtype=np.int64)
     own[np.array(working["slots"], dtype=np.int64)] = np.array(working["group_no"], dtype=np.int64)
     slot_group = np.concatenate([own + c * own_groups for c in range(max(len(cats), 1))])
@@ -259,8 +329,15 @@ def release(runtime, header, inbound):
         return qr.group_values(values, slot_group, n_groups, t, noise)
 
     clock = _Clock()
-    d_threshold = masked("threshold")
-    d_agg = [masked(name) for name in names]
+    if scheme == "bfv":
+        d_threshold = masked("threshold")
+        d_agg = [masked(name) for name in names]
+    else:                         # one masked ciphertext per group and pack (query_paillier)
+        packs = qp.pack_names(names, qp.digits_per_pack(secret.public))
+        cvs = [backend.load_ciphertext(secret.public, read_blob(inbound, schema.masked_stream(qp.pack_stream(k)),
+                                                                _MASKED_LIMIT)) for k in range(len(packs))]
+        digits = qp.open_packs(backend, secret, packs, cvs, n_groups)
+        d_threshold, d_agg = digits[qp.THRESHOLD], [digits[name] for name in names]
     clock.lap("receive+decrypt")
     evaluator = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, d_threshold, t)])
     yield from blob_chunks(schema.gc_stream(1), evaluator.start())
@@ -270,7 +347,8 @@ def release(runtime, header, inbound):
                               doc["job_id"].encode(), t)
     meta = runtime.store.dataset(plan.source.dataset)
     src_types = {c.name: c.type for c in meta.columns}
-    sum_types = {c: "decimal" if c in rp.decimal_sums else "integer" for c in plan.sum_columns()}
+    sum_types = {f"sum:{c}": "decimal" if c in rp.decimal_sums else "integer" for c in plan.sum_columns()}
+    sum_types.update({f"own:{c}": src_types[c] for c in plan.own_sum_columns()})
     group_types = [src_types.get(g, "text") for g in plan.group_by]
     if cats:
         group_types.insert(plan.provider_group_at, rp.category_type)

@@ -10,7 +10,7 @@ from pc_common import job_kinds, jobspec
 from pc_common.errors import InvalidInput, PermissionDenied, ResourceExhausted
 from pc_node.policy import PERIODS
 from pc_node.secure_agg import dp_noise
-from pc_rules.query import QueryPlan, parse_query
+from pc_rules.query import QueryPlan, check_epsilon, parse_query
 from pc_rules.query_catalog import refuse_undisclosable
 
 
@@ -24,10 +24,6 @@ def plan_of(doc: dict) -> QueryPlan:
         raise PermissionDenied(f"FROM must be a dataset of the requester ({doc['requester']})")
     return plan
 
-
-def vectors(plan: QueryPlan) -> tuple[str, ...]:
-    """The aggregate vectors of a plan, in order: distinct subjects, joined rows, one sum per column."""
-    return ("subjects", "rows") + tuple(f"sum:{c}" for c in plan.sum_columns())
 
 
 def categories(runtime, plan: QueryPlan) -> tuple[str, ...]:
@@ -77,7 +73,7 @@ def dp_scales(plan: QueryPlan, epsilon: float, bounds: dict[str, tuple[int, int]
               n_categories: int = 0) -> list[float]:
     """Discrete Laplace scales (OpenDP) of the plan's vectors, ε split evenly (dp_noise). With a
     provider GROUP BY one subject reaches at most min(categories, DP_ROW_CAP) groups."""
-    e = dp_noise.vector_epsilon(epsilon, len(vectors(plan)))
+    e = dp_noise.vector_epsilon(epsilon, len(plan.vectors()))
     reach = dp_noise.subject_sensitivity(n_categories)
     rows = dp_noise.DP_ROW_CAP if plan.join else 1
     return ([dp_noise.scale_for(e, reach), dp_noise.scale_for(e, rows)]
@@ -106,7 +102,9 @@ def admit_query(runtime, doc: dict, grants: list) -> None:
     p = params_of(doc)
     check_group_size(p, grants)
     plan = plan_of(doc)
-    categories(runtime, plan)
+    check_epsilon(plan, p.epsilon)
+    if runtime.node_id == plan.main_provider():        # the JOIN's agency holds the group column
+        categories(runtime, plan)
     if p.epsilon:
         if runtime.node_id == plan.main_provider():     # the sums' owner holds their clip bounds
             dp_bounds(runtime, plan)

@@ -21,10 +21,11 @@ from pc_common import money
 from pc_common.wire import MAX_VALUE_CENTS
 from pc_node.secure_agg import dp_noise
 from pc_node.secure_agg import query_release as qr
-from pc_node.steps.query_disclosure import vectors
 from pc_rules.query import QueryPlan
 
 log = logging.getLogger(__name__)
+#: What a further provider agency (``QueryPlan.indicator_providers``) evaluates: 0/1 per slot.
+INDICATOR = "indicator"
 
 # Plain cells parsed by the fast path; every other one goes through the exact scalar parser.
 _DECIMAL_FAST = r"^-?[0-9]{1,15}(\.[0-9]{1,2})?$"
@@ -100,7 +101,7 @@ def _matched(runtime, plan: QueryPlan, source, keys: list[str]) -> tuple[np.ndar
 def evaluate_slots(runtime, plan: QueryPlan, items: list[tuple[int, str]], n: int,
                    bounds: dict[str, tuple[int, int]] | None = None,
                    cats: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Per aggregate vector (:func:`vectors`) one integer per slot — with a provider GROUP BY per
+    """Per aggregate vector (``plan.vectors()``; ``own:*`` stay 0 here) one integer per slot — with a provider GROUP BY per
     category and slot (index category·n + slot: one-hot). With DP ``bounds`` each subject's rows
     are capped at ``dp_noise.DP_ROW_CAP`` and its sums (per category) clipped into the bounds.
     At a further provider of the plan (``indicator_providers``): ``{"indicator": 0/1 per slot}``,
@@ -118,9 +119,9 @@ def evaluate_slots(runtime, plan: QueryPlan, items: list[tuple[int, str]], n: in
     if runtime.node_id != plan.main_provider():      # a further provider: its 0/1 indicator only
         indicator = np.zeros(n, dtype=np.int64)
         indicator[slot_of[ok]] = 1
-        return {qr.INDICATOR: indicator}
+        return {INDICATOR: indicator}
     width = n * max(len(cats), 1)
-    out = {name: np.zeros(width, dtype=np.int64) for name in vectors(plan)}
+    out = {name: np.zeros(width, dtype=np.int64) for name in plan.vectors()}
     join = plan.join
     if join is None:                     # EXISTS / NOT EXISTS only: one "row" per passing subject
         out["subjects"][slot_of[ok]] = 1

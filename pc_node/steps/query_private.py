@@ -191,12 +191,12 @@ def evaluate(runtime, header, inbound):
     yield from blob_chunks("own", envelope.seal(requester_key, own, _aad(doc["job_id"], "own")))
     del double, own
     yield progress("evaluate", runtime.node_id, n, n)
-    for name in query.vectors(plan):
+    for name in plan.vectors():
         yield from blob_chunks(schema.ciphertext_stream(name),
                                backend.encrypt(pub, table.spread(values[name])).serialize())
     runtime.audit.append("query_private.evaluate", job=doc["job_id"], requester=doc["requester"],
                          purpose=doc["purpose"], counts={"asked": n, "own": len(ids)})
-    yield done(schema.PrivateEvaluated(rows=len(ids), positions=table.total, aggregates=query.vectors(plan)))
+    yield done(schema.PrivateEvaluated(rows=len(ids), positions=table.total, aggregates=plan.vectors()))
 
 
 # ----- requester: release -----------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def release(runtime, header, inbound):
         raise PermissionDenied("only the requester node releases its own job")
     plan, params = plan_of(doc), _params(doc)
     rp: schema.PrivateReleaseParams = schema.decode_params(header)
-    names = query.vectors(plan)
+    names = plan.vectors()
     if rp.aggregates != names:
         raise InvalidInput("the release does not match the signed query")
     use_once(runtime, doc, "query_private.release")
@@ -253,7 +253,7 @@ def release(runtime, header, inbound):
     suppressed = evaluator.evaluate(read_blob(inbound, schema.gc_stream(4), MAX_BLOB))
     opened = qr.open_released(evaluator, suppressed, d_agg, read_blob(inbound, "release", 1 << 30), job.encode(), t)
     src_types = {c.name: c.type for c in runtime.store.dataset(plan.source.dataset).columns}
-    sum_types = {c: "decimal" if c in rp.decimal_sums else "integer" for c in plan.sum_columns()}
+    sum_types = {f"sum:{c}": "decimal" if c in rp.decimal_sums else "integer" for c in plan.sum_columns()}
     text, released = query.results_csv(plan, sum_types, [src_types.get(g, "text") for g in plan.group_by],
                                        [tuple(g) for g in working["groups"]], opened)
     summary = {"query": "federated", "mode": "private", "groups": n_groups, "released": released,

@@ -67,13 +67,14 @@ def qfed(new_federation, small_city, tmp_path_factory):
     return fed, city
 
 
-@pytest.fixture(scope="module")
-def db(qfed):
-    """The plaintext city in SQLite: identifiers normalised, money in integer cents."""
-    _, city = qfed
+CITY_TABLES = [("civil_affairs", "applicants", ()), ("tax", "wages", ("monthly_income",)),
+               ("public_security", "vehicles", ()), ("housing", "properties", ("area_m2",))]
+
+
+def plaintext_db(city, tables=CITY_TABLES) -> sqlite3.Connection:
+    """The plaintext city in SQLite: identifiers normalised, money (the named columns) in integer cents."""
     con = sqlite3.connect(":memory:")
-    for agency, ds, money in [("civil_affairs", "applicants", ()), ("tax", "wages", ("monthly_income",)),
-                              ("public_security", "vehicles", ()), ("housing", "properties", ("area_m2",))]:
+    for agency, ds, money in tables:
         with open(city / agency / f"{ds}.csv", newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         cols = list(rows[0])
@@ -86,6 +87,12 @@ def db(qfed):
                     for c in cols]
             con.execute(f"INSERT INTO {agency}.{ds} VALUES ({', '.join('?' * len(cols))})", vals)
     return con
+
+
+@pytest.fixture(scope="module")
+def db(qfed):
+    """The plaintext city of the module's federation (``qfed``) in SQLite."""
+    return plaintext_db(qfed[1])
 
 
 def _run(fed, sql, tmp_path, **kw):

@@ -1,13 +1,15 @@
-"""Federated queries over two provider agencies (a JOIN at one, EXISTS / NOT EXISTS at another,
-or semi-joins at two) through real servers, against SQLite on the plaintext. The path is built but
-refused in production until the product under encryption is circuit private (the first test);
-the others raise the limit in-process to keep it tested.
+"""Federated queries whose answer is a product of two parties' data, through real servers, against
+SQLite on the plaintext: provider datasets of two or three agencies (a JOIN at one, EXISTS / NOT
+EXISTS at others, or semi-joins only), and SUM / AVG of the requester's own columns. These run
+under Paillier (docs/query.md, "Products under Paillier"): a further agency selects the main
+provider's encrypted answers, re-randomised; the main provider raises the requester's encrypted
+values to its matched-row counts.
 
 The federation is test_query.py's shape (coordinator + civil_affairs, tax, public_security,
-housing; the integration city) with the sandbox's grants for this file's queries; its ``db``
-fixture (the plaintext city in SQLite) resolves to this file's federation. SQLite runs the same
-SQL text (EXISTS included) on the plaintext, money as integer cents; groups with fewer distinct
-subjects than the minimum are omitted, as the federation does.
+housing, and hrss as a second requester with a numeric column of its own; the integration city)
+with the sandbox's grants for this file's queries. SQLite runs the same SQL text (EXISTS
+included) on the plaintext, money as integer cents; groups with fewer distinct subjects than the
+minimum are omitted, as the federation does.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pc_client.sdk import JobFailed
 
 from pc_node.admin import grants_toml
 from pc_node.secure_agg import dp_noise
-from tests.integration.test_query import AGENCIES, REQ, assert_coordinator_files_hold_none, db  # noqa: F401
+from tests.integration.test_query import AGENCIES, CITY_TABLES, REQ, assert_coordinator_files_hold_none, plaintext_db
 
 CARS_EXCEPT_MOTORCYCLES = ("EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number "
                            "AND v.vehicle_type <> 'motorcycle')")
@@ -37,48 +39,44 @@ JOIN_NOT_EXISTS = ("SELECT a.district AS district, COUNT(*) AS n, COUNT(DISTINCT
                    f"JOIN tax.wages w ON a.id_number = w.id_number WHERE {NO_RESIDENCE} GROUP BY a.district")
 TWO_SEMIJOINS = ("SELECT a.district AS district, COUNT(*) AS n, COUNT(DISTINCT a.id_number) AS people FROM "
                  f"civil_affairs.applicants a WHERE {CARS_EXCEPT_MOTORCYCLES} AND {NO_RESIDENCE} GROUP BY a.district")
+THREE_AGENCIES = JOIN_EXISTS.replace("GROUP BY", f"AND {NO_RESIDENCE} GROUP BY")
+PENSIONERS = "hrss"
+OWN_SUM = ("SELECT COUNT(*) AS n, COUNT(DISTINCT s.id_number) AS people, SUM(s.monthly_amount) AS total, "
+           "AVG(s.monthly_amount) AS mean, SUM(p.area_m2) AS area FROM hrss.pensions s JOIN housing.properties p "
+           "ON s.id_number = p.id_number")
+OWN_SUM_BY_USAGE = ("SELECT p.usage AS usage, COUNT(*) AS n, COUNT(DISTINCT s.id_number) AS people, "
+                    "SUM(s.monthly_amount) AS total, AVG(p.area_m2) AS mean FROM hrss.pensions s JOIN "
+                    "housing.properties p ON s.id_number = p.id_number WHERE EXISTS (SELECT 1 FROM "
+                    "civil_affairs.applicants a WHERE a.id_number = s.id_number) GROUP BY p.usage")
+TYPES_WITH_WAGES = ("SELECT a.district AS district, v.vehicle_type AS type, COUNT(*) AS n, COUNT(DISTINCT "
+                    "a.id_number) AS people FROM civil_affairs.applicants a JOIN public_security.vehicles v ON "
+                    "a.id_number = v.id_number WHERE EXISTS (SELECT 1 FROM tax.wages w WHERE w.id_number = "
+                    "a.id_number AND w.employer <> 'self') GROUP BY a.district, v.vehicle_type")
 NOBODY = ("SELECT a.district AS district, COUNT(*) AS n FROM civil_affairs.applicants a JOIN tax.wages w ON "
-          "a.id_number = w.id_number WHERE EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = "
-          "a.id_number AND v.vehicle_type = 'hovercraft') GROUP BY a.district")
-QUERIES = [JOIN_EXISTS, JOIN_NOT_EXISTS, TWO_SEMIJOINS, NOBODY]
-
-
-def test_two_provider_agencies_are_refused_while_the_product_is_not_circuit_private(new_federation, small_city):
-    """Off in production (``pc_rules.query.MAX_PROVIDER_AGENCIES = 1``): the BFV product's noise
-    would tell the requester's node about each subject. One line, INVALID_ARGUMENT, nothing run."""
-    city, _ = small_city(120, 5)
-    fed = new_federation("query_multi_off", AGENCIES, city)
-    with fed.client(f"analyst@{REQ}") as c:
-        for sql in (JOIN_EXISTS, TWO_SEMIJOINS):
-            with pytest.raises(grpc.RpcError) as exc:
-                c.submit("query", {"sql": sql})
-            assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "one provider agency per query" in exc.value.details()
-        assert c.jobs() == []
+          "a.id_number = w.id_number WHERE w.employer <> 'self' AND EXISTS (SELECT 1 FROM public_security.vehicles v "
+          "WHERE v.id_number = a.id_number AND v.vehicle_type = 'hovercraft') GROUP BY a.district")
+QUERIES = [JOIN_EXISTS, JOIN_NOT_EXISTS, TWO_SEMIJOINS, NOBODY, THREE_AGENCIES, OWN_SUM, OWN_SUM_BY_USAGE,
+           TYPES_WITH_WAGES]
 
 
 @pytest.fixture(scope="module")
-def two_agencies():
-    """The rest of this file runs the built two-agency path with the limit raised, in-process."""
-    from pc_rules import query
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(query, "MAX_PROVIDER_AGENCIES", 2)
-        yield
-
-
-@pytest.fixture(scope="module")
-def qfed(two_agencies, new_federation, small_city):
+def qfed(new_federation, small_city):
     city, _ = small_city(120, 5)
-    fed = new_federation("query_multi", AGENCIES, city)
-    for agency in AGENCIES[1:]:
+    fed = new_federation("query_multi", AGENCIES + [PENSIONERS], city)
+    for agency in AGENCIES:                  # civil_affairs answers an EXISTS of hrss's query
         path = fed.root / agency / "policy.toml"
         extra = grants_toml(query_grants(agency, QUERIES, {}))
         fed.write_policy(agency, path.read_text(encoding="utf-8") + "\n" + extra)
     return fed, city
 
 
-def _run(fed, sql, tmp_path, **kw):
-    with fed.client(f"analyst@{REQ}") as c:
+@pytest.fixture(scope="module")
+def db(qfed):
+    return plaintext_db(qfed[1], CITY_TABLES + [(PENSIONERS, "pensions", ("monthly_amount",))])
+
+
+def _run(fed, sql, tmp_path, requester=REQ, **kw):
+    with fed.client(f"analyst@{requester}") as c:
         return c.query(sql, out=tmp_path / "q.csv", **kw)
 
 
@@ -96,11 +94,13 @@ def _sqlite(db, sql: str, k: int = 5, noise: int = 0) -> list[dict]:
         if rec.get("people", rec.get("n")) + noise < k:
             continue
         if "mean" in rec:
-            rec["mean"] = _two((Decimal(rec["total"]) / Decimal(rec["n"])).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-        if "total" in rec:
-            rec["total"] = _two(rec["total"])
+            mean = rec["mean"] * rec["n"]         # SQLite's AVG, back to the integer SUM / COUNT(*)
+            rec["mean"] = _two((Decimal(round(mean)) / Decimal(rec["n"])).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        for key in ("total", "area"):
+            if key in rec:
+                rec[key] = _two(rec[key])
         out.append({key: str(v + noise) if key in ("n", "people") else str(v) for key, v in rec.items()})
-    return sorted(out, key=lambda r: r["district"])
+    return sorted(out, key=lambda r: tuple(r.get(k, "") for k in ("district", "usage", "type")))
 
 
 def test_a_join_at_one_agency_and_exists_at_another_equals_sqlite(qfed, db, tmp_path):
@@ -111,7 +111,9 @@ def test_a_join_at_one_agency_and_exists_at_another_equals_sqlite(qfed, db, tmp_
     # The semi-join changes the answer: without it SQLite gives other counts.
     assert _sqlite(db, JOIN_EXISTS.replace(f" AND {CARS_EXCEPT_MOTORCYCLES}", "")) != expected
     assert set(res.leakage) == {"coordinator", REQ, "tax", "public_security"}
-    assert "0/1 indicator" in " ".join(res.leakage["public_security"])
+    assert "re-randomised" in " ".join(res.leakage["public_security"])
+    with fed.client(f"analyst@{REQ}") as c:
+        assert json.loads(c.job(res.job_id).summary_json)["he"] == "paillier"
 
 
 def test_a_join_and_not_exists_at_a_third_agency_equals_sqlite(qfed, db, tmp_path):
@@ -133,11 +135,63 @@ def test_two_semijoins_at_two_agencies_and_a_group_exactly_at_the_threshold(qfed
     assert res.summary["suppressed"] == res.summary["groups"] - len(expected) > 0
 
 
+def test_three_provider_agencies_equal_sqlite(qfed, db, tmp_path):
+    fed, _ = qfed
+    res = _run(fed, THREE_AGENCIES, tmp_path)
+    expected = _sqlite(db, THREE_AGENCIES)
+    assert res.records == expected and expected
+    assert expected != _sqlite(db, JOIN_EXISTS)
+    assert set(res.leakage) == {"coordinator", REQ, "tax", "public_security", "housing"}
+
+
+def test_sums_and_averages_of_the_requesters_own_column_equal_sqlite(qfed, db, tmp_path):
+    """SUM(s.monthly_amount) over the joined rows: each pension counted once per matched property."""
+    fed, _ = qfed
+    res = _run(fed, OWN_SUM, tmp_path, requester=PENSIONERS)
+    expected = _sqlite(db, OWN_SUM)
+    assert res.records == expected and expected
+    assert int(expected[0]["n"]) > int(expected[0]["people"])     # several properties: rows, not people
+    header = (tmp_path / "q.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == "n,people,total,mean,area"
+
+
+def test_own_sums_with_a_provider_group_by_and_a_further_agency_equal_sqlite(qfed, db, tmp_path):
+    fed, _ = qfed
+    res = _run(fed, OWN_SUM_BY_USAGE, tmp_path, requester=PENSIONERS)
+    expected = _sqlite(db, OWN_SUM_BY_USAGE)
+    assert res.records == expected and expected
+    assert res.summary["suppressed"] == 1          # 'commercial': too few pensioners
+
+
+def test_a_provider_group_by_with_a_further_agency_equals_sqlite(qfed, db, tmp_path):
+    fed, _ = qfed
+    res = _run(fed, TYPES_WITH_WAGES, tmp_path)
+    expected = _sqlite(db, TYPES_WITH_WAGES)
+    assert res.records == expected and expected
+
+
+def test_own_sums_refuse_dp_and_private_mode_and_nothing_runs(qfed):
+    """DP clips each subject's contribution; the requester's own values reach the provider only
+    encrypted, so nobody could clip them. --private sums provider columns only."""
+    fed, _ = qfed
+    audits = {a: len(fed.runtime(a).audit.entries()) for a in AGENCIES[1:]}
+    with fed.client(f"analyst@{PENSIONERS}") as c:
+        before = len(c.jobs())
+        with pytest.raises((grpc.RpcError, ValueError)) as exc:
+            c.query(OWN_SUM, epsilon=1.0)
+        assert "cannot carry differential privacy" in str(exc.value)
+        with pytest.raises((grpc.RpcError, JobFailed, ValueError)) as exc:
+            c.query(OWN_SUM, private=True)
+        assert "your own columns" in str(exc.value)
+        assert len(c.jobs()) == before
+    assert {a: len(fed.runtime(a).audit.entries()) for a in AGENCIES[1:]} == audits
+
+
 def test_groups_emptied_by_the_other_agency_are_suppressed(qfed, db, tmp_path):
     fed, _ = qfed
     res = _run(fed, NOBODY, tmp_path)
-    # tax alone matches plenty of applicants per district; public_security's indicator is 0
-    # everywhere, so every product is 0 and every group is suppressed.
+    # tax alone matches plenty of applicants per district; public_security keeps no slot, so every
+    # group's packs are encryptions of zero and every group is suppressed.
     assert _sqlite(db, NOBODY.replace("= 'hovercraft'", "<> 'hovercraft'"))
     assert res.records == [] and res.summary["released"] == 0 and res.summary["suppressed"] == res.summary["groups"]
     assert (tmp_path / "q.csv").read_text(encoding="utf-8") == "district,n\n"
@@ -174,10 +228,6 @@ def test_a_column_without_grant_at_the_other_agency_is_refused_and_nothing_runs(
         with pytest.raises(grpc.RpcError) as exc:
             c.submit("query", {"sql": JOIN_EXISTS.replace("v.vehicle_type <> 'motorcycle'", "v.plate <> 'X'")})
         assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and "plate as predicate" in exc.value.details()
-        with pytest.raises(grpc.RpcError) as exc:       # three provider agencies: one line, INVALID_ARGUMENT
-            c.submit("query", {"sql": JOIN_EXISTS.replace("GROUP BY", f"AND {NO_RESIDENCE} GROUP BY")})
-        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 2 provider agencies" in \
-            exc.value.details()
         with pytest.raises((grpc.RpcError, JobFailed, ValueError)) as exc:     # --private: one provider agency
             c.query(JOIN_EXISTS, private=True)
         assert "one provider agency" in str(exc.value)

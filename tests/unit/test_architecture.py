@@ -38,6 +38,7 @@ COORDINATOR_MAY_IMPORT_FROM_NODE = [
     "pc_node.secure_agg.paillier",
     "pc_node.secure_agg.verdict",       # the masking plan (plaintext additions, re-randomisation)
     "pc_node.secure_agg.query_release",  # queries: threshold masks, pads, label-keyed release
+    "pc_node.secure_agg.query_paillier",  # queries with products: packs, group sums, statistical pads
     "pc_node.secure_agg.position_release",  # query-private: the same masks over provider positions
     "pc_node.secure_agg.gc",            # garbled-circuit comparison, the garbler's side:
     "pc_node.secure_agg.gc.compare",    # ComparisonGarbler (the session)

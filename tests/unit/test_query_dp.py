@@ -101,7 +101,7 @@ def test_noise_under_encryption_is_the_sum_of_shares_and_the_threshold_uses_the_
     suppressed = ev.evaluate(garbler.garble(ev.extend(garbler.respond(ev.start()))))
     noisy = true_counts + noise[0]                                        # 4, 6, 4
     assert suppressed.tolist() == (noisy < k).tolist() == [True, False, True]
-    opened = qr.open_released(ev, suppressed, d_agg, qr.release_message(garbler, cm.pads, b"j"), b"j", t)
+    opened = qr.open_released(ev, suppressed, d_agg, qr.release_message(garbler, cm.pads, b"j", t), b"j", t)
     true_sums = np.bincount(layout, weights=sums, minlength=n_groups).astype(int)
     # Group 0 has 5 true subjects but is suppressed by its noisy count; group 1 (4 true) released.
     assert opened[0] is None and opened[2] is None

@@ -15,7 +15,6 @@ from pc_common.wire import MAX_VALUE_CENTS
 from pc_node.secure_agg import dp_noise
 from pc_node.secure_agg import query_release as qr
 from pc_node.steps import query_eval
-from pc_node.steps.query_disclosure import vectors
 from pc_rules.metadata import ColumnMeta, DatasetMeta
 from pc_rules.query import parse_query
 
@@ -51,7 +50,7 @@ def _reference(rt, plan, items, n, bounds, cats):
         matched[s.table.alias] = {k: [r for r in (dict(zip(names, x)) for x in found.get(k, []))
                                       if s.where is None or s.where.evaluate(r)] for _, k in items}
     types = {c.name: c.type for c in rt.store.dataset(plan.join.table.dataset).columns} if plan.join else {}
-    out = {name: [0] * (n * max(len(cats), 1)) for name in vectors(plan)}
+    out = {name: [0] * (n * max(len(cats), 1)) for name in plan.vectors()}
     cap = qr.ROW_CAP if bounds is None else dp_noise.DP_ROW_CAP
     for slot, k in items:
         if not all(bool(matched[s.table.alias][k]) == (s.kind != "not_exists") for s in plan.providers_sources()):

@@ -95,7 +95,7 @@ def test_released_groups_are_exact_and_suppressed_ones_stay_padded():
     ev = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, d_thr, t)])
     m2 = garbler.respond(ev.start())
     suppressed = ev.evaluate(garbler.garble(ev.extend(m2)))
-    opened = qr.open_released(ev, suppressed, [d_sum], qr.release_message(garbler, cm.pads, b"ctx"), b"ctx", t)
+    opened = qr.open_released(ev, suppressed, [d_sum], qr.release_message(garbler, cm.pads, b"ctx", t), b"ctx", t)
     value = dict(zip(ys, v.tolist()))
     for grp in range(groups):
         want = sum(value.get(x, 0) for x, gg in zip(xs, g) if gg == grp)

@@ -42,7 +42,7 @@ def _run(counts_per_group, k, modular=False):
     m3 = evaluator.extend(garbler.respond(m1))
     suppressed = evaluator.evaluate(garbler.garble(m3))
     ctx = b"job-1"
-    msg = qr.release_message(garbler, cm.pads, ctx)
+    msg = qr.release_message(garbler, cm.pads, ctx, t)
     opened = qr.open_released(evaluator, suppressed, d_agg, msg, ctx, t)
     truth = []
     for g in range(n_groups):
@@ -88,30 +88,3 @@ def test_modular_mode_threshold_end_to_end():
     suppressed, opened, truth, _ = _run([(8, 4), (8, 5), (9, 9)], 5, modular=True)
     assert suppressed.tolist() == [True, False, False]
     assert opened[0] is None and opened[1] == list(truth[1][1:]) and opened[2] == list(truth[2][1:])
-
-
-def test_two_providers_answers_multiply_under_encryption_once():
-    """C's combination of a second provider agency's 0/1 indicator: exact on full-size values (a
-    clipped sum) across a chunk boundary, and refused where the noise budget would not suffice."""
-    from pc_common.errors import CryptoError
-    backend = get_backend("bfv")
-    pub, secret = backend.generate_keypair(relin=True)
-    pub = backend.load_public(pub.serialize())              # as the coordinator loads it
-    rng = np.random.default_rng(7)
-    n = pub.slots + 5
-    sums = rng.integers(-10**10, 10**10, n)
-    ind = rng.integers(0, 2, n)
-    out = qr.combine(backend, {"sum:x": backend.encrypt(pub, sums)}, [backend.encrypt(pub, ind)])
-    masks = qr.slot_masks([0], np.zeros(n, dtype=np.int64), 1, pub.plaintext_modulus)
-    masked = backend.add_plain(out["sum:x"], masks)
-    t = pub.plaintext_modulus
-    got = (np.array(backend.decrypt(secret, masked), dtype=object)[:n] - masks.astype(object)) % t
-    assert [v - t if v > t // 2 else v for v in got.tolist()] == (sums * ind).tolist()
-    with pytest.raises(CryptoError):                        # a second product: noise budget exhausted
-        backend.multiply(out["sum:x"], backend.encrypt(pub, ind))
-    plain_pub, _ = backend.generate_keypair()               # a one-provider job's key ships no relin keys
-    plain_pub = backend.load_public(plain_pub.serialize())
-    with pytest.raises(CryptoError):
-        backend.multiply(backend.encrypt(plain_pub, ind), backend.encrypt(plain_pub, ind))
-    with pytest.raises(InvalidInput):
-        qr.combine(backend, {"subjects": backend.encrypt(pub, ind)}, [backend.encrypt(pub, ind[:5])])

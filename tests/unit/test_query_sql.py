@@ -115,8 +115,10 @@ REFUSED = [
      "WHERE z.age > 1", "unknown table alias"),
     ("SELECT COUNT(w.employer) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number",
      "COUNT takes * or DISTINCT"),
-    ("SELECT SUM(a.age) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number",
-     "only columns of the JOINed provider"),
+    ("SELECT SUM(a.age) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number", None),
+    ("SELECT SUM(v.seats) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number WHERE "
+     "EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number)",
+     "an EXISTS dataset only tests"),
     ("SELECT SUM(w.monthly_income * 2) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number",
      "arithmetic"),
     ("SELECT COUNT(*) FROM recipients a JOIN tax.wages w ON a.id_number = w.id_number", "agency is missing"),
@@ -130,14 +132,17 @@ REFUSED = [
     ("SELECT COUNT(*) FROM civil_affairs.recipients a WHERE EXISTS (SELECT 1 FROM tax.wages w "
      "JOIN tax.companies c ON c.id_number = w.id_number WHERE w.id_number = a.id_number)", "JOIN inside EXISTS"),
     ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number WHERE "
-     "EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number)",
-     "one provider agency per query"),
+     "EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number)", None),
     ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number WHERE "
      "EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number) AND NOT EXISTS "
-     "(SELECT 1 FROM housing.properties p WHERE p.id_number = a.id_number)", "one provider agency per query"),
+     "(SELECT 1 FROM housing.properties p WHERE p.id_number = a.id_number)", None),
+    ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number WHERE "
+     "EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number) AND NOT EXISTS "
+     "(SELECT 1 FROM housing.properties p WHERE p.id_number = a.id_number) AND EXISTS "
+     "(SELECT 1 FROM hrss.pensions s WHERE s.id_number = a.id_number)", "at most 3 provider agencies"),
     ("SELECT v.vehicle_type, COUNT(*) FROM civil_affairs.recipients a JOIN public_security.vehicles v ON "
      "a.id_number = v.id_number WHERE EXISTS (SELECT 1 FROM tax.wages w WHERE w.id_number = a.id_number) "
-     "GROUP BY v.vehicle_type", "one provider agency"),
+     "GROUP BY v.vehicle_type", None),
     ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN civil_affairs.other o ON a.id_number = o.id_number",
      "your own agency"),
     ("SELECT COUNT(*) FROM civil_affairs.recipients a JOIN tax.wages a ON a.id_number = a.id_number", "used twice"),

@@ -1,0 +1,208 @@
+"""Federated queries whose answer is a product of two parties' data, under Paillier (docs/query.md,
+"Products under Paillier").
+
+BFV would need a ciphertext product (a further agency's test × the main provider's answers, the
+requester's own values × the provider's matched rows), and a BFV product's decryption noise
+depends on its factors, which the key holder — the requester's node — could read. Paillier needs
+no product of ciphertexts: each factor that is not encrypted is a plaintext of the party that
+applies it, and every result is multiplied by a fresh encryption of zero, so a ciphertext
+carries nothing of how it was made (re-randomisation is perfect up to the key's assumption).
+
+* **Packs.** A slot's values (the threshold's copy of ``subjects``, then the plan's vectors) are
+  digits of one plaintext, ``Σ v_j · 2^(128·j)``, up to :func:`digits_per_pack` per ciphertext. Signed
+  digits add up without interfering as long as every digit stays within ±2^127: per-slot values
+  are below 2^50, group totals below 2^VALUE_BITS, masks below 2^(VALUE_BITS+40).
+* **The requester's own values** (``own:<col>``, clipped) are encrypted by the requester into
+  their digits; the main provider raises that ciphertext to the slot's matched-row count and
+  multiplies its own fresh encryption in: Enc(a·rows + its own digits).
+* **A further agency** keeps a slot's packs where its own semi-joins hold and puts a fresh
+  encryption of zero elsewhere: ``c^e · Enc(0)``, e ∈ {0, 1} (:func:`select`).
+* **The coordinator** sums per group (a product of ciphertexts, no key), adds the providers'
+  encrypted noise shares (DP), adds per digit the threshold target or the aggregate's pad (and
+  its own noise shares) and re-randomises: the requester decrypts one integer per group and pack.
+  Pads are statistical (uniform below 2^(VALUE_BITS+40), κ = 40) where BFV's are one-time pads
+  mod t; :data:`DIGIT_MOD` stands for t in :mod:`.query_release`'s release and threshold plans.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from pc_common.errors import InvalidInput
+from pc_common.wire import MAX_VALUE_CENTS
+
+from .backend import CipherVector, HeBackend
+from .gc.masking import STAT_BITS
+from .paillier import PaillierCipherVector
+from .verdict import garbler_targets
+
+DIGIT_BITS = 128
+#: What the threshold and release plans of :mod:`.query_release` take as the modulus t.
+DIGIT_MOD = 1 << DIGIT_BITS
+#: |a group's total| of any digit, DP noise included: 2^24 rows × clipped own values ±10^10 ×
+#: 2^16 matched rows stays below 2^74; 2^76 leaves room for the noise and the shift.
+VALUE_BITS = 76
+#: The digit that carries the threshold's copy of the distinct-subject indicator.
+THRESHOLD = "threshold"
+_HALF = 1 << (DIGIT_BITS - 1)
+
+
+def pack_stream(k: int) -> str:
+    """The name of pack ``k``'s streams (``ct:pack0``, ``masked:pack0``, ``ct:noise:pack0``)."""
+    return f"pack{k}"
+
+
+def own_stream(k: int) -> str:
+    """The requester's encrypted own digits of pack ``k`` (``ct:own:pack0``)."""
+    return f"own:pack{k}"
+
+
+def digits_per_pack(public) -> int:
+    """Digits one plaintext holds below the key's plaintext bound (7 for a 2048-bit key)."""
+    return max(1, (public.plaintext_bound.bit_length() - 1) // DIGIT_BITS)
+
+
+def pack_names(vectors: Sequence[str], per_pack: int) -> list[tuple[str, ...]]:
+    """The digits of each pack, in order: the threshold copy first, then the plan's vectors."""
+    names = (THRESHOLD,) + tuple(vectors)
+    return [names[i:i + per_pack] for i in range(0, len(names), per_pack)]
+
+
+def pack(columns: Sequence[Sequence[int]]) -> list[int]:
+    """Per entry Σ_j columns[j][i] · 2^(128·j), for signed per-slot values below 2^127."""
+    if not columns:
+        raise InvalidInput("nothing to pack")
+    out = [0] * len(columns[0])
+    for j, col in enumerate(columns):
+        vals = col.tolist() if isinstance(col, np.ndarray) else list(col)
+        if len(vals) != len(out):
+            raise InvalidInput("packed columns differ in length")
+        if vals and (max(vals) >= _HALF or min(vals) < -_HALF):
+            raise InvalidInput("a packed value does not fit its digit")
+        shift = DIGIT_BITS * j
+        out = [o + (int(v) << shift) for o, v in zip(out, vals)]
+    return out
+
+
+def unpack(values: Sequence[int], digits: int) -> list[list[int]]:
+    """The balanced digits of decrypted packs: ``digits`` columns of signed integers."""
+    cols: list[list[int]] = [[] for _ in range(digits)]
+    mask = DIGIT_MOD - 1
+    for x in values:
+        x = int(x)
+        for j in range(digits):
+            d = x & mask
+            if d >= _HALF:
+                d -= DIGIT_MOD
+            cols[j].append(d)
+            x = (x - d) >> DIGIT_BITS
+        if x:
+            raise InvalidInput("a decrypted pack has more digits than the job's")
+    return cols
+
+
+def clip_own(values: Sequence[int]) -> list[int]:
+    """The requester's own per-subject values, clipped to ±MAX_VALUE_CENTS before encryption."""
+    return [max(-MAX_VALUE_CENTS, min(MAX_VALUE_CENTS, int(v))) for v in values]
+
+
+# ----- main provider ------------------------------------------------------------------------------------
+def provider_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], values: dict[str, np.ndarray],
+                   own: dict[int, CipherVector], rows: np.ndarray) -> list[CipherVector]:
+    """The main provider's packs. ``values``: its per-slot vectors (``subjects`` also fills the
+    threshold digit); ``own``: per pack index, the requester's encrypted own digits per slot, raised
+    here to each slot's matched rows (tiled over categories like ``rows``)."""
+    out = []
+    for k, digits in enumerate(names):
+        cols = [values["subjects" if d == THRESHOLD else d] if not d.startswith("own:") else np.zeros(len(rows), np.int64)
+                for d in digits]
+        cv = backend.encrypt(pub, pack(cols))
+        if k in own:
+            theirs = own[k]
+            reps, rest = divmod(len(rows), theirs.length) if theirs.length else (0, 1)
+            if rest or not 1 <= reps <= 64:
+                raise InvalidInput("the requester's own values do not match the job's slots")
+            tiled = PaillierCipherVector(theirs.public, list(theirs.cts) * reps)
+            cv = backend.add(cv, backend.mul_plain(tiled, rows))   # fresh cv re-randomises the product
+        out.append(cv)
+    return out
+
+
+def noise_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], shares: dict[str, np.ndarray]) -> list[CipherVector]:
+    """The main provider's DP noise shares per group, packed like its answers (the threshold digit
+    carries the distinct-subject count's share)."""
+    return [backend.encrypt(pub, pack([shares["subjects" if d == THRESHOLD else d] for d in digits]))
+            for digits in names]
+
+
+# ----- a further provider agency --------------------------------------------------------------------------
+def select(backend: HeBackend, packs: Sequence[CipherVector], keep: np.ndarray) -> list[CipherVector]:
+    """``c^e · Enc(0)`` per entry: the main provider's pack where ``keep`` is 1, an encryption of
+    zero where it is 0 — indistinguishable to whoever holds either (fresh randomness both ways)."""
+    keep = np.asarray(keep, dtype=np.int64)
+    if keep.size and (keep.min() < 0 or keep.max() > 1):
+        raise InvalidInput("a selection is 0 or 1 per slot")
+    out = []
+    for cv in packs:
+        if cv.length != len(keep):
+            raise InvalidInput("the main provider's answer does not match the job's slots")
+        out.append(backend.rerandomize(backend.mul_plain(cv, keep)))
+    return out
+
+
+# ----- coordinator ----------------------------------------------------------------------------------------
+@dataclass
+class PackedMasks:
+    masked: list[CipherVector]     # per pack, one ciphertext per group, for R
+    garbler_input: object
+    pads: np.ndarray               # (groups, aggregates) C's pads, kept by C only
+
+
+def mask(backend: HeBackend, tp, names: list[tuple[str, ...]], vectors: Sequence[str], packs: Sequence[CipherVector],
+         layout: np.ndarray, n_groups: int, noise: list[CipherVector] | None = None,
+         own_shares: np.ndarray | None = None, shift: int = 0) -> PackedMasks:
+    """C: per group and pack Enc(Σ slots + noise + targets), re-randomised; the threshold digit's
+    target is the circuit's (plus ``shift`` under DP), every aggregate's a fresh statistical pad.
+    ``own_shares``: C's DP noise shares, (vectors, groups), added to the targets."""
+    thr = np.full(n_groups, tp.k, dtype=np.int64)
+    targets, g_in = garbler_targets(tp.plan, thr, None)
+    pads = np.array([[secrets.randbits(VALUE_BITS + STAT_BITS) for _ in vectors] for _ in range(n_groups)],
+                    dtype=object).reshape(n_groups, len(vectors))
+    per_digit = {THRESHOLD: [int(x) + shift for x in targets]}
+    for j, name in enumerate(vectors):
+        per_digit[name] = [int(p) for p in pads[:, j]]
+    if own_shares is not None:
+        per_digit[THRESHOLD] = [x + int(s) for x, s in zip(per_digit[THRESHOLD], own_shares[0])]
+        for j, name in enumerate(vectors):
+            per_digit[name] = [x + int(s) for x, s in zip(per_digit[name], own_shares[j])]
+    masked = []
+    for k, digits in enumerate(names):
+        grouped = backend.group_sum(packs[k], layout, n_groups)
+        if noise is not None:
+            if noise[k].length != n_groups:
+                raise InvalidInput("the provider's noise shares do not match the job's groups")
+            grouped = backend.add(grouped, noise[k])
+        masked.append(backend.rerandomize(backend.add_plain(grouped, pack([per_digit[d] for d in digits]))))
+    return PackedMasks(masked, g_in, pads)
+
+
+# ----- requester -----------------------------------------------------------------------------------------
+def open_packs(backend: HeBackend, secret, names: list[tuple[str, ...]], packs: Sequence[CipherVector],
+               n_groups: int) -> dict[str, list[int]]:
+    """R: per digit name, its masked group values (residues mod :data:`DIGIT_MOD`)."""
+    out: dict[str, list[int]] = {}
+    for digits, cv in zip(names, packs):
+        if cv.length != n_groups:
+            raise InvalidInput("masked values do not match the job's groups")
+        cols = unpack(backend.decrypt(secret, cv).tolist(), len(digits))
+        for d, col in zip(digits, cols):
+            out[d] = [v % DIGIT_MOD for v in col]
+    return out
+
+
+__all__ = ["DIGIT_MOD", "THRESHOLD", "VALUE_BITS", "PackedMasks", "clip_own", "digits_per_pack", "mask",
+           "noise_packs", "open_packs", "own_stream", "pack", "pack_names", "pack_stream", "provider_packs", "select",
+           "unpack"]

@@ -252,3 +252,41 @@ def test_the_coordinator_holds_no_identifier_or_value(qfed, db, tmp_path):
     assert "released" not in summary and summary["providers"] == ["tax", "public_security"]
     for text in (job.summary_json, job.leakage_json):
         assert not any(n.decode() in text for n in needles)
+
+
+def test_what_the_requester_decrypts_and_what_each_further_agency_handles(qfed, db, tmp_path, monkeypatch):
+    """Recorded through the real servers (nodes in-process): the requester decrypts exactly one
+    ciphertext per pack, one value per group — never a slot's — and every digit of it is masked
+    (none is a true group total, each far above them); each further agency's output holds none of
+    the ciphertexts it received, and the second agency selects what the first one sent."""
+    from pc_node.secure_agg import query_paillier as qp
+    from pc_node.secure_agg.paillier import PaillierBackend
+    decrypted, selections = [], []
+    real_decrypt, real_select = PaillierBackend.decrypt, qp.select
+
+    def decrypt(self, secret, cv):
+        out = real_decrypt(self, secret, cv)
+        decrypted.append((cv.length, out.tolist()))
+        return out
+
+    def select(backend, packs, keep):
+        out = real_select(backend, packs, keep)
+        selections.append(([set(p.cts) for p in packs], [set(o.cts) for o in out]))
+        return out
+    monkeypatch.setattr(PaillierBackend, "decrypt", decrypt)
+    monkeypatch.setattr(qp, "select", select)
+    fed, _ = qfed
+    res = _run(fed, THREE_AGENCIES, tmp_path)
+    assert res.records == _sqlite(db, THREE_AGENCIES)
+    groups = res.summary["groups"]
+    assert [length for length, _ in decrypted] == [groups]     # one pack: threshold, subjects, rows, sum
+    digits = qp.unpack(decrypted[0][1], 4)
+    names = [c[0] for c in db.execute(THREE_AGENCIES).description]
+    truths = {int(v) for row in db.execute(THREE_AGENCIES).fetchall()
+              for k, v in zip(names, row) if k in ("n", "people", "total")}
+    for column in digits:
+        assert not truths & set(column) and min(column) > 1 << 40
+    assert len(selections) == 2                                    # public_security, then housing
+    (in1, out1), (in2, out2) = selections
+    assert not any(i & o for i, o in zip(in1, out1)) and not any(i & o for i, o in zip(in2, out2))
+    assert in2 == out1

@@ -293,10 +293,13 @@ STEPS: dict[str, Step] = {
     "lookup.finish": Step(NoParams, Queried, "requester: answers → results kept at the node"),
     "query.prepare": Step(NoParams, QueryPrepared,
                           "requester: → pubctx, layout, sealed:<provider>, binding:<provider>"),
-    "query.evaluate": Step(NoParams, QueryEvaluated, "provider: pubctx, sealed, binding → ct:subjects, ct:<aggregate>"),
+    "query.evaluate": Step(NoParams, QueryEvaluated,
+                           "provider: pubctx, sealed, binding → ct:subjects, ct:<aggregate> (BFV); under Paillier"
+                           " [ct:own:pack<k>] → ct:pack<k> at the main provider, ct:pack<k> → ct:pack<k> (selected)"
+                           " at a further agency"),
     "query.release": Step(QueryReleaseParams, QueryReleased,
-                          "requester (bidirectional): masked:subjects, masked:<aggregate>, gc2, gc4, release → gc1,"
-                          " gc3; results kept at the node"),
+                          "requester (bidirectional): masked:threshold, masked:<aggregate> (BFV) or masked:pack<k>"
+                          " (Paillier), gc2, gc4, release → gc1, gc3; results kept at the node"),
     "query_private.prepare": Step(NoParams, PrivatePrepared,
                                   "requester: → pubctx, sizes, sealed:<provider> (sizes and H(x)^a), "
                                   "binding:<provider>"),

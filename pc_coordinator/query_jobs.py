@@ -109,8 +109,6 @@ def run(ctx: JobContext, doc: dict) -> None:
         scheme = plan.he_scheme()
         backend = get_backend(scheme)
         pub = backend.load_public(pubctx)
-        if scheme == "paillier":      # the requester's encrypted own values go to the main provider
-            lists[provider].update({k: v for k, v in blobs.items() if k.startswith(schema.ciphertext_stream("own:"))})
         timings["prepare_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -127,22 +125,17 @@ def run(ctx: JobContext, doc: dict) -> None:
         reps = max(len(cats), 1)
         layout = np.concatenate([layout + c * n_groups for c in range(reps)])
         n_groups *= reps
+        packs = qp.pack_names(names, qp.digits_per_pack(pub)) if scheme == "paillier" else []
         streams = [schema.ciphertext_stream(n) for n in names] if scheme == "bfv" else \
-            [schema.ciphertext_stream(qp.pack_stream(k)) for k in range(len(qp.pack_names(names, qp.digits_per_pack(pub))))]
-        answer = _answer(provider, ev_blobs, streams)
+            [schema.ciphertext_stream(qp.pack_stream(k)) for k in range(len(packs))]
+        cvs = _load_answer(provider, ev_blobs, streams, backend, pub, n_slots * reps)
         timings["evaluate_s"] = time.perf_counter() - t
         for agency in plan.indicator_providers():     # each keeps the answer where its semi-joins hold
             t = time.perf_counter()
-            done_msg, blobs = collect_blobs(ctx, agency, send_blobs([ctx.header("query.evaluate", requester)],
-                                                                     {**lists[agency], **answer}))
-            selected: schema.QueryEvaluated = schema.decode_result("query.evaluate", done_msg)
-            if selected.aggregates != names or selected.subjects != n_slots or selected.categories:
-                raise InvalidInput(f"provider '{agency}' answered other aggregates than the query's")
-            answer = _answer(agency, blobs, streams)
+            cvs = _select_at(ctx, agency, requester, lists[agency], backend, pub, packs, streams, cvs, names,
+                             n_slots)
             timings[f"select_{agency}_s"] = time.perf_counter() - t
-        cvs = {name: backend.load_ciphertext(pub, blob) for name, blob in answer.items()}
-        if any(cv.length != n_slots * reps for cv in cvs.values()):
-            raise InvalidInput(f"provider '{provider}' answered another number of slots")
+        cvs = dict(zip(streams, cvs))
 
         t = time.perf_counter()
         t_mod = pub.plaintext_modulus if scheme == "bfv" else qp.DIGIT_MOD
@@ -166,7 +159,7 @@ def run(ctx: JobContext, doc: dict) -> None:
                          [cvs[s] for s in streams], layout, n_groups, None if noise is None else noise.provider,
                          None if noise is None else noise.coordinator, 0 if noise is None else noise.shift)
             masked = [(schema.masked_stream(qp.pack_stream(k)), cv) for k, cv in enumerate(cm.masked)]
-        del cvs, ev_blobs, noise, answer
+        del cvs, ev_blobs, noise
         timings["mask_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -189,12 +182,31 @@ def run(ctx: JobContext, doc: dict) -> None:
         ctx.cleanup([requester] + providers)
 
 
-def _answer(agency: str, blobs: dict[str, bytes], streams: list[str]) -> dict[str, bytes]:
-    """A provider's answer streams, each present (their ciphertexts are checked when loaded)."""
+def _load_answer(agency: str, blobs: dict[str, bytes], streams: list[str], backend, pub, length: int) -> list:
+    """A provider's answer streams as ciphertexts, each present and of the job's length."""
     missing = [name for name in streams if name not in blobs]
     if missing:
         raise InvalidInput(f"provider '{agency}' did not send {', '.join(missing)}")
-    return {name: blobs[name] for name in streams}
+    cvs = [backend.load_ciphertext(pub, blobs[name]) for name in streams]
+    if any(cv.length != length for cv in cvs):
+        raise InvalidInput(f"provider '{agency}' answered another number of slots")
+    return cvs
+
+
+def _select_at(ctx: JobContext, agency: str, requester: str, streams_in: dict, backend, pub, packs, streams,
+               cvs: list, names, n_slots: int) -> list:
+    """A further agency's selection of the answer so far, between this coordinator's masks: it
+    never holds the main provider's ciphertexts unmasked (``query_paillier.mask_for_selection``)."""
+    masked, masks = qp.mask_for_selection(backend, packs, cvs)
+    done_msg, blobs = collect_blobs(ctx, agency, send_blobs(
+        [ctx.header("query.evaluate", requester)],
+        {**streams_in, **{s: cv.serialize() for s, cv in zip(streams, masked)}}))
+    answer: schema.QueryEvaluated = schema.decode_result("query.evaluate", done_msg)
+    if answer.aggregates != names or answer.subjects != n_slots or answer.categories:
+        raise InvalidInput(f"provider '{agency}' answered other aggregates than the query's")
+    selected = _load_answer(agency, blobs, streams, backend, pub, cvs[0].length)
+    kept = _load_answer(agency, blobs, [schema.ciphertext_stream(qp.KEPT)], backend, pub, n_slots)[0]
+    return qp.unmask_selection(backend, selected, kept, masks)
 
 
 def _column_type(plan: QueryPlan, directory: Directory) -> str:
@@ -282,12 +294,6 @@ def leakage_report(plan: QueryPlan, requester: str, provider: str, n: int, group
         ],
         provider: asked + ["nothing about groups, group values or results"],
     }
-    if plan.own_sum_columns():
-        report[provider].append(f"the requester's {', '.join(plan.own_sum_columns())} per identifier, encrypted under"
-                                " its key (it raised them to its matched-row counts without seeing them)")
-        report[requester].append("a released sum of its own column weighs its own values by the providers' matches;"
-                                 " values it chose can make that sum tell apart its subjects' matches, which is why"
-                                 " such a query cannot carry DP (providers demanding DP refuse it)")
     for other in plan.indicator_providers():
         report[other] = asked + [
             (f"nothing about groups, group values, results or {provider}'s answers: it kept {provider}'s encrypted"

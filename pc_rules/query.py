@@ -19,7 +19,7 @@ Accepted (standard SQL semantics on the joined rows)::
 * provider datasets in ``EXISTS`` / ``NOT EXISTS (SELECT … FROM agency.dataset x WHERE
   x.key = a.key AND …)`` semi-joins — of the JOIN's agency or of further provider agencies;
 * aggregates ``COUNT(*)``, ``COUNT(DISTINCT a.<key>)``, ``SUM(col)``, ``AVG(col)`` of columns of the
-  JOINed dataset or of the requester's own;
+  JOINed dataset;
 * ``GROUP BY`` requester columns and at most one column of the JOINed dataset whose metadata
   declares its categories (every selected column must be a group column);
 * ``WHERE`` conjuncts, each on one table, in the ``where`` grammar's operators
@@ -53,7 +53,7 @@ from pc_rules.query_refusals import name_of as _name
 from pc_rules.query_refusals import unsupported as _unsupported
 from pc_rules.where import parse_where
 
-__all__ = ["AGGREGATES", "check_epsilon", "MAX_PROVIDER_AGENCIES", "MAX_SQL_LENGTH", "Aggregate", "QueryPlan", "SemiJoin", "TableRef", "parse_query"]
+__all__ = ["AGGREGATES", "MAX_PROVIDER_AGENCIES", "MAX_SQL_LENGTH", "Aggregate", "QueryPlan", "SemiJoin", "TableRef", "parse_query"]
 
 MAX_SQL_LENGTH = 8000
 #: Provider agencies of one query: the main one (the JOIN's, else the first semi-join's) and
@@ -152,43 +152,23 @@ class QueryPlan:
 
     def sum_columns(self) -> tuple[str, ...]:
         """Provider columns (of the JOIN) that SUM or AVG read, each once, in SELECT order."""
-        return tuple(dict.fromkeys(a.column for a in self.select
-                                   if a.func in ("sum", "avg") and a.alias != self.source.alias))
-
-    def own_sum_columns(self) -> tuple[str, ...]:
-        """The requester's own columns that SUM or AVG read, each once, in SELECT order."""
-        return tuple(dict.fromkeys(a.column for a in self.select
-                                   if a.func in ("sum", "avg") and a.alias == self.source.alias))
+        return tuple(dict.fromkeys(a.column for a in self.select if a.func in ("sum", "avg")))
 
     def vectors(self) -> tuple[str, ...]:
-        """The aggregate vectors, in order: distinct subjects, joined rows, one sum per provider
-        column (``sum:col``), one per own column (``own:col``)."""
-        return (("subjects", "rows") + tuple(f"sum:{c}" for c in self.sum_columns())
-                + tuple(f"own:{c}" for c in self.own_sum_columns()))
-
-    def sum_vector(self, item: Aggregate) -> str:
-        """The vector a SUM / AVG item reads."""
-        return f"{'own' if item.alias == self.source.alias else 'sum'}:{item.column}"
+        """The aggregate vectors, in order: distinct subjects, joined rows, one sum per column (``sum:col``)."""
+        return ("subjects", "rows") + tuple(f"sum:{c}" for c in self.sum_columns())
 
     def he_scheme(self) -> str:
-        """``bfv`` (batched, fast) unless the answer needs a product of two parties' data — a
-        further provider agency's test, or the requester's own values times a provider's matches —
-        which runs under ``paillier``, whose re-randomisation hides how a ciphertext was made."""
-        return "paillier" if self.indicator_providers() or self.own_sum_columns() else "bfv"
+        """``bfv`` (batched, fast) unless the answer needs a product of two agencies' data — a
+        further provider agency's test times the main provider's answers — which runs under
+        ``paillier``, whose re-randomisation hides how a ciphertext was made."""
+        return "paillier" if self.indicator_providers() else "bfv"
 
     def table(self, alias: str) -> TableRef:
         for t in (self.source, *(s.table for s in self.providers_sources())):
             if t.alias == alias:
                 return t
         raise KeyError(alias)
-
-
-def check_epsilon(plan: QueryPlan, epsilon: float | None) -> None:
-    """DP bounds every subject's contribution by clipping it where the values are in the clear; the
-    requester's own values reach the provider only encrypted, so nobody could clip them."""
-    if epsilon and plan.own_sum_columns():
-        raise _fail("SUM/AVG of your own columns cannot carry differential privacy (the provider cannot clip"
-                    " values it holds only encrypted); sum provider columns, or run without --epsilon")
 
 
 # ----- parsing -------------------------------------------------------------------------------------------
@@ -474,9 +454,15 @@ def parse_query(sql: str) -> QueryPlan:
             if inner.args.get("expressions"):
                 raise _fail(f"{func.upper()} takes one column")
             alias, col = _column(inner.this, aliases)
-            if alias != source.alias and (join is None or alias != join.table.alias):
-                raise _fail(f"{func.upper()}({alias}.{col}): only columns of your own dataset or of the JOINed"
-                            " provider dataset can be summed (an EXISTS dataset only tests)")
+            if alias == source.alias:
+                # Σ over the matched rows of values the requester chooses is any linear function of
+                # the providers' per-subject matches it likes (weights 1, 2, 4, … spell them out); no
+                # party can check encrypted weights, so neither k nor DP would protect the providers.
+                raise _fail(f"{func.upper()}({alias}.{col}): sums of your own columns are not supported — weighted"
+                            " by values only you know, a sum could spell out each subject's match (docs/query.md)")
+            if join is None or alias != join.table.alias:
+                raise _fail(f"{func.upper()}({alias}.{col}): only columns of the JOINed provider dataset can be"
+                            " summed (an EXISTS dataset only tests)")
             items.append(Aggregate(func, _header(item, inner), alias, col))
             continue
         raise _unsupported(inner)

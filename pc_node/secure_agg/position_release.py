@@ -28,8 +28,6 @@ def unsupported(plan) -> str | None:
     it groups by requester columns only, and needs a positive provider set (a JOIN or EXISTS)."""
     if len(plan.providers()) > 1:
         return "--private supports datasets of one provider agency per query; run it without --private"
-    if plan.own_sum_columns():
-        return "--private sums provider columns only (SUM/AVG of your own columns need the default mode)"
     if plan.provider_group or any(a.func == "group" and a.alias != plan.source.alias for a in plan.select):
         return "--private supports GROUP BY requester columns only"
     if not any(s.kind in ("join", "exists") for s in plan.providers_sources()):

@@ -1,22 +1,22 @@
-"""Federated queries whose answer is a product of two parties' data, under Paillier (docs/query.md,
-"Products under Paillier").
+"""Federated queries whose answer is a product of two agencies' data, under Paillier (docs/query.md,
+"Several provider agencies").
 
-BFV would need a ciphertext product (a further agency's test × the main provider's answers, the
-requester's own values × the provider's matched rows), and a BFV product's decryption noise
-depends on its factors, which the key holder — the requester's node — could read. Paillier needs
-no product of ciphertexts: each factor that is not encrypted is a plaintext of the party that
-applies it, and every result is multiplied by a fresh encryption of zero, so a ciphertext
-carries nothing of how it was made (re-randomisation is perfect up to the key's assumption).
+BFV would need a ciphertext product (a further agency's 0/1 test × the main provider's answers),
+and a BFV product's decryption noise depends on its factors, which the key holder — the
+requester's node — could read. Paillier needs no product of ciphertexts: the further agency's
+factor is its own plaintext, and every result is multiplied by a fresh encryption of zero, so a
+ciphertext carries nothing of how it was made (re-randomisation is perfect up to the key's
+assumption).
 
 * **Packs.** A slot's values (the threshold's copy of ``subjects``, then the plan's vectors) are
   digits of one plaintext, ``Σ v_j · 2^(128·j)``, up to :func:`digits_per_pack` per ciphertext. Signed
   digits add up without interfering as long as every digit stays within ±2^127: per-slot values
-  are below 2^50, group totals below 2^VALUE_BITS, masks below 2^(VALUE_BITS+40).
-* **The requester's own values** (``own:<col>``, clipped) are encrypted by the requester into
-  their digits; the main provider raises that ciphertext to the slot's matched-row count and
-  multiplies its own fresh encryption in: Enc(a·rows + its own digits).
-* **A further agency** keeps a slot's packs where its own semi-joins hold and puts a fresh
-  encryption of zero elsewhere: ``c^e · Enc(0)``, e ∈ {0, 1} (:func:`select`).
+  are below 2^35, group totals below 2^VALUE_BITS, masks below 2^(VALUE_BITS+40).
+* **A further agency** never holds the main provider's ciphertexts as they are: the coordinator
+  adds a statistical mask R per entry and digit (:func:`mask_for_selection`); the agency answers
+  ``Enc(e·(v + R))·Enc(0)`` and ``Enc(e)``, e ∈ {0, 1} its own test (:func:`select`); the
+  coordinator removes ``e·R`` with ``Enc(e)^(−R)`` (:func:`unmask_selection`). So even an agency
+  that hands all it holds to the requester gives away v + R, statistically hiding v (κ = 40).
 * **The coordinator** sums per group (a product of ciphertexts, no key), adds the providers'
   encrypted noise shares (DP), adds per digit the threshold target or the aggregate's pad (and
   its own noise shares) and re-randomises: the requester decrypts one integer per group and pack.
@@ -32,7 +32,6 @@ from typing import Sequence
 import numpy as np
 
 from pc_common.errors import InvalidInput
-from pc_common.wire import MAX_VALUE_CENTS
 
 from .backend import CipherVector, HeBackend
 from .gc.masking import STAT_BITS
@@ -42,22 +41,21 @@ from .verdict import garbler_targets
 DIGIT_BITS = 128
 #: What the threshold and release plans of :mod:`.query_release` take as the modulus t.
 DIGIT_MOD = 1 << DIGIT_BITS
-#: |a group's total| of any digit, DP noise included: 2^24 rows × clipped own values ±10^10 ×
-#: 2^16 matched rows stays below 2^74; 2^76 leaves room for the noise and the shift.
+#: |a slot's value| of any digit: clipped sums ±10^10 < 2^34, matched rows ≤ 2^16, 0/1 indicators.
+SLOT_BITS = 35
+#: |a group's total| of any digit, DP noise included: 2^24 rows × 2^34 stays below 2^58; 2^76
+#: leaves room for the noise shares (each below 2^50) and the DP shift.
 VALUE_BITS = 76
 #: The digit that carries the threshold's copy of the distinct-subject indicator.
 THRESHOLD = "threshold"
+#: A further agency's stream of its encrypted 0/1 tests (``ct:kept``).
+KEPT = "kept"
 _HALF = 1 << (DIGIT_BITS - 1)
 
 
 def pack_stream(k: int) -> str:
     """The name of pack ``k``'s streams (``ct:pack0``, ``masked:pack0``, ``ct:noise:pack0``)."""
     return f"pack{k}"
-
-
-def own_stream(k: int) -> str:
-    """The requester's encrypted own digits of pack ``k`` (``ct:own:pack0``)."""
-    return f"own:pack{k}"
 
 
 def digits_per_pack(public) -> int:
@@ -104,31 +102,12 @@ def unpack(values: Sequence[int], digits: int) -> list[list[int]]:
     return cols
 
 
-def clip_own(values: Sequence[int]) -> list[int]:
-    """The requester's own per-subject values, clipped to ±MAX_VALUE_CENTS before encryption."""
-    return [max(-MAX_VALUE_CENTS, min(MAX_VALUE_CENTS, int(v))) for v in values]
-
-
 # ----- main provider ------------------------------------------------------------------------------------
-def provider_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], values: dict[str, np.ndarray],
-                   own: dict[int, CipherVector], rows: np.ndarray) -> list[CipherVector]:
-    """The main provider's packs. ``values``: its per-slot vectors (``subjects`` also fills the
-    threshold digit); ``own``: per pack index, the requester's encrypted own digits per slot, raised
-    here to each slot's matched rows (tiled over categories like ``rows``)."""
-    out = []
-    for k, digits in enumerate(names):
-        cols = [values["subjects" if d == THRESHOLD else d] if not d.startswith("own:") else np.zeros(len(rows), np.int64)
-                for d in digits]
-        cv = backend.encrypt(pub, pack(cols))
-        if k in own:
-            theirs = own[k]
-            reps, rest = divmod(len(rows), theirs.length) if theirs.length else (0, 1)
-            if rest or not 1 <= reps <= 64:
-                raise InvalidInput("the requester's own values do not match the job's slots")
-            tiled = PaillierCipherVector(theirs.public, list(theirs.cts) * reps)
-            cv = backend.add(cv, backend.mul_plain(tiled, rows))   # fresh cv re-randomises the product
-        out.append(cv)
-    return out
+def provider_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], values: dict[str, np.ndarray]
+                   ) -> list[CipherVector]:
+    """The main provider's packs of its per-slot vectors (``subjects`` also fills the threshold digit)."""
+    return [backend.encrypt(pub, pack([values["subjects" if d == THRESHOLD else d] for d in digits]))
+            for digits in names]
 
 
 def noise_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], shares: dict[str, np.ndarray]) -> list[CipherVector]:
@@ -138,19 +117,48 @@ def noise_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], shares: d
             for digits in names]
 
 
-# ----- a further provider agency --------------------------------------------------------------------------
-def select(backend: HeBackend, packs: Sequence[CipherVector], keep: np.ndarray) -> list[CipherVector]:
-    """``c^e · Enc(0)`` per entry: the main provider's pack where ``keep`` is 1, an encryption of
-    zero where it is 0 — indistinguishable to whoever holds either (fresh randomness both ways)."""
+# ----- a further provider agency (its selection between the coordinator's masks) ----------------------
+def mask_for_selection(backend: HeBackend, names: list[tuple[str, ...]], packs: Sequence[CipherVector]
+                       ) -> tuple[list[CipherVector], list[list[int]]]:
+    """C, before a further agency: every entry plus a fresh mask, uniform below 2^(SLOT_BITS+40) in
+    each digit. Returns the masked packs and the masks (kept by C for :func:`unmask_selection`)."""
+    masked, masks = [], []
+    for digits, cv in zip(names, packs):
+        cols = [[secrets.randbits(SLOT_BITS + STAT_BITS) for _ in range(cv.length)] for _ in digits]
+        r = pack(cols)
+        masked.append(backend.add_plain(cv, r))
+        masks.append(r)
+    return masked, masks
+
+
+def select(backend: HeBackend, packs: Sequence[CipherVector], keep: np.ndarray, pub
+           ) -> tuple[list[CipherVector], CipherVector]:
+    """A further agency: ``c^e · Enc(0)`` per entry — the (masked) pack where ``keep`` is 1, an
+    encryption of zero where it is 0 — and ``Enc(e)`` per slot, fresh, for the coordinator. With
+    a provider GROUP BY the packs hold categories × slots entries (category-major) and ``keep``
+    is tiled over the categories."""
     keep = np.asarray(keep, dtype=np.int64)
     if keep.size and (keep.min() < 0 or keep.max() > 1):
         raise InvalidInput("a selection is 0 or 1 per slot")
-    out = []
-    for cv in packs:
-        if cv.length != len(keep):
-            raise InvalidInput("the main provider's answer does not match the job's slots")
-        out.append(backend.rerandomize(backend.mul_plain(cv, keep)))
-    return out
+    reps = packs[0].length // len(keep) if packs and len(keep) else 0
+    if not 1 <= reps <= 64 or any(cv.length != reps * len(keep) for cv in packs):
+        raise InvalidInput("the main provider's answer does not match the job's slots")
+    tiled = np.tile(keep, reps)
+    out = [backend.rerandomize(backend.mul_plain(cv, tiled)) for cv in packs]
+    return out, backend.encrypt(pub, keep)
+
+
+def unmask_selection(backend: HeBackend, selected: Sequence[CipherVector], kept: CipherVector,
+                     masks: list[list[int]]) -> list[CipherVector]:
+    """C: Enc(e·(v + R)) · Enc(e)^(−R) = Enc(e·v) per entry (``kept`` per slot, tiled over categories)."""
+    if not kept.length or len(selected) != len(masks) or not selected:
+        raise InvalidInput("the further agency's answer does not match the job's slots")
+    reps, rest = divmod(selected[0].length, kept.length)
+    if rest or not 1 <= reps <= 64 or any(cv.length != len(r) or cv.length != selected[0].length
+                                          for cv, r in zip(selected, masks)):
+        raise InvalidInput("the further agency's answer does not match the job's slots")
+    tiled = PaillierCipherVector(kept.public, list(kept.cts) * reps)
+    return [backend.add(cv, backend.mul_plain(tiled, [-x for x in r])) for cv, r in zip(selected, masks)]
 
 
 # ----- coordinator ----------------------------------------------------------------------------------------
@@ -191,18 +199,26 @@ def mask(backend: HeBackend, tp, names: list[tuple[str, ...]], vectors: Sequence
 
 # ----- requester -----------------------------------------------------------------------------------------
 def open_packs(backend: HeBackend, secret, names: list[tuple[str, ...]], packs: Sequence[CipherVector],
-               n_groups: int) -> dict[str, list[int]]:
-    """R: per digit name, its masked group values (residues mod :data:`DIGIT_MOD`)."""
+               n_groups: int) -> tuple[dict[str, list[int]], np.ndarray]:
+    """R: per digit name, its masked group values (residues mod :data:`DIGIT_MOD`), and per group
+    whether its packs decoded as the protocol makes them. A group that did not (only a deviating
+    coordinator makes one) must look no different from outside: the caller goes on as usual and
+    releases nothing of it — failing would tell the coordinator one bit of its choice."""
     out: dict[str, list[int]] = {}
+    bad = np.zeros(n_groups, dtype=bool)
     for digits, cv in zip(names, packs):
         if cv.length != n_groups:
             raise InvalidInput("masked values do not match the job's groups")
-        cols = unpack(backend.decrypt(secret, cv).tolist(), len(digits))
+        top = 1 << (DIGIT_BITS * len(digits) - 1)
+        values = [int(x) for x in backend.decrypt(secret, cv).tolist()]
+        odd = np.array([not -top <= x < top for x in values], dtype=bool)
+        bad |= odd
+        cols = unpack([0 if o else x for x, o in zip(values, odd.tolist())], len(digits))
         for d, col in zip(digits, cols):
             out[d] = [v % DIGIT_MOD for v in col]
-    return out
+    return out, bad
 
 
-__all__ = ["DIGIT_MOD", "THRESHOLD", "VALUE_BITS", "PackedMasks", "clip_own", "digits_per_pack", "mask",
-           "noise_packs", "open_packs", "own_stream", "pack", "pack_names", "pack_stream", "provider_packs", "select",
-           "unpack"]
+__all__ = ["DIGIT_MOD", "KEPT", "SLOT_BITS", "THRESHOLD", "VALUE_BITS", "PackedMasks", "digits_per_pack", "mask",
+           "mask_for_selection", "noise_packs", "open_packs", "pack", "pack_names", "pack_stream", "provider_packs",
+           "select", "unmask_selection", "unpack"]

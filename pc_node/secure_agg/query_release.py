@@ -225,13 +225,26 @@ def release_message(garbler, pads: np.ndarray, context: bytes, t: int) -> bytes:
 
 
 # ----- requester ---------------------------------------------------------------------------------------
-def requester_input(tp: ThresholdPlan, d_subjects: np.ndarray, t: int):
-    return evaluator_input(tp.plan, d_subjects, t)
+def requester_input(tp: ThresholdPlan, d_subjects, t: int, bad: np.ndarray | None = None):
+    """R's circuit input from its masked threshold values, and which groups it must not release.
+
+    An integer-mode value outside [0, 2^(l+41)) — only a deviating coordinator makes one — is
+    replaced by 0 and its group marked, instead of failing: a failure would tell the coordinator
+    one bit of its choice (e.g. whether a group it made up counts a subject)."""
+    bad = np.zeros(len(d_subjects), dtype=bool) if bad is None else np.array(bad, dtype=bool)
+    if tp.plan.mode == "integer":
+        top = 1 << (tp.plan.bits + STAT_BITS + 1)
+        values = [int(x) for x in (d_subjects.tolist() if isinstance(d_subjects, np.ndarray) else d_subjects)]
+        odd = np.array([not 0 <= x < top for x in values], dtype=bool)
+        bad |= odd
+        d_subjects = [0 if o else x for x, o in zip(values, odd.tolist())]
+    return evaluator_input(tp.plan, d_subjects, t), bad
 
 
 def open_released(evaluator, suppressed: np.ndarray, masked_groups: list[np.ndarray], message: bytes,
-                  context: bytes, t: int) -> list[list[int] | None]:
-    """R: per group None (suppressed) or its aggregates as signed integers (pads removed).
+                  context: bytes, t: int, withheld: np.ndarray | None = None) -> list[list[int] | None]:
+    """R: per group None (suppressed, or ``withheld``: its values did not decode, see
+    :func:`requester_input`) or its aggregates as signed integers (pads removed).
 
     A suppressed group's pads stay encrypted under a label R does not hold, so its masked
     aggregates are never turned into values."""
@@ -243,7 +256,7 @@ def open_released(evaluator, suppressed: np.ndarray, masked_groups: list[np.ndar
     labels = evaluator.output_labels()
     out: list[list[int] | None] = []
     for g in range(n_groups):
-        if suppressed[g]:
+        if suppressed[g] or (withheld is not None and withheld[g]):
             out.append(None)
             continue
         raw = _xor(message[g * row:(g + 1) * row], _keystream(labels[g, 0], context, g, row))

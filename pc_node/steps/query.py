@@ -3,10 +3,9 @@
 Requester node:
   ``query.prepare``  its own dataset's rows, filtered by its WHERE, grouped by the GROUP BY
                      columns; a fresh one-job key pair (BFV, or Paillier where the answer is a
-                     product: ``QueryPlan.he_scheme``); opaque slots (one per row, random); to each
-                     provider a sealed (slot, identifier) list in random order (to the main one
-                     also its own summed values, encrypted); to the coordinator the public key
-                     and the slot→group layout (sizes only).
+                     product of two agencies' data: ``QueryPlan.he_scheme``); opaque slots (one
+                     per row, random); to each provider a sealed (slot, identifier) list in random
+                     order; to the coordinator the public key and the slot→group layout (sizes only).
   ``query.release``  decrypts masked values only, learns per group the suppression bit of the
                      garbled-circuit comparison [distinct subjects < k], removes the pads of
                      released groups (keyed by the circuit's output label), writes the results.
@@ -16,11 +15,11 @@ Provider node:
                      indicator, its matched-row count and its clipped sums — per category and slot
                      for a provider GROUP BY (one-hot); with DP (signed ε) also its encrypted noise
                      shares per group, after the ε ledger (``query_disclosure``) charged the job.
-                     Under Paillier the vectors are digits of packs (``query_paillier``), and the
-                     requester's own values are raised to each slot's matched rows. A further
-                     provider agency (semi-joins only, after charging its own ledger) keeps the
-                     main provider's packs where its semi-joins hold and puts a fresh encryption
-                     of zero elsewhere.
+                     Under Paillier the vectors are digits of packs (``query_paillier``). A
+                     further provider agency (semi-joins only, after charging its own ledger)
+                     gets the main provider's packs masked by the coordinator, keeps them where its
+                     semi-joins hold and puts a fresh encryption of zero elsewhere, and returns its
+                     0/1 tests encrypted so that the coordinator can remove its masks.
 """
 from __future__ import annotations
 
@@ -63,10 +62,10 @@ from pc_node.steps.query_disclosure import (  # noqa: F401  (check_group_size: a
     plan_of,
 )
 from pc_node.steps.query_disclosure import params_of as _params
-from pc_node.steps.query_eval import INDICATOR, cell_values, evaluate_slots
+from pc_node.steps.query_eval import INDICATOR, evaluate_slots
 from pc_node.steps.query_results import full_group, results_csv
 from pc_node.steps.verify import WORKING_DATA_HOURS, wipe
-from pc_rules.query import QueryPlan, check_epsilon, parse_query
+from pc_rules.query import QueryPlan, parse_query
 from pc_rules.query_catalog import query_column_uses
 from pc_rules.where import check_types
 
@@ -97,14 +96,7 @@ def _own_catalog(runtime) -> dict:
 
 
 def own_rows(runtime, plan: QueryPlan) -> tuple[list[str], list[tuple[str, ...]]]:
-    """(identifiers, group values) of the requester's rows passing its WHERE, one row per subject."""
-    ids, groups, _ = own_table(runtime, plan)
-    return ids, groups
-
-
-def own_table(runtime, plan: QueryPlan) -> tuple[list[str], list[tuple[str, ...]], dict[str, np.ndarray]]:
-    """``own_rows`` and, per own summed column (``plan.own_sum_columns()``), each row's value in
-    the plan's unit (cents for decimals).
+    """(identifiers, group values) of the requester's rows passing its WHERE, one row per subject.
 
     Kept for the dataset's current version and the query (submission and ``query.prepare`` both
     need it; a changed dataset reads anew, and ``prepare`` compares the counts with the signed ones)."""
@@ -114,10 +106,8 @@ def own_table(runtime, plan: QueryPlan) -> tuple[list[str], list[tuple[str, ...]
         return cached[1]
     meta = runtime.store.dataset(plan.source.dataset)
     names = [c.name for c in meta.columns]
-    types = {c.name: c.type for c in meta.columns}
     at = [names.index(g) for g in plan.group_by]
-    summed = plan.own_sum_columns()
-    wanted = set(plan.group_by) | set(summed) | (plan.where.columns() if plan.where is not None else set())
+    wanted = set(plan.group_by) | (plan.where.columns() if plan.where is not None else set())
     keys = list(dict.fromkeys(runtime.store.keys(plan.source.dataset)))
     found = runtime.store.rows_for_keys(plan.source.dataset, keys, columns=sorted(wanted))
     where = plan.where
@@ -129,10 +119,9 @@ def own_table(runtime, plan: QueryPlan) -> tuple[list[str], list[tuple[str, ...]
                            " one row per subject")
     ids = [k for k, rs in zip(keys, per_key) if rs]
     groups = [tuple(rs[0][j] for j in at) for rs in per_key if rs]
-    values = {c: cell_values([rs[0][names.index(c)] for rs in per_key if rs], types[c]) for c in summed}
     _own_cache.clear()
-    _own_cache["rows"] = (stamp, (ids, groups, values))
-    return ids, groups, values
+    _own_cache["rows"] = (stamp, (ids, groups))
+    return ids, groups
 
 
 def prepare_job(runtime, params: dict, subject_set: str = "") -> tuple[dict, str]:
@@ -149,12 +138,8 @@ def prepare_job(runtime, params: dict, subject_set: str = "") -> tuple[dict, str
     for c in sorted(set(plan.group_by) | (plan.where.columns() if plan.where is not None else set())):
         if c not in cols:
             raise InvalidInput(f"query: dataset '{plan.source.ref}' has no column '{c}'")
-    for c in plan.own_sum_columns():
-        if c not in cols:
-            raise InvalidInput(f"query: dataset '{plan.source.ref}' has no column '{c}'")
     if plan.where is not None:
         check_types(plan.where, cols)
-    check_epsilon(plan, p.epsilon)
     ids, groups = own_rows(runtime, plan)
     return {**params, "subjects": len(ids), "groups": len(set(groups))}, p.purpose
 
@@ -168,7 +153,7 @@ def prepare(runtime, header, inbound):
     if doc["requester"] != runtime.node_id:
         raise PermissionDenied("only the requester node prepares its own job")
     plan, params = plan_of(doc), _params(doc)
-    ids, groups, values = own_table(runtime, plan)
+    ids, groups = own_rows(runtime, plan)
     distinct = list(dict.fromkeys(groups))
     if len(ids) != params.subjects or len(distinct) != params.groups:
         raise InvalidInput("the requester's dataset changed since the job was signed; submit the query again")
@@ -186,32 +171,10 @@ def prepare(runtime, header, inbound):
     pubctx = pub.serialize()
     yield from blob_chunks("pubctx", pubctx)
     yield from blob_chunks("layout", placed.layout.tobytes())
-    extra = {}
-    if plan.own_sum_columns():         # the main provider raises these to each slot's matched rows
-        extra[plan.main_provider()] = own = _own_packs(backend, pub, plan, values, slots)
-        for name, blob in own.items():
-            yield from blob_chunks(name, blob)
-    yield from subject_lists.send_lists(runtime, "query", doc["job_id"], plan.providers(), slots, ids, pubctx, extra)
+    yield from subject_lists.send_lists(runtime, "query", doc["job_id"], plan.providers(), slots, ids, pubctx)
     runtime.audit.append("query.prepare", job=doc["job_id"], requester=runtime.node_id, purpose=doc["purpose"],
                          counts={"subjects": n, "groups": len(distinct)})
     yield done(schema.QueryPrepared(slots=n, groups=len(distinct)))
-
-
-def _own_packs(backend, pub, plan: QueryPlan, values: dict[str, np.ndarray], slots: list[int]) -> dict[str, bytes]:
-    """Per pack that holds own digits: the requester's clipped own values, encrypted per slot."""
-    n, at = len(slots), np.asarray(slots, dtype=np.int64)
-    out = {}
-    for k, digits in enumerate(qp.pack_names(plan.vectors(), qp.digits_per_pack(pub))):
-        if not any(d.startswith("own:") for d in digits):
-            continue
-        cols = []
-        for d in digits:
-            col = np.zeros(n, dtype=np.int64)
-            if d.startswith("own:"):
-                col[at] = qp.clip_own(values[d.removeprefix("own:")])
-            cols.append(col)
-        out[schema.ciphertext_stream(qp.own_stream(k))] = backend.encrypt(pub, qp.pack(cols)).serialize()
-    return out
 
 
 def evaluate(runtime, header, inbound):
@@ -230,14 +193,9 @@ def evaluate(runtime, header, inbound):
     pub = backend.load_public(pubctx)
     names = qp.pack_names(plan.vectors(), qp.digits_per_pack(pub)) if scheme == "paillier" else []
     limit = params.subjects * 64 * getattr(pub, "ct_bytes", 0) + 4096
-    own = {}                      # the requester's encrypted own values (signed in the binding)
-    if main and plan.own_sum_columns():
-        own = {name: read_blob(inbound, name, limit) for name in
-               (schema.ciphertext_stream(qp.own_stream(k)) for k, d in enumerate(names)
-                if any(x.startswith("own:") for x in d))}
     theirs = [] if main or scheme != "paillier" else \
         [read_blob(inbound, schema.ciphertext_stream(qp.pack_stream(k)), limit) for k in range(len(names))]
-    subject_lists.check_binding(runtime, "query", doc, pubctx, sealed, signature, own or None)
+    subject_lists.check_binding(runtime, "query", doc, pubctx, sealed, signature)
     if params.epsilon:
         charge_epsilon(runtime, doc, grants)      # before the list is opened or anything evaluated
     use_once(runtime, doc, "query.evaluate")
@@ -254,18 +212,13 @@ def evaluate(runtime, header, inbound):
     values = evaluate_slots(runtime, plan, items, n, bounds, cats)
     clock.lap("evaluate")
     yield progress("evaluate", runtime.node_id, n, n)
-    if not main:                  # keep the main provider's packs where this node's semi-joins hold
-        packs = [backend.load_ciphertext(pub, b) for b in theirs]
-        reps = packs[0].length // n if packs and n else 0
-        if not 1 <= reps <= 64 or any(cv.length != n * reps for cv in packs):
-            raise InvalidInput("the main provider's answer does not match the job's slots")
-        for k, cv in enumerate(qp.select(backend, packs, np.tile(values[INDICATOR], reps))):
+    if not main:                  # keep the (masked) main provider's packs where this node's semi-joins hold
+        selected, kept = qp.select(backend, [backend.load_ciphertext(pub, b) for b in theirs], values[INDICATOR], pub)
+        for k, cv in enumerate(selected):
             yield from blob_chunks(schema.ciphertext_stream(qp.pack_stream(k)), cv.serialize())
+        yield from blob_chunks(schema.ciphertext_stream(qp.KEPT), kept.serialize())
     elif scheme == "paillier":
-        own_cvs = {int(name.rsplit("pack", 1)[1]): backend.load_ciphertext(pub, blob) for name, blob in own.items()}
-        if any(cv.length != n for cv in own_cvs.values()):
-            raise InvalidInput("the requester's own values do not match the job's slots")
-        for k, cv in enumerate(qp.provider_packs(backend, pub, names, values, own_cvs, values["rows"])):
+        for k, cv in enumerate(qp.provider_packs(backend, pub, names, values)):
             yield from blob_chunks(schema.ciphertext_stream(qp.pack_stream(k)), cv.serialize())
     else:
         for name, vec in values.items():
@@ -336,19 +289,22 @@ def release(runtime, header, inbound):
         packs = qp.pack_names(names, qp.digits_per_pack(secret.public))
         cvs = [backend.load_ciphertext(secret.public, read_blob(inbound, schema.masked_stream(qp.pack_stream(k)),
                                                                 _MASKED_LIMIT)) for k in range(len(packs))]
-        digits = qp.open_packs(backend, secret, packs, cvs, n_groups)
+        digits, bad = qp.open_packs(backend, secret, packs, cvs, n_groups)
         d_threshold, d_agg = digits[qp.THRESHOLD], [digits[name] for name in names]
     clock.lap("receive+decrypt")
-    evaluator = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, d_threshold, t)])
+    circuit_input, bad = qr.requester_input(tp, d_threshold, t, bad if scheme == "paillier" else None)
+    evaluator = ComparisonEvaluator(tp.spec, [circuit_input])
     yield from blob_chunks(schema.gc_stream(1), evaluator.start())
     yield from blob_chunks(schema.gc_stream(3), evaluator.extend(read_blob(inbound, schema.gc_stream(2), 64 << 10)))
     suppressed = evaluator.evaluate(read_blob(inbound, schema.gc_stream(4), MAX_BLOB))
     opened = qr.open_released(evaluator, suppressed, d_agg, read_blob(inbound, "release", 1 << 30),
-                              doc["job_id"].encode(), t)
+                              doc["job_id"].encode(), t, bad)
+    if bad.any():     # for this node's operator; the coordinator must see no difference
+        log.warning("query.release %s: %d group(s) held values the protocol cannot produce (a deviating"
+                    " coordinator); they were withheld", doc["job_id"], int(bad.sum()))
     meta = runtime.store.dataset(plan.source.dataset)
     src_types = {c.name: c.type for c in meta.columns}
-    sum_types = {f"sum:{c}": "decimal" if c in rp.decimal_sums else "integer" for c in plan.sum_columns()}
-    sum_types.update({f"own:{c}": src_types[c] for c in plan.own_sum_columns()})
+    sum_types = {c: "decimal" if c in rp.decimal_sums else "integer" for c in plan.sum_columns()}
     group_types = [src_types.get(g, "text") for g in plan.group_by]
     if cats:
         group_types.insert(plan.provider_group_at, rp.category_type)

@@ -10,7 +10,7 @@ from pc_common import job_kinds, jobspec
 from pc_common.errors import InvalidInput, PermissionDenied, ResourceExhausted
 from pc_node.policy import PERIODS
 from pc_node.secure_agg import dp_noise
-from pc_rules.query import QueryPlan, check_epsilon, parse_query
+from pc_rules.query import QueryPlan, parse_query
 from pc_rules.query_catalog import refuse_undisclosable
 
 
@@ -102,7 +102,6 @@ def admit_query(runtime, doc: dict, grants: list) -> None:
     p = params_of(doc)
     check_group_size(p, grants)
     plan = plan_of(doc)
-    check_epsilon(plan, p.epsilon)
     if runtime.node_id == plan.main_provider():        # the JOIN's agency holds the group column
         categories(runtime, plan)
     if p.epsilon:

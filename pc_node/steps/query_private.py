@@ -247,13 +247,15 @@ def release(runtime, header, inbound):
 
     d_threshold = masked("threshold")
     d_agg = [masked(name) for name in names]
-    evaluator = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, d_threshold, t)])
+    circuit_input, bad = qr.requester_input(tp, d_threshold, t)
+    evaluator = ComparisonEvaluator(tp.spec, [circuit_input])
     yield from blob_chunks(schema.gc_stream(1), evaluator.start())
     yield from blob_chunks(schema.gc_stream(3), evaluator.extend(read_blob(inbound, schema.gc_stream(2), 64 << 10)))
     suppressed = evaluator.evaluate(read_blob(inbound, schema.gc_stream(4), MAX_BLOB))
-    opened = qr.open_released(evaluator, suppressed, d_agg, read_blob(inbound, "release", 1 << 30), job.encode(), t)
+    opened = qr.open_released(evaluator, suppressed, d_agg, read_blob(inbound, "release", 1 << 30), job.encode(), t,
+                              bad)
     src_types = {c.name: c.type for c in runtime.store.dataset(plan.source.dataset).columns}
-    sum_types = {f"sum:{c}": "decimal" if c in rp.decimal_sums else "integer" for c in plan.sum_columns()}
+    sum_types = {c: "decimal" if c in rp.decimal_sums else "integer" for c in plan.sum_columns()}
     text, released = query.results_csv(plan, sum_types, [src_types.get(g, "text") for g in plan.group_by],
                                        [tuple(g) for g in working["groups"]], opened)
     summary = {"query": "federated", "mode": "private", "groups": n_groups, "released": released,

@@ -43,8 +43,7 @@ def _two(cents: Decimal) -> str:
 def results_csv(plan: QueryPlan, col_types: dict[str, str], group_types: list[str],
                 groups: list[tuple[str, ...]], values: list[list[int] | None]) -> tuple[str, int]:
     """The results file: released groups (values in GROUP BY order, ``group_types`` likewise)
-    sorted by the group columns; COUNTs of noisy (DP) answers are shown at least 0. ``col_types``:
-    per sum vector (``sum:col``, ``own:col``) its column's type."""
+    sorted by the group columns; COUNTs of noisy (DP) answers are shown at least 0."""
     names, keys = plan.vectors(), group_keys(plan)
     rows = []
     for g, v in zip(groups, values):
@@ -60,8 +59,7 @@ def results_csv(plan: QueryPlan, col_types: dict[str, str], group_types: list[st
             elif item.func == "count_distinct":
                 row.append(str(max(agg["subjects"], 0)))
             else:
-                vector = plan.sum_vector(item)
-                total, decimal = agg[vector], col_types.get(vector) == "decimal"
+                total, decimal = agg[f"sum:{item.column}"], col_types.get(item.column) == "decimal"
                 if item.func == "sum":
                     row.append(_two(Decimal(total)) if decimal else str(total))
                 else:     # AVG = SUM / COUNT(*) over the same joined rows, half away from zero

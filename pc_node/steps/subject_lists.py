@@ -31,15 +31,9 @@ def aad(kind: str, job_id: str, provider: str) -> bytes:
     return f"pc/{kind}/{job_id}/{provider}".encode()
 
 
-def binding(kind: str, job_id: str, provider: str, pubctx: bytes, sealed: bytes,
-            extra: dict[str, bytes] | None = None) -> bytes:
-    """What the requester signs for one provider: job, provider, key, list and any further streams
-    it sends that provider (a query's encrypted own values), by name and digest."""
-    out = f"pc/{kind}/binding\x00".encode() + f"{job_id}\x00{provider}\x00".encode() + \
+def binding(kind: str, job_id: str, provider: str, pubctx: bytes, sealed: bytes) -> bytes:
+    return f"pc/{kind}/binding\x00".encode() + f"{job_id}\x00{provider}\x00".encode() + \
         hashlib.sha256(pubctx).digest() + hashlib.sha256(sealed).digest()
-    for name, blob in sorted((extra or {}).items()):
-        out += name.encode() + b"\x00" + hashlib.sha256(blob).digest()
-    return out
 
 
 def sealed_list(items: list[tuple[int, str]], recipient_public: bytes, aad_bytes: bytes) -> bytes:
@@ -61,13 +55,11 @@ def open_list(runtime, blob: bytes, aad_bytes: bytes) -> list[tuple[int, str]]:
     return list(zip(slots, (text[i:i + width] for i in range(0, len(text), width))))
 
 
-def check_binding(runtime, kind: str, doc: dict, pubctx: bytes, sealed: bytes, signature: bytes,
-                  extra: dict[str, bytes] | None = None) -> None:
-    """At a provider: the key and list (and ``extra`` streams) were signed by the job's requester
-    for this node."""
+def check_binding(runtime, kind: str, doc: dict, pubctx: bytes, sealed: bytes, signature: bytes) -> None:
+    """At a provider: the key and list were signed by the job's requester for this node."""
     try:
         gm.Sm2PublicKey.from_hex(runtime.peer_keys(doc["requester"]).sm2_public).verify(
-            binding(kind, doc["job_id"], runtime.node_id, pubctx, sealed, extra), signature)
+            binding(kind, doc["job_id"], runtime.node_id, pubctx, sealed), signature)
     except (IntegrityError, InvalidInput, ValueError):
         raise PermissionDenied("the key and subject list are not signed by the requester for this job") from None
 
@@ -99,12 +91,11 @@ def assign_slots(groups: Sequence) -> Slots:
 
 
 def send_lists(runtime, kind: str, job_id: str, providers: Sequence[str], slots: Sequence[int],
-               ids: Sequence[str], pubctx: bytes, extra: dict[str, dict[str, bytes]] | None = None) -> Iterator:
-    """Per provider: its sealed (slot, identifier) list in random order, and the signed binding
-    (covering ``extra[provider]``: further streams the coordinator relays to that provider)."""
+               ids: Sequence[str], pubctx: bytes) -> Iterator:
+    """Per provider: its sealed (slot, identifier) list in random order, and the signed binding."""
     for provider in providers:
         items = [(slots[i], ids[i]) for i in _permutation(len(ids)).tolist()]
         sealed = sealed_list(items, runtime.peer_keys(provider).x25519_public, aad(kind, job_id, provider))
         yield from blob_chunks(schema.sealed_stream(provider), sealed)
-        yield from blob_chunks(schema.binding_stream(provider), runtime.sm2.sign(
-            binding(kind, job_id, provider, pubctx, sealed, (extra or {}).get(provider))))
+        yield from blob_chunks(schema.binding_stream(provider),
+                               runtime.sm2.sign(binding(kind, job_id, provider, pubctx, sealed)))

@@ -1,15 +1,12 @@
-"""Federated queries whose answer is a product of two parties' data, through real servers, against
-SQLite on the plaintext: provider datasets of two or three agencies (a JOIN at one, EXISTS / NOT
-EXISTS at others, or semi-joins only), and SUM / AVG of the requester's own columns. These run
-under Paillier (docs/query.md, "Products under Paillier"): a further agency selects the main
-provider's encrypted answers, re-randomised; the main provider raises the requester's encrypted
-values to its matched-row counts.
+"""Federated queries over several provider agencies (a JOIN at one, EXISTS / NOT EXISTS at
+others, or semi-joins only) through real servers, against SQLite on the plaintext. They run
+under Paillier (docs/query.md, "Several provider agencies"): each further agency selects the main
+provider's answers between the coordinator's masks, re-randomised.
 
 The federation is test_query.py's shape (coordinator + civil_affairs, tax, public_security,
-housing, and hrss as a second requester with a numeric column of its own; the integration city)
-with the sandbox's grants for this file's queries. SQLite runs the same SQL text (EXISTS
-included) on the plaintext, money as integer cents; groups with fewer distinct subjects than the
-minimum are omitted, as the federation does.
+housing; the integration city) with the sandbox's grants for this file's queries. SQLite runs the
+same SQL text (EXISTS included) on the plaintext, money as integer cents; groups with fewer
+distinct subjects than the minimum are omitted, as the federation does.
 """
 from __future__ import annotations
 
@@ -24,7 +21,7 @@ from pc_client.sdk import JobFailed
 
 from pc_node.admin import grants_toml
 from pc_node.secure_agg import dp_noise
-from tests.integration.test_query import AGENCIES, CITY_TABLES, REQ, assert_coordinator_files_hold_none, plaintext_db
+from tests.integration.test_query import AGENCIES, REQ, assert_coordinator_files_hold_none, plaintext_db
 
 CARS_EXCEPT_MOTORCYCLES = ("EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number "
                            "AND v.vehicle_type <> 'motorcycle')")
@@ -40,14 +37,6 @@ JOIN_NOT_EXISTS = ("SELECT a.district AS district, COUNT(*) AS n, COUNT(DISTINCT
 TWO_SEMIJOINS = ("SELECT a.district AS district, COUNT(*) AS n, COUNT(DISTINCT a.id_number) AS people FROM "
                  f"civil_affairs.applicants a WHERE {CARS_EXCEPT_MOTORCYCLES} AND {NO_RESIDENCE} GROUP BY a.district")
 THREE_AGENCIES = JOIN_EXISTS.replace("GROUP BY", f"AND {NO_RESIDENCE} GROUP BY")
-PENSIONERS = "hrss"
-OWN_SUM = ("SELECT COUNT(*) AS n, COUNT(DISTINCT s.id_number) AS people, SUM(s.monthly_amount) AS total, "
-           "AVG(s.monthly_amount) AS mean, SUM(p.area_m2) AS area FROM hrss.pensions s JOIN housing.properties p "
-           "ON s.id_number = p.id_number")
-OWN_SUM_BY_USAGE = ("SELECT p.usage AS usage, COUNT(*) AS n, COUNT(DISTINCT s.id_number) AS people, "
-                    "SUM(s.monthly_amount) AS total, AVG(p.area_m2) AS mean FROM hrss.pensions s JOIN "
-                    "housing.properties p ON s.id_number = p.id_number WHERE EXISTS (SELECT 1 FROM "
-                    "civil_affairs.applicants a WHERE a.id_number = s.id_number) GROUP BY p.usage")
 TYPES_WITH_WAGES = ("SELECT a.district AS district, v.vehicle_type AS type, COUNT(*) AS n, COUNT(DISTINCT "
                     "a.id_number) AS people FROM civil_affairs.applicants a JOIN public_security.vehicles v ON "
                     "a.id_number = v.id_number WHERE EXISTS (SELECT 1 FROM tax.wages w WHERE w.id_number = "
@@ -55,15 +44,14 @@ TYPES_WITH_WAGES = ("SELECT a.district AS district, v.vehicle_type AS type, COUN
 NOBODY = ("SELECT a.district AS district, COUNT(*) AS n FROM civil_affairs.applicants a JOIN tax.wages w ON "
           "a.id_number = w.id_number WHERE w.employer <> 'self' AND EXISTS (SELECT 1 FROM public_security.vehicles v "
           "WHERE v.id_number = a.id_number AND v.vehicle_type = 'hovercraft') GROUP BY a.district")
-QUERIES = [JOIN_EXISTS, JOIN_NOT_EXISTS, TWO_SEMIJOINS, NOBODY, THREE_AGENCIES, OWN_SUM, OWN_SUM_BY_USAGE,
-           TYPES_WITH_WAGES]
+QUERIES = [JOIN_EXISTS, JOIN_NOT_EXISTS, TWO_SEMIJOINS, NOBODY, THREE_AGENCIES, TYPES_WITH_WAGES]
 
 
 @pytest.fixture(scope="module")
 def qfed(new_federation, small_city):
     city, _ = small_city(120, 5)
-    fed = new_federation("query_multi", AGENCIES + [PENSIONERS], city)
-    for agency in AGENCIES:                  # civil_affairs answers an EXISTS of hrss's query
+    fed = new_federation("query_multi", AGENCIES, city)
+    for agency in AGENCIES[1:]:
         path = fed.root / agency / "policy.toml"
         extra = grants_toml(query_grants(agency, QUERIES, {}))
         fed.write_policy(agency, path.read_text(encoding="utf-8") + "\n" + extra)
@@ -72,11 +60,11 @@ def qfed(new_federation, small_city):
 
 @pytest.fixture(scope="module")
 def db(qfed):
-    return plaintext_db(qfed[1], CITY_TABLES + [(PENSIONERS, "pensions", ("monthly_amount",))])
+    return plaintext_db(qfed[1])
 
 
-def _run(fed, sql, tmp_path, requester=REQ, **kw):
-    with fed.client(f"analyst@{requester}") as c:
+def _run(fed, sql, tmp_path, **kw):
+    with fed.client(f"analyst@{REQ}") as c:
         return c.query(sql, out=tmp_path / "q.csv", **kw)
 
 
@@ -96,9 +84,8 @@ def _sqlite(db, sql: str, k: int = 5, noise: int = 0) -> list[dict]:
         if "mean" in rec:
             mean = rec["mean"] * rec["n"]         # SQLite's AVG, back to the integer SUM / COUNT(*)
             rec["mean"] = _two((Decimal(round(mean)) / Decimal(rec["n"])).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-        for key in ("total", "area"):
-            if key in rec:
-                rec[key] = _two(rec[key])
+        if "total" in rec:
+            rec["total"] = _two(rec["total"])
         out.append({key: str(v + noise) if key in ("n", "people") else str(v) for key, v in rec.items()})
     return sorted(out, key=lambda r: tuple(r.get(k, "") for k in ("district", "usage", "type")))
 
@@ -144,47 +131,11 @@ def test_three_provider_agencies_equal_sqlite(qfed, db, tmp_path):
     assert set(res.leakage) == {"coordinator", REQ, "tax", "public_security", "housing"}
 
 
-def test_sums_and_averages_of_the_requesters_own_column_equal_sqlite(qfed, db, tmp_path):
-    """SUM(s.monthly_amount) over the joined rows: each pension counted once per matched property."""
-    fed, _ = qfed
-    res = _run(fed, OWN_SUM, tmp_path, requester=PENSIONERS)
-    expected = _sqlite(db, OWN_SUM)
-    assert res.records == expected and expected
-    assert int(expected[0]["n"]) > int(expected[0]["people"])     # several properties: rows, not people
-    header = (tmp_path / "q.csv").read_text(encoding="utf-8").splitlines()[0]
-    assert header == "n,people,total,mean,area"
-
-
-def test_own_sums_with_a_provider_group_by_and_a_further_agency_equal_sqlite(qfed, db, tmp_path):
-    fed, _ = qfed
-    res = _run(fed, OWN_SUM_BY_USAGE, tmp_path, requester=PENSIONERS)
-    expected = _sqlite(db, OWN_SUM_BY_USAGE)
-    assert res.records == expected and expected
-    assert res.summary["suppressed"] == 1          # 'commercial': too few pensioners
-
-
 def test_a_provider_group_by_with_a_further_agency_equals_sqlite(qfed, db, tmp_path):
     fed, _ = qfed
     res = _run(fed, TYPES_WITH_WAGES, tmp_path)
     expected = _sqlite(db, TYPES_WITH_WAGES)
     assert res.records == expected and expected
-
-
-def test_own_sums_refuse_dp_and_private_mode_and_nothing_runs(qfed):
-    """DP clips each subject's contribution; the requester's own values reach the provider only
-    encrypted, so nobody could clip them. --private sums provider columns only."""
-    fed, _ = qfed
-    audits = {a: len(fed.runtime(a).audit.entries()) for a in AGENCIES[1:]}
-    with fed.client(f"analyst@{PENSIONERS}") as c:
-        before = len(c.jobs())
-        with pytest.raises((grpc.RpcError, ValueError)) as exc:
-            c.query(OWN_SUM, epsilon=1.0)
-        assert "cannot carry differential privacy" in str(exc.value)
-        with pytest.raises((grpc.RpcError, JobFailed, ValueError)) as exc:
-            c.query(OWN_SUM, private=True)
-        assert "your own columns" in str(exc.value)
-        assert len(c.jobs()) == before
-    assert {a: len(fed.runtime(a).audit.entries()) for a in AGENCIES[1:]} == audits
 
 
 def test_groups_emptied_by_the_other_agency_are_suppressed(qfed, db, tmp_path):
@@ -231,6 +182,9 @@ def test_a_column_without_grant_at_the_other_agency_is_refused_and_nothing_runs(
         with pytest.raises((grpc.RpcError, JobFailed, ValueError)) as exc:     # --private: one provider agency
             c.query(JOIN_EXISTS, private=True)
         assert "one provider agency" in str(exc.value)
+        with pytest.raises(grpc.RpcError) as exc:       # a sum of the requester's own column: refused
+            c.submit("query", {"sql": JOIN_EXISTS.replace("SUM(w.monthly_income) AS total", "SUM(a.age) AS total")})
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "own columns" in exc.value.details()
         assert len(c.jobs()) == before
     new = fed.runtime(REQ).audit.entries()[audits[REQ]:]
     assert not [e["action"] for e in new if e["action"].startswith("query.")], new
@@ -257,24 +211,31 @@ def test_the_coordinator_holds_no_identifier_or_value(qfed, db, tmp_path):
 def test_what_the_requester_decrypts_and_what_each_further_agency_handles(qfed, db, tmp_path, monkeypatch):
     """Recorded through the real servers (nodes in-process): the requester decrypts exactly one
     ciphertext per pack, one value per group — never a slot's — and every digit of it is masked
-    (none is a true group total, each far above them); each further agency's output holds none of
-    the ciphertexts it received, and the second agency selects what the first one sent."""
+    (none is a true group total, each far above them); no further agency ever holds one of the
+    main provider's ciphertexts (the coordinator masks them first), and what each returns holds
+    none of the ciphertexts it received."""
     from pc_node.secure_agg import query_paillier as qp
     from pc_node.secure_agg.paillier import PaillierBackend
-    decrypted, selections = [], []
-    real_decrypt, real_select = PaillierBackend.decrypt, qp.select
+    decrypted, raw, selections = [], [], []
+    real_decrypt, real_select, real_packs = PaillierBackend.decrypt, qp.select, qp.provider_packs
 
     def decrypt(self, secret, cv):
         out = real_decrypt(self, secret, cv)
         decrypted.append((cv.length, out.tolist()))
         return out
 
-    def select(backend, packs, keep):
-        out = real_select(backend, packs, keep)
-        selections.append(([set(p.cts) for p in packs], [set(o.cts) for o in out]))
+    def provider_packs(*a):
+        out = real_packs(*a)
+        raw.extend(set(cv.cts) for cv in out)
         return out
+
+    def select(backend, packs, keep, pub):
+        out, kept = real_select(backend, packs, keep, pub)
+        selections.append(([set(p.cts) for p in packs], [set(o.cts) for o in out]))
+        return out, kept
     monkeypatch.setattr(PaillierBackend, "decrypt", decrypt)
     monkeypatch.setattr(qp, "select", select)
+    monkeypatch.setattr(qp, "provider_packs", provider_packs)
     fed, _ = qfed
     res = _run(fed, THREE_AGENCIES, tmp_path)
     assert res.records == _sqlite(db, THREE_AGENCIES)
@@ -286,7 +247,8 @@ def test_what_the_requester_decrypts_and_what_each_further_agency_handles(qfed, 
               for k, v in zip(names, row) if k in ("n", "people", "total")}
     for column in digits:
         assert not truths & set(column) and min(column) > 1 << 40
-    assert len(selections) == 2                                    # public_security, then housing
-    (in1, out1), (in2, out2) = selections
-    assert not any(i & o for i, o in zip(in1, out1)) and not any(i & o for i, o in zip(in2, out2))
-    assert in2 == out1
+    assert len(raw) == 1 and len(selections) == 2                  # tax's pack; public_security, then housing
+    for held, returned in selections:
+        assert not raw[0] & held[0]
+        assert not any(h & r for h, r in zip(held, returned))
+    assert not selections[0][1][0] & selections[1][0][0]           # re-masked between the two agencies

@@ -97,7 +97,7 @@ def test_noise_under_encryption_is_the_sum_of_shares_and_the_threshold_uses_the_
     d_agg = [qr.group_values(backend.decrypt(secret, cv), layout, n_groups, t, d)
              for cv, d in zip(cm.masked_aggregates, dec[1:])]
     garbler = ComparisonGarbler(tp.spec, [cm.garbler_input])
-    ev = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, d_sub, t)])
+    ev = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, d_sub, t)[0]])
     suppressed = ev.evaluate(garbler.garble(ev.extend(garbler.respond(ev.start()))))
     noisy = true_counts + noise[0]                                        # 4, 6, 4
     assert suppressed.tolist() == (noisy < k).tolist() == [True, False, True]

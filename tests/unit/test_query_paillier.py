@@ -1,6 +1,6 @@
-"""Queries whose answer is a product of two parties' data, under Paillier (secure_agg.query_paillier):
-packs of signed digits, a further agency's selection, the requester's own values raised to the
-provider's matched rows, the coordinator's per-group masks, and the release at the requester."""
+"""Queries whose answer is a product of two agencies' data, under Paillier (secure_agg.query_paillier):
+packs of signed digits, a further agency's selection between the coordinator's masks, the
+coordinator's per-group masks, and the release at the requester."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pc_common.errors import InvalidInput
-from pc_common.wire import MAX_VALUE_CENTS
 from pc_node.secure_agg import get_backend
 from pc_node.secure_agg import query_paillier as qp
 from pc_node.secure_agg import query_release as qr
@@ -45,26 +44,35 @@ def test_pack_refuses_what_would_spill_and_unpack_refuses_extra_digits():
     assert names == [("threshold", "subjects", "rows", "sum:c0", "sum:c1", "sum:c2", "sum:c3"), ("sum:c4", "sum:c5")]
 
 
-def test_a_further_agencys_selection_is_exact_and_leaves_no_ciphertext_it_received():
-    values = [5, -7, 1 << 100, 0, 3]
-    packs = [BACKEND.encrypt(PUB, values)]
+def test_a_further_agencys_selection_is_exact_and_it_never_holds_the_answer_unmasked():
+    """C masks, the agency selects and returns Enc(e), C unmasks: Enc(e·v). What the agency holds
+    decrypts to v + R (R uniform below 2^75 per digit), never to v; its outputs are fresh."""
+    names = [("threshold", "subjects")]
+    values = [[1, 1, 0, 1, 1], [1, 1, 0, 1, 1]]
+    sums = [5, -7, 0, 1 << 30, 3]
+    packs = [BACKEND.encrypt(PUB, qp.pack([values[0], sums]))]
+    masked, masks = qp.mask_for_selection(BACKEND, names, packs)
+    held = qp.unpack(BACKEND.decrypt(SECRET, masked[0]).tolist(), 2)
+    assert all(h != v for h, v in zip(held[1], sums)) and min(held[1]) > -(1 << 31)
     keep = np.array([1, 0, 1, 0, 1])
-    out = qp.select(BACKEND, packs, keep)
-    assert BACKEND.decrypt(SECRET, out[0]).tolist() == [5, 0, 1 << 100, 0, 3]
-    received = set(packs[0].cts)
-    assert not received & set(out[0].cts) and len(set(out[0].cts)) == 5
-    # the same selection again gives other ciphertexts: nothing links an output to its input
-    again = qp.select(BACKEND, packs, keep)
-    assert not set(again[0].cts) & set(out[0].cts)
-    for bad in (np.array([1, 0, 2, 0, 1]), np.array([1, 0, 1])):
+    selected, kept = qp.select(BACKEND, masked, keep, PUB)
+    assert not set(masked[0].cts) & set(selected[0].cts) and len(set(selected[0].cts)) == 5
+    assert BACKEND.decrypt(SECRET, kept).tolist() == keep.tolist()
+    out = qp.unmask_selection(BACKEND, selected, kept, masks)
+    assert qp.unpack(BACKEND.decrypt(SECRET, out[0]).tolist(), 2) == [[1, 0, 0, 0, 1], [5, 0, 0, 0, 3]]
+    again, _ = qp.select(BACKEND, masked, keep, PUB)                 # fresh randomness every time
+    assert not set(again[0].cts) & set(selected[0].cts)
+    for bad in (np.array([1, 0, 2, 0, 1]), np.array([1, 0, 1, 1])):
         with pytest.raises(InvalidInput):
-            qp.select(BACKEND, packs, bad)
+            qp.select(BACKEND, masked, bad, PUB)
+    with pytest.raises(InvalidInput):
+        qp.unmask_selection(BACKEND, selected, BACKEND.encrypt(PUB, [1, 1]), masks)
 
 
-def _job(sizes, matched, k, own=True, further=True, categories=1):
+def _job(sizes, matched, k, further=True):
     """Provider answers for groups of ``sizes`` slots of which the first ``matched[g]`` match; with
-    ``own`` a SUM of the requester's own column, with ``further`` a second agency that drops every
-    third slot. Returns (released values per group or None, the truth per group, R's view)."""
+    ``further`` a second agency that drops every third slot. Returns (suppression bits, released
+    values per group or None, the truth per group, R's view)."""
     rng = np.random.default_rng(11)
     layout = np.repeat(np.arange(len(sizes)), sizes)
     n = len(layout)
@@ -72,25 +80,22 @@ def _job(sizes, matched, k, own=True, further=True, categories=1):
     is_match = rank < np.repeat(matched, sizes)
     rows = np.where(is_match, rng.integers(1, 5, n), 0)
     wages = np.where(is_match, rng.integers(-10**6, 10**10, n), 0)
-    own_values = rng.integers(-MAX_VALUE_CENTS, MAX_VALUE_CENTS, n)
-    vectors = ("subjects", "rows", "sum:wage") + (("own:pension",) if own else ())
+    vectors = ("subjects", "rows", "sum:wage")
     names = qp.pack_names(vectors, qp.digits_per_pack(PUB))
     values = {"subjects": is_match.astype(np.int64), "rows": rows, "sum:wage": wages}
-    own_cvs = {}
-    if own:     # R: its own values at their digit; the provider raises them to its matched rows
-        own_cvs = {0: BACKEND.encrypt(PUB, qp.pack([own_values if d == "own:pension" else np.zeros(n, np.int64)
-                                                      for d in names[0]]))}
-    packs = qp.provider_packs(BACKEND, PUB, names, values, own_cvs, rows)
+    packs = qp.provider_packs(BACKEND, PUB, names, values)
     keep = np.ones(n, dtype=np.int64)
     if further:
         keep[::3] = 0
-        packs = qp.select(BACKEND, packs, keep)
+        masked, masks = qp.mask_for_selection(BACKEND, names, packs)
+        packs = qp.unmask_selection(BACKEND, *qp.select(BACKEND, masked, keep, PUB), masks)
     n_groups = len(sizes)
     tp = qr.threshold_plan(k, int(max(sizes)), qp.DIGIT_MOD)
     cm = qp.mask(BACKEND, tp, names, vectors, packs, layout, n_groups)
-    digits = qp.open_packs(BACKEND, SECRET, names, cm.masked, n_groups)
+    digits, bad = qp.open_packs(BACKEND, SECRET, names, cm.masked, n_groups)
+    assert not bad.any()
     garbler = ComparisonGarbler(tp.spec, [cm.garbler_input])
-    evaluator = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, digits[qp.THRESHOLD], qp.DIGIT_MOD)])
+    evaluator = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, digits[qp.THRESHOLD], qp.DIGIT_MOD)[0]])
     suppressed = evaluator.evaluate(garbler.garble(evaluator.extend(garbler.respond(evaluator.start()))))
     d_agg = [digits[v] for v in vectors]
     msg = qr.release_message(garbler, cm.pads, b"job", qp.DIGIT_MOD)
@@ -99,14 +104,11 @@ def _job(sizes, matched, k, own=True, further=True, categories=1):
     truth = []
     for g in range(n_groups):
         at = (layout == g) & sel
-        t = [int(at.sum()), int(rows[at].sum()), int(wages[at].sum())]
-        if own:
-            t.append(int((own_values[at].astype(object) * rows[at].astype(object)).sum()))
-        truth.append(t)
+        truth.append([int(at.sum()), int(rows[at].sum()), int(wages[at].sum())])
     return suppressed, opened, truth, (evaluator, d_agg, msg)
 
 
-def test_released_groups_are_exact_and_small_groups_suppressed_with_own_values_and_a_further_agency():
+def test_released_groups_are_exact_and_small_groups_suppressed_with_a_further_agency():
     suppressed, opened, truth, _ = _job([12, 12, 30, 9], [12, 6, 25, 9], k=5)
     # after the further agency drops every third slot (global positions 0, 3, 6, …): 8, 4, 16, 6
     assert [t[0] for t in truth] == [8, 4, 16, 6]
@@ -116,7 +118,7 @@ def test_released_groups_are_exact_and_small_groups_suppressed_with_own_values_a
 
 
 def test_a_group_exactly_at_the_threshold_is_released_and_one_below_is_not():
-    suppressed, opened, truth, _ = _job([5, 5], [5, 4], k=5, further=False, own=False)
+    suppressed, opened, truth, _ = _job([5, 5], [5, 4], k=5, further=False)
     assert suppressed.tolist() == [False, True] and opened[0] == truth[0] and opened[1] is None
 
 
@@ -140,9 +142,14 @@ def test_masked_group_values_do_not_depend_on_the_group_total():
             assert (1 << (qp.VALUE_BITS + 20)) < v < (1 << (qp.VALUE_BITS + qp.STAT_BITS + 1))
 
 
-def test_the_requesters_own_values_must_match_the_slots():
-    names = qp.pack_names(("subjects", "rows", "own:x"), 7)
-    values = {"subjects": np.ones(4, np.int64), "rows": np.ones(4, np.int64)}
-    wrong = {0: BACKEND.encrypt(PUB, [0, 0, 0])}
-    with pytest.raises(InvalidInput):
-        qp.provider_packs(BACKEND, PUB, names, values, wrong, np.ones(4, np.int64))
+def test_values_a_deviating_coordinator_makes_are_withheld_without_failing():
+    """A group whose pack does not decode, or whose threshold value is out of range, is released
+    to nobody and the requester's side goes on exactly as usual (failing would answer the
+    coordinator's question, e.g. whether a slot it chose as a "group" matched)."""
+    names = [("threshold", "subjects")]
+    odd = BACKEND.encrypt(PUB, [qp.pack([[7], [1]])[0], 1 << 300])
+    digits, bad = qp.open_packs(BACKEND, SECRET, names, [odd], 2)
+    assert bad.tolist() == [False, True] and digits["threshold"][1] == 0
+    tp = qr.threshold_plan(5, 10, qp.DIGIT_MOD)
+    _, withheld = qr.requester_input(tp, [3, 1 << 200], qp.DIGIT_MOD)
+    assert withheld.tolist() == [False, True]

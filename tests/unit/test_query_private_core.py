@@ -92,7 +92,7 @@ def test_released_groups_are_exact_and_suppressed_ones_stay_padded():
     d_thr = pr.requester_groups(backend.decrypt(secret, cm.masked_subjects), lay, groups, t)
     d_sum = pr.requester_groups(backend.decrypt(secret, cm.masked_aggregates[0]), lay, groups, t)
     garbler = ComparisonGarbler(tp.spec, [cm.garbler_input])
-    ev = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, d_thr, t)])
+    ev = ComparisonEvaluator(tp.spec, [qr.requester_input(tp, d_thr, t)[0]])
     m2 = garbler.respond(ev.start())
     suppressed = ev.evaluate(garbler.garble(ev.extend(m2)))
     opened = qr.open_released(ev, suppressed, [d_sum], qr.release_message(garbler, cm.pads, b"ctx", t), b"ctx", t)

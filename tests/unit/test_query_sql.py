@@ -115,7 +115,10 @@ REFUSED = [
      "WHERE z.age > 1", "unknown table alias"),
     ("SELECT COUNT(w.employer) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number",
      "COUNT takes * or DISTINCT"),
-    ("SELECT SUM(a.age) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number", None),
+    ("SELECT SUM(a.age) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number",
+     "sums of your own columns are not supported"),
+    ("SELECT AVG(a.age) FROM civil_affairs.recipients a WHERE EXISTS (SELECT 1 FROM tax.wages w WHERE "
+     "w.id_number = a.id_number)", "could spell out each subject's match"),
     ("SELECT SUM(v.seats) FROM civil_affairs.recipients a JOIN tax.wages w ON a.id_number = w.id_number WHERE "
      "EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number)",
      "an EXISTS dataset only tests"),

@@ -295,7 +295,7 @@ STEPS: dict[str, Step] = {
                           "requester: → pubctx, layout, sealed:<provider>, binding:<provider>"),
     "query.evaluate": Step(NoParams, QueryEvaluated,
                            "provider: pubctx, sealed, binding → ct:subjects, ct:<aggregate> (BFV); under Paillier"
-                           " [ct:own:pack<k>] → ct:pack<k> at the main provider, ct:pack<k> → ct:pack<k> (selected)"
+                           " → ct:pack<k> at the main provider, ct:pack<k> (masked) → ct:pack<k> (selected), ct:kept"
                            " at a further agency"),
     "query.release": Step(QueryReleaseParams, QueryReleased,
                           "requester (bidirectional): masked:threshold, masked:<aggregate> (BFV) or masked:pack<k>"

@@ -17,13 +17,12 @@ Last line:
 
     query rows=N default_s=… private_s=… duckdb_s=… default_ratio=… private_ratio=…
 
-``--products`` also runs, in the default mode, a query whose answer is a product of several
-parties' data — so it runs under Paillier (docs/query.md, "Products under Paillier"): a semi-join
-at a third agency (``public_security.vehicles``, a third of the identifiers) and a SUM of the
-requester's own column (``allowance``):
+``--products`` also runs, in the default mode, a query whose answer is a product of two agencies'
+data — so it runs under Paillier (docs/query.md, "Several provider agencies"): the same JOIN with
+a semi-join at a third agency (``public_security.vehicles``, a third of the identifiers):
 
     SELECT a.district AS district, COUNT(*) AS n, SUM(w.monthly_income) AS total,
-           SUM(a.allowance) AS allowance
+           AVG(w.monthly_income) AS mean
     FROM civil_affairs.people a JOIN tax.wages w ON a.id_number = w.id_number
     WHERE EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number)
     GROUP BY a.district
@@ -43,9 +42,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 SQL = ("SELECT a.district AS district, COUNT(*) AS n, SUM(w.monthly_income) AS total, AVG(w.monthly_income) AS mean "
        "FROM civil_affairs.people a JOIN tax.wages w ON a.id_number = w.id_number GROUP BY a.district")
-PRODUCTS_SQL = ("SELECT a.district AS district, COUNT(*) AS n, SUM(w.monthly_income) AS total, SUM(a.allowance) AS "
-                "allowance FROM civil_affairs.people a JOIN tax.wages w ON a.id_number = w.id_number WHERE EXISTS "
-                "(SELECT 1 FROM public_security.vehicles v WHERE v.id_number = a.id_number) GROUP BY a.district")
+PRODUCTS_SQL = SQL.replace(" GROUP BY", " WHERE EXISTS (SELECT 1 FROM public_security.vehicles v WHERE v.id_number = "
+                           "a.id_number) GROUP BY")
 GROUPS = 100
 
 
@@ -59,13 +57,11 @@ def write_data(root: pathlib.Path, n: int, seed: int) -> None:
     xs, ys = pool[:n], pool[n // 2:n + n // 2]
     district = rng.integers(0, GROUPS, n)
     cents = rng.integers(50_000, 2_000_000, n)
-    allowance = rng.integers(0, 150_000, n)
     for agency in ("civil_affairs", "tax", "public_security", "queries"):
         (root / agency).mkdir(parents=True, exist_ok=True)
     with open(root / "civil_affairs" / "people.csv", "w", encoding="utf-8") as fh:
-        fh.write("id_number,district,allowance\n")
-        fh.writelines(f"{i},d{g:03d},{c // 100}.{c % 100:02d}\n" for i, g, c in zip(xs, district.tolist(),
-                                                                                  allowance.tolist()))
+        fh.write("id_number,district\n")
+        fh.writelines(f"{i},d{g:03d}\n" for i, g in zip(xs, district.tolist()))
     with open(root / "public_security" / "vehicles.csv", "w", encoding="utf-8") as fh:
         fh.write("id_number,vehicle_type\n")
         fh.writelines(f"{i},car\n" for i in pool[n // 3:n // 3 + n // 3])
@@ -87,7 +83,7 @@ def duckdb_answer(root: pathlib.Path, sql: str = SQL) -> tuple[list[dict], float
     t = time.perf_counter()
     con.execute("CREATE SCHEMA civil_affairs; CREATE SCHEMA tax; CREATE SCHEMA public_security")
     con.execute(f"CREATE TABLE civil_affairs.people AS SELECT * FROM read_csv('{root}/civil_affairs/people.csv', "
-                "header=true, columns={'id_number': 'VARCHAR', 'district': 'VARCHAR', 'allowance': 'DECIMAL(18,2)'})")
+                "header=true, columns={'id_number': 'VARCHAR', 'district': 'VARCHAR'})")
     con.execute(f"CREATE TABLE tax.wages AS SELECT * FROM read_csv('{root}/tax/wages.csv', header=true, "
                 "columns={'id_number': 'VARCHAR', 'monthly_income': 'DECIMAL(18,2)'})")
     con.execute(f"CREATE TABLE public_security.vehicles AS SELECT * FROM read_csv("
@@ -106,7 +102,7 @@ def duckdb_answer(root: pathlib.Path, sql: str = SQL) -> tuple[list[dict], float
         if "mean" in rec:
             mean = (Decimal(rec["total"]) * 100 / rec["n"]).quantize(Decimal(1), rounding=ROUND_HALF_UP) / 100
             rec["mean"] = _money(mean)
-        out.append({k: _money(v) if k in ("total", "mean", "allowance") else str(v) for k, v in rec.items()})
+        out.append({k: _money(v) if k in ("total", "mean") else str(v) for k, v in rec.items()})
     return out, load, query
 
 
@@ -130,13 +126,13 @@ def main() -> int:
     ap.add_argument("--skip-default", action="store_true", help="run the private mode only")
     ap.add_argument("--skip-private", action="store_true", help="run the default mode only")
     ap.add_argument("--products", action="store_true",
-                    help="also a query over three agencies with a SUM of the requester's own column (Paillier)")
+                    help="also the query with EXISTS at a third agency (Paillier: several provider agencies)")
     args = ap.parse_args()
 
     from pc_client.sandbox import Sandbox
     from pc_node.psi import best_backend
     work = pathlib.Path(args.dir or tempfile.mkdtemp(prefix="bench-query-")).resolve()
-    data = work / f"rows-{args.rows}-{args.seed}-v2"
+    data = work / f"rows-{args.rows}-{args.seed}-v3"
     t = time.perf_counter()
     if not (data / "tax" / "wages.csv").exists():
         write_data(data, args.rows, args.seed)

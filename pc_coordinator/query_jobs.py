@@ -301,6 +301,11 @@ def leakage_report(plan: QueryPlan, requester: str, provider: str, n: int, group
              " neither the coordinator nor the requester can tell which")]
         if epsilon:
             report[other].append(f"epsilon {epsilon:g} charged to '{requester}' in its ledger (it adds no noise share)")
+    if plan.indicator_providers():
+        for agency in plan.providers():
+            report[agency].append("its grant names the other agencies of this query in query_with: nothing proves that"
+                                  " they answer as the protocol asks, so it trusts them not to answer falsely together"
+                                  " with the requester")
     if n_categories:
         report["coordinator"].append(f"the {n_categories} declared categories of {plan.join.table.ref}"
                                      f".{plan.provider_group} (catalog metadata; groups = requester groups × these)")

@@ -36,6 +36,8 @@ into a value oracle (docs/rules.md, "Provider policy")::
     max_evaluations_per_subject = 3   # per requester and subject at this node (default 3 …
     evaluation_period = "day"         # … a day; hour | day | week)
     min_group_size = 5                # federated queries: smaller groups are omitted (default 5)
+    query_with = ["public_security"]  # federated queries: agencies whose datasets may be combined
+                                      # with this one in one query (default none; docs/query.md)
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ DEFAULT_MAX_COMPARISONS = 1      # once a grant bounds thresholds
 DEFAULT_MIN_GROUP_SIZE = 5       # federated queries: smaller groups are suppressed (docs/query.md)
 GRANT_KEYS = ("dataset", "requester", "purposes", "columns", "approval", "reveal", "quota", "rules", "thresholds",
               "max_comparisons", "max_evaluations_per_subject", "evaluation_period", "min_group_size",
-              "epsilon", "epsilon_budget")
+              "epsilon", "epsilon_budget", "query_with")
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}\Z")
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
@@ -95,6 +97,10 @@ class Grant:
     #: ε a requester may spend per ``evaluation_period`` (the ledger in governance; docs/query.md).
     epsilon: float | None = None
     epsilon_budget: float | None = None
+    #: Federated queries: the other provider agencies whose data may meet this dataset's in one
+    #: query. Nothing proves that a provider answers as the protocol asks, so each provider
+    #: names whom it trusts not to answer falsely together with the requester (docs/query.md).
+    query_with: tuple[str, ...] = ()
 
     def allows(self, column: str, use: str, key_column: str) -> bool:
         granted = self.columns.get(column, "none")
@@ -217,6 +223,14 @@ def _parse_pins(where: str, g: dict) -> dict:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1000:
                 raise InvalidInput(f"{where}: '{k}' must be a number > 0 (at most 1000)")
             out[k] = float(v)
+    if "query_with" in g:
+        v = g["query_with"]
+        if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
+            raise InvalidInput(f"{where}: 'query_with' must be a list of agency names")
+        try:
+            out["query_with"] = tuple(sorted({check_name("agency", a) for a in v}))
+        except InvalidInput:
+            raise InvalidInput(f"{where}: 'query_with' must be a list of agency names") from None
     if "evaluation_period" in g:
         if g["evaluation_period"] not in PERIODS:
             raise InvalidInput(f"{where}: 'evaluation_period' must be one of {', '.join(PERIODS)}")
@@ -251,6 +265,8 @@ def pins_toml(g: Grant) -> str:
     for name in ("epsilon", "epsilon_budget"):
         if getattr(g, name) is not None:
             lines.append(f"{name} = {float(getattr(g, name))!r}")
+    if g.query_with:
+        lines.append("query_with = [" + ", ".join(f'"{a}"' for a in g.query_with) + "]")
     return "".join(line + "\n" for line in lines)
 
 

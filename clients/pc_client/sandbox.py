@@ -364,7 +364,8 @@ def connect(directory, user: str | None = None) -> Federation:
 
 def query_grants(agency: str, queries: list[str], key_of: dict[str, str]) -> list:
     """Grants of ``agency`` for each query (SQL text; ``DIR/queries/*.sql`` in a sandbox): what the
-    query needs, to the agency of its FROM dataset, with the minimum group size 5 (docs/query.md);
+    query needs, to the agency of its FROM dataset, with the minimum group size 5 and, for a query
+    over several provider agencies, ``query_with`` naming the others (docs/query.md);
     a first line ``-- epsilon: E`` makes the grant demand DP: ε E per query, 10·E per day."""
     admin = _admin()
     import re
@@ -372,12 +373,19 @@ def query_grants(agency: str, queries: list[str], key_of: dict[str, str]) -> lis
     from pc_rules.query import parse_query
     from pc_rules.query_catalog import query_column_uses
     out = []
-    for sql in queries:
-        plan = parse_query(sql)
+    plans = [parse_query(sql) for sql in queries]
+    # One set per requester: the policy picks the first grant whose column uses fit, so every
+    # query grant to that requester names all agencies its queries combine with this one.
+    others: dict[str, set[str]] = {}
+    for plan in plans:
+        if agency in plan.providers():
+            others.setdefault(plan.requester, set()).update(a for a in plan.providers() if a != agency)
+    for sql, plan in zip(queries, plans):
         first = re.match(r"\s*--\s*epsilon\s*:\s*([0-9]+(?:\.[0-9]+)?)\s*(?:\n|$)", sql)
         dp = {"epsilon": float(first.group(1)), "epsilon_budget": 10 * float(first.group(1))} if first else {}
         for ds, cols in sorted(query_column_uses(plan, agency).items()):
             columns = {key_of.get(ds, admin.DEFAULT_KEY_COLUMN): "join_key", **dict(sorted(cols.items()))}
             out.append(admin.Grant(ds, plan.requester, (DEFAULT_PURPOSE,), columns, approval="auto",
-                                   max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY, min_group_size=5, **dp))
+                                   max_evaluations_per_subject=SANDBOX_EVALUATIONS_PER_DAY, min_group_size=5,
+                                   query_with=tuple(sorted(others.get(plan.requester, ()))), **dp))
     return out

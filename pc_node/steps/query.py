@@ -299,6 +299,9 @@ def release(runtime, header, inbound):
     suppressed = evaluator.evaluate(read_blob(inbound, schema.gc_stream(4), MAX_BLOB))
     opened = qr.open_released(evaluator, suppressed, d_agg, read_blob(inbound, "release", 1 << 30),
                               doc["job_id"].encode(), t, bad)
+    if scheme == "paillier":      # a released digit beyond any true total: made up, withheld (no failure)
+        over = np.array([o is not None and any(abs(v) >= 1 << qp.VALUE_BITS for v in o) for o in opened])
+        opened, bad = [None if x else o for o, x in zip(opened, over.tolist())], bad | over
     if bad.any():     # for this node's operator; the coordinator must see no difference
         log.warning("query.release %s: %d group(s) held values the protocol cannot produce (a deviating"
                     " coordinator); they were withheld", doc["job_id"], int(bad.sum()))

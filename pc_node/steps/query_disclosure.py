@@ -48,6 +48,17 @@ def check_group_size(p: job_kinds.QueryParams, grants: list) -> None:
                                 f" {min(caps):g} per query")
 
 
+def check_combined(plan: QueryPlan, node_id: str, grants: list) -> None:
+    """With several provider agencies, every grant used must name the others in ``query_with``:
+    nothing proves that a provider answers as the protocol asks, and one that answered falsely
+    together with the requester could read the others' answers (docs/query.md)."""
+    others = [a for a in plan.providers() if a != node_id]
+    missing = [a for a in others if not all(a in g.query_with for g in grants)]
+    if missing:
+        raise PermissionDenied(f"this provider's grant does not allow its data in one query with {', '.join(missing)}"
+                               " (grant field query_with)")
+
+
 def _unit(text: str, ctype: str) -> int:
     return int(Decimal(text) * 100) if ctype == "decimal" else int(Decimal(text))
 
@@ -102,6 +113,7 @@ def admit_query(runtime, doc: dict, grants: list) -> None:
     p = params_of(doc)
     check_group_size(p, grants)
     plan = plan_of(doc)
+    check_combined(plan, runtime.node_id, grants)
     if runtime.node_id == plan.main_provider():        # the JOIN's agency holds the group column
         categories(runtime, plan)
     if p.epsilon:

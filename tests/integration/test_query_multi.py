@@ -252,3 +252,26 @@ def test_what_the_requester_decrypts_and_what_each_further_agency_handles(qfed, 
         assert not raw[0] & held[0]
         assert not any(h & r for h, r in zip(held, returned))
     assert not selections[0][1][0] & selections[1][0][0]           # re-masked between the two agencies
+
+
+def test_each_provider_must_name_the_others_in_query_with_and_nothing_runs(qfed):
+    """Nothing proves that a provider answers as the protocol asks, so each provider's grant
+    names the agencies its data may meet in one query (``query_with``); without it, the first
+    admission round refuses (PERMISSION_DENIED) and no provider evaluates anything."""
+    import re
+    fed, _ = qfed
+    path = fed.root / "housing" / "policy.toml"
+    original = path.read_text(encoding="utf-8")
+    fed.write_policy("housing", re.sub(r"(?m)^query_with = .*\n", "", original))
+    audits = {a: len(fed.runtime(a).audit.entries()) for a in AGENCIES}
+    try:
+        with fed.client(f"analyst@{REQ}") as c:
+            with pytest.raises(grpc.RpcError) as exc:
+                c.submit("query", {"sql": THREE_AGENCIES})
+            assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "query_with" in exc.value.details() and "tax" in exc.value.details()
+        for a in AGENCIES:
+            new = [e["action"] for e in fed.runtime(a).audit.entries()[audits[a]:]]
+            assert not [x for x in new if x in ("query.prepare", "query.evaluate")], (a, new)
+    finally:
+        fed.write_policy("housing", original)

@@ -178,3 +178,18 @@ def test_equality_on_a_bounded_column_is_a_threshold(tmp_path, where):
     # Inside the bounds it is allowed, as an ordering comparison would be; text equality stays a category.
     inside = probe.replace(where, "area_m2 = 120 and usage = 'residential'")
     assert authorise(p, parse_rule(HEAD + inside)).dataset == "properties"
+
+
+def test_query_with_names_agencies_and_round_trips():
+    from pc_node.admin import grants_toml
+    from pc_node.policy import parse_policy
+    base = ('[[grants]]\ndataset = "d"\nrequester = "civil_affairs"\npurposes = ["p"]\n{extra}'
+            '[grants.columns]\nid_number = "join_key"\n')
+    g = parse_policy(base.format(extra='query_with = ["tax", "housing", "tax"]\n'))[0]
+    assert g.query_with == ("housing", "tax")
+    assert parse_policy(grants_toml([g]))[0].query_with == ("housing", "tax")
+    assert parse_policy(base.format(extra=""))[0].query_with == ()
+    for bad in ('query_with = "tax"\n', 'query_with = ["Tax!"]\n', "query_with = [1]\n"):
+        with pytest.raises(InvalidInput) as exc:
+            parse_policy(base.format(extra=bad))
+        assert "query_with" in str(exc.value)

@@ -16,7 +16,10 @@ assumption).
   adds a statistical mask R per entry and digit (:func:`mask_for_selection`); the agency answers
   ``Enc(e·(v + R))·Enc(0)`` and ``Enc(e)``, e ∈ {0, 1} its own test (:func:`select`); the
   coordinator removes ``e·R`` with ``Enc(e)^(−R)`` (:func:`unmask_selection`). So even an agency
-  that hands all it holds to the requester gives away v + R, statistically hiding v (κ = 40).
+  that hands all it holds to the requester gives away v + R, statistically hiding v (κ = 40 over
+  a whole job). One that *answers falsely* with the requester (e not 0/1) is not stopped — no
+  proof of a correct selection is built — which is why each provider's grant names the agencies
+  it trusts that far (``query_with``, checked at admission).
 * **The coordinator** sums per group (a product of ciphertexts, no key), adds the providers'
   encrypted noise shares (DP), adds per digit the threshold target or the aggregate's pad (and
   its own noise shares) and re-randomises: the requester decrypts one integer per group and pack.
@@ -43,6 +46,8 @@ DIGIT_BITS = 128
 DIGIT_MOD = 1 << DIGIT_BITS
 #: |a slot's value| of any digit: clipped sums ±10^10 < 2^34, matched rows ≤ 2^16, 0/1 indicators.
 SLOT_BITS = 35
+#: A selection mask per digit: κ = 40 per value plus 24 bits for up to 2^24 values a job exposes.
+SELECT_MASK_BITS = SLOT_BITS + STAT_BITS + 24
 #: |a group's total| of any digit, DP noise included: 2^24 rows × 2^34 stays below 2^58; 2^76
 #: leaves room for the noise shares (each below 2^50) and the DP shift.
 VALUE_BITS = 76
@@ -120,11 +125,13 @@ def noise_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], shares: d
 # ----- a further provider agency (its selection between the coordinator's masks) ----------------------
 def mask_for_selection(backend: HeBackend, names: list[tuple[str, ...]], packs: Sequence[CipherVector]
                        ) -> tuple[list[CipherVector], list[list[int]]]:
-    """C, before a further agency: every entry plus a fresh mask, uniform below 2^(SLOT_BITS+40) in
+    """C, before a further agency: every entry plus a fresh mask, uniform below 2^SELECT_MASK_BITS in
     each digit. Returns the masked packs and the masks (kept by C for :func:`unmask_selection`)."""
+    if len(names) != len(packs):
+        raise InvalidInput("the answer does not match the job's packs")
     masked, masks = [], []
     for digits, cv in zip(names, packs):
-        cols = [[secrets.randbits(SLOT_BITS + STAT_BITS) for _ in range(cv.length)] for _ in digits]
+        cols = [[secrets.randbits(SELECT_MASK_BITS) for _ in range(cv.length)] for _ in digits]
         r = pack(cols)
         masked.append(backend.add_plain(cv, r))
         masks.append(r)

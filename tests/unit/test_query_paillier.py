@@ -46,7 +46,7 @@ def test_pack_refuses_what_would_spill_and_unpack_refuses_extra_digits():
 
 def test_a_further_agencys_selection_is_exact_and_it_never_holds_the_answer_unmasked():
     """C masks, the agency selects and returns Enc(e), C unmasks: Enc(e·v). What the agency holds
-    decrypts to v + R (R uniform below 2^75 per digit), never to v; its outputs are fresh."""
+    decrypts to v + R (R uniform below 2^99 per digit), never to v; its outputs are fresh."""
     names = [("threshold", "subjects")]
     values = [[1, 1, 0, 1, 1], [1, 1, 0, 1, 1]]
     sums = [5, -7, 0, 1 << 30, 3]

@@ -218,10 +218,12 @@ def test_the_operator_sees_nodes_jobs_and_charts(town, login, shot):
     assert "civil_affairs.applicants" in page.locator("#catalog").inner_text()
     assert not FULL_ID.search(page.content())
     shot(page, "operator")
-    page.click("#lang")
+    with page.expect_navigation():      # a link: read the page only once the new one has loaded
+        page.click("#lang")
     assert "Log out" in page.content() and "Nodes" in page.content()
     shot(page, "operator-en")
-    page.click("#lang")
+    with page.expect_navigation():
+        page.click("#lang")
 
 
 def test_an_auditor_sees_a_tampered_log_fail_verification(town, login, shot, tmp_path):

@@ -126,8 +126,9 @@ def run(ctx: JobContext, doc: dict) -> None:
         layout = np.concatenate([layout + c * n_groups for c in range(reps)])
         n_groups *= reps
         packs = qp.pack_names(names, qp.digits_per_pack(pub)) if scheme == "paillier" else []
-        streams = [schema.ciphertext_stream(n) for n in names] if scheme == "bfv" else \
-            [schema.ciphertext_stream(qp.pack_stream(k)) for k in range(len(packs))]
+        # what the main provider answers: one stream per vector (BFV) or per pack (Paillier)
+        parts = list(names) if scheme == "bfv" else [qp.pack_stream(k) for k in range(len(packs))]
+        streams = [schema.ciphertext_stream(part) for part in parts]
         cvs = _load_answer(provider, ev_blobs, streams, backend, pub, n_slots * reps)
         timings["evaluate_s"] = time.perf_counter() - t
         for agency in plan.indicator_providers():     # each keeps the answer where its semi-joins hold
@@ -140,22 +141,21 @@ def run(ctx: JobContext, doc: dict) -> None:
         t = time.perf_counter()
         t_mod = pub.plaintext_modulus if scheme == "bfv" else qp.DIGIT_MOD
         noise = _dp_noise(p, evaluated, ev_blobs, backend, pub, names, plan.noise_parties(), n_groups, len(cats),
-                          streams)
+                          parts)
         if noise is None:
             tp = qr.threshold_plan(p.min_group_size, int(sizes.max()), t_mod)
         else:
             tp = qr.dp_threshold_plan(p.min_group_size, int(sizes.max()), t_mod, noise.shift)
         if scheme == "bfv":
             cm = qr.mask(backend, tp, cvs[streams[0]], [cvs[s] for s in streams], layout, n_groups, noise)
-            masked = [(schema.masked_stream("threshold"), cm.masked_subjects)]
-            for j, (name, cv) in enumerate(zip(names, cm.masked_aggregates)):
+            # in the order query.release reads them: each vector, then (DP) its masked noise
+            masked = []
+            for j, (name, cv) in enumerate(zip(("threshold",) + names, [cm.masked_subjects, *cm.masked_aggregates])):
                 masked.append((schema.masked_stream(name), cv))
                 if noise is not None:
-                    masked.append((schema.masked_stream("noise:" + name), cm.masked_noise[j + 1]))
-            if noise is not None:
-                masked.insert(1, (schema.masked_stream("noise:threshold"), cm.masked_noise[0]))
+                    masked.append((schema.masked_stream("noise:" + name), cm.masked_noise[j]))
         else:
-            cm = qp.mask(backend, tp, qp.pack_names(names, qp.digits_per_pack(pub)), names,
+            cm = qp.mask(backend, tp, packs, names,
                          [cvs[s] for s in streams], layout, n_groups, None if noise is None else noise.provider,
                          None if noise is None else noise.coordinator, 0 if noise is None else noise.shift)
             masked = [(schema.masked_stream(qp.pack_stream(k)), cv) for k, cv in enumerate(cm.masked)]
@@ -217,9 +217,9 @@ def _column_type(plan: QueryPlan, directory: Directory) -> str:
 
 
 def _dp_noise(p, evaluated, blobs: dict, backend, pub, names, parties: int, n_groups: int, n_categories: int,
-              streams: list[str] | None = None):
-    """DP: the provider's encrypted noise shares (per vector, or per pack under Paillier), checked,
-    and the coordinator's own (docs/query.md)."""
+              parts: list[str] | None = None):
+    """DP: the provider's encrypted noise shares (``ct:noise:<part>`` per vector, or per pack under
+    Paillier; ``parts`` default to the vectors), checked, and the coordinator's own (docs/query.md)."""
     if not p.epsilon:
         return None
     try:
@@ -231,11 +231,11 @@ def _dp_noise(p, evaluated, blobs: dict, backend, pub, names, parties: int, n_gr
     if abs(scales[0] - qr.dp_subject_scale(p.epsilon, len(names), n_categories)) > 1e-9 * scales[0]:
         raise InvalidInput("the provider's noise scale of the distinct-subject count is not the signed epsilon's")
     provider = []
-    for stream in streams or [schema.ciphertext_stream(n) for n in names]:
-        blob = blobs.get(stream.replace("ct:", "ct:noise:", 1))
+    for part in parts or names:
+        blob = blobs.get(schema.ciphertext_stream("noise:" + part))
         cv = backend.load_ciphertext(pub, blob) if blob is not None else None
         if cv is None or cv.length != n_groups:
-            raise InvalidInput(f"the provider's noise shares of '{stream[3:]}' do not match the job's groups")
+            raise InvalidInput(f"the provider's noise shares of '{part}' do not match the job's groups")
         provider.append(cv)
     return qr.DpNoise(provider, qr.coordinator_shares(scales, parties, n_groups),
                       qr.dp_shift(p.epsilon, len(names), parties, n_categories))

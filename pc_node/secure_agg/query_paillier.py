@@ -108,17 +108,11 @@ def unpack(values: Sequence[int], digits: int) -> list[list[int]]:
 
 
 # ----- main provider ------------------------------------------------------------------------------------
-def provider_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], values: dict[str, np.ndarray]
-                   ) -> list[CipherVector]:
-    """The main provider's packs of its per-slot vectors (``subjects`` also fills the threshold digit)."""
-    return [backend.encrypt(pub, pack([values["subjects" if d == THRESHOLD else d] for d in digits]))
-            for digits in names]
-
-
-def noise_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], shares: dict[str, np.ndarray]) -> list[CipherVector]:
-    """The main provider's DP noise shares per group, packed like its answers (the threshold digit
-    carries the distinct-subject count's share)."""
-    return [backend.encrypt(pub, pack([shares["subjects" if d == THRESHOLD else d] for d in digits]))
+def encrypt_packs(backend: HeBackend, pub, names: list[tuple[str, ...]], columns: dict[str, np.ndarray]
+                  ) -> list[CipherVector]:
+    """The main provider's packs of per-vector columns: its per-slot answers, or its DP noise
+    shares per group. The threshold digit repeats ``subjects`` (its value, or its noise share)."""
+    return [backend.encrypt(pub, pack([columns["subjects" if d == THRESHOLD else d] for d in digits]))
             for digits in names]
 
 
@@ -227,5 +221,5 @@ def open_packs(backend: HeBackend, secret, names: list[tuple[str, ...]], packs: 
 
 
 __all__ = ["DIGIT_MOD", "KEPT", "SLOT_BITS", "THRESHOLD", "VALUE_BITS", "PackedMasks", "digits_per_pack", "mask",
-           "mask_for_selection", "noise_packs", "open_packs", "pack", "pack_names", "pack_stream", "provider_packs",
+           "encrypt_packs", "mask_for_selection", "open_packs", "pack", "pack_names", "pack_stream",
            "select", "unmask_selection", "unpack"]

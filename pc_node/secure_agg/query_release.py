@@ -168,7 +168,7 @@ def mask(backend: HeBackend, tp: ThresholdPlan, subjects: CipherVector, aggregat
     """C: masks (plaintext additions only) for R, the circuit input and the pads; with ``noise``
     also C's noise shares (in the targets) and the masks of the providers' noise ciphertexts."""
     if backend.supports_group_sum:
-        raise InvalidInput("federated queries run under BFV")
+        raise InvalidInput("this masking is BFV's (Paillier queries: query_paillier.mask)")
     t = subjects.public.plaintext_modulus
     n = len(layout)
     ext = layout if noise is None else np.concatenate([np.asarray(layout, dtype=np.int64), np.arange(n_groups)])

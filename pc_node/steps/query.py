@@ -218,7 +218,7 @@ def evaluate(runtime, header, inbound):
             yield from blob_chunks(schema.ciphertext_stream(qp.pack_stream(k)), cv.serialize())
         yield from blob_chunks(schema.ciphertext_stream(qp.KEPT), kept.serialize())
     elif scheme == "paillier":
-        for k, cv in enumerate(qp.provider_packs(backend, pub, names, values)):
+        for k, cv in enumerate(qp.encrypt_packs(backend, pub, names, values)):
             yield from blob_chunks(schema.ciphertext_stream(qp.pack_stream(k)), cv.serialize())
     else:
         for name, vec in values.items():
@@ -231,7 +231,7 @@ def evaluate(runtime, header, inbound):
         shares = {name: source.share(scale, parties, params.groups * max(len(cats), 1))
                   for name, scale in zip(plan.vectors(), scales)}
         if scheme == "paillier":
-            for k, cv in enumerate(qp.noise_packs(backend, pub, names, shares)):
+            for k, cv in enumerate(qp.encrypt_packs(backend, pub, names, shares)):
                 yield from blob_chunks(schema.ciphertext_stream("noise:" + qp.pack_stream(k)), cv.serialize())
         else:
             for name, share in shares.items():
@@ -282,6 +282,7 @@ def release(runtime, header, inbound):
         return qr.group_values(values, slot_group, n_groups, t, noise)
 
     clock = _Clock()
+    bad = None                    # Paillier: groups whose packs did not decode (open_packs)
     if scheme == "bfv":
         d_threshold = masked("threshold")
         d_agg = [masked(name) for name in names]
@@ -292,7 +293,7 @@ def release(runtime, header, inbound):
         digits, bad = qp.open_packs(backend, secret, packs, cvs, n_groups)
         d_threshold, d_agg = digits[qp.THRESHOLD], [digits[name] for name in names]
     clock.lap("receive+decrypt")
-    circuit_input, bad = qr.requester_input(tp, d_threshold, t, bad if scheme == "paillier" else None)
+    circuit_input, bad = qr.requester_input(tp, d_threshold, t, bad)
     evaluator = ComparisonEvaluator(tp.spec, [circuit_input])
     yield from blob_chunks(schema.gc_stream(1), evaluator.start())
     yield from blob_chunks(schema.gc_stream(3), evaluator.extend(read_blob(inbound, schema.gc_stream(2), 64 << 10)))

@@ -82,8 +82,7 @@ def _sqlite(db, sql: str, k: int = 5, noise: int = 0) -> list[dict]:
         if rec.get("people", rec.get("n")) + noise < k:
             continue
         if "mean" in rec:
-            mean = rec["mean"] * rec["n"]         # SQLite's AVG, back to the integer SUM / COUNT(*)
-            rec["mean"] = _two((Decimal(round(mean)) / Decimal(rec["n"])).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+            rec["mean"] = _two((Decimal(rec["total"]) / Decimal(rec["n"])).quantize(Decimal(1), rounding=ROUND_HALF_UP))
         if "total" in rec:
             rec["total"] = _two(rec["total"])
         out.append({key: str(v + noise) if key in ("n", "people") else str(v) for key, v in rec.items()})
@@ -217,14 +216,14 @@ def test_what_the_requester_decrypts_and_what_each_further_agency_handles(qfed, 
     from pc_node.secure_agg import query_paillier as qp
     from pc_node.secure_agg.paillier import PaillierBackend
     decrypted, raw, selections = [], [], []
-    real_decrypt, real_select, real_packs = PaillierBackend.decrypt, qp.select, qp.provider_packs
+    real_decrypt, real_select, real_packs = PaillierBackend.decrypt, qp.select, qp.encrypt_packs
 
     def decrypt(self, secret, cv):
         out = real_decrypt(self, secret, cv)
         decrypted.append((cv.length, out.tolist()))
         return out
 
-    def provider_packs(*a):
+    def encrypt_packs(*a):
         out = real_packs(*a)
         raw.extend(set(cv.cts) for cv in out)
         return out
@@ -235,7 +234,7 @@ def test_what_the_requester_decrypts_and_what_each_further_agency_handles(qfed, 
         return out, kept
     monkeypatch.setattr(PaillierBackend, "decrypt", decrypt)
     monkeypatch.setattr(qp, "select", select)
-    monkeypatch.setattr(qp, "provider_packs", provider_packs)
+    monkeypatch.setattr(qp, "encrypt_packs", encrypt_packs)
     fed, _ = qfed
     res = _run(fed, THREE_AGENCIES, tmp_path)
     assert res.records == _sqlite(db, THREE_AGENCIES)

@@ -83,7 +83,7 @@ def _job(sizes, matched, k, further=True):
     vectors = ("subjects", "rows", "sum:wage")
     names = qp.pack_names(vectors, qp.digits_per_pack(PUB))
     values = {"subjects": is_match.astype(np.int64), "rows": rows, "sum:wage": wages}
-    packs = qp.provider_packs(BACKEND, PUB, names, values)
+    packs = qp.encrypt_packs(BACKEND, PUB, names, values)
     keep = np.ones(n, dtype=np.int64)
     if further:
         keep[::3] = 0
